@@ -1,0 +1,5 @@
+//! Plumbing every orderflow service shares, so each binary stays a thin `main`:
+//! one way to stop ([`shutdown`]), one way to log ([`telemetry`]).
+
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,40 @@
+//! orderflow's schema registry: the Confluent Schema Registry REST API for Avro, stored in
+//! Postgres so ids survive restarts and several replicas can serve one store.
+//!
+//! Start it with [`run`] on a listener the caller owns (tests bind port 0) and a stop future.
+
+pub mod error;
+pub mod routes;
+pub mod store;
+
+use std::future::Future;
+
+use anyhow::Context;
+use orderflow_schemas::CompatibilityLevel;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+
+pub use store::Store;
+
+/// Largest request body accepted (a schema is a few KiB; this leaves ample room).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Applies the registry's migrations (idempotent).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await.context("running registry migrations")
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    pool: PgPool,
+    default_level: CompatibilityLevel,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = routes::router(Store::new(pool, default_level))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    tracing::info!(addr = %listener.local_addr()?, "schema registry listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the registry API")
+}

@@ -1,0 +1,29 @@
+//! orderflow's event contracts.
+//!
+//! - [`catalog`]: the `.avsc` files under `schemas/avro/<topic>/<Event>.v<N>.avsc`, one file per
+//!   event type and version, loaded from disk (for the PR check) or embedded at build time (what
+//!   a service was built with).
+//! - [`compat`]: Avro schema-resolution compatibility with a readable reason per broken rule.
+//! - [`codec`]: the Confluent wire format (magic 0 + 4-byte schema id + Avro body), encoded and
+//!   decoded through `schema_registry_converter`, with errors a consumer can route on.
+//! - [`registry_client`]: the few registry REST calls the PR workflow needs.
+
+pub mod catalog;
+pub mod codec;
+pub mod compat;
+pub mod registry_client;
+pub mod wire;
+pub mod workflow;
+
+pub use catalog::{Catalog, CatalogError, EventSchema};
+pub use codec::{CodecError, Decoded, EventCodec};
+pub use compat::{CompatibilityLevel, Incompatibility};
+
+/// Avro namespace of every orderflow event.
+pub const NAMESPACE: &str = "io.orderflow.events";
+
+/// Topics and the events they carry, in the order an order lives through them.
+pub mod topics {
+    pub const ORDERS: &str = "orders";
+    pub const PAYMENTS: &str = "payments";
+}

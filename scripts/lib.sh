@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Shared by scripts/demo.sh and scripts/test.sh: install what is missing, start what is not
+# running. Every function is safe to run twice; nothing already listening is clobbered.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A target directory outside the clone, so a second clone (or CI) reuses the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
+export ORDERFLOW_STATE_DIR="${ORDERFLOW_STATE_DIR:-/var/tmp/orderflow}"
+export ORDERFLOW_PG_PORT="${ORDERFLOW_PG_PORT:-55432}"
+export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
+TANSU_VERSION="0.6.0"
+
+log() { printf '\033[1m[orderflow]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[orderflow] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+# Debian packages the build and the local stack need.
+ensure_apt_packages() {
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates python3)
+    local missing=()
+    for p in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# The Kafka-protocol broker (built once, ~15 min on 2 cores, then cached in ~/.cargo/bin).
+ensure_tansu() {
+    if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        return
+    fi
+    log "building the tansu $TANSU_VERSION broker (once; about 15 minutes on 2 cores)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+}
+
+pg_bin() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    [ -n "$dir" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    echo "$dir"
+}
+
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A project-local cluster on 127.0.0.1:$ORDERFLOW_PG_PORT (initdb refuses root, so it runs as
+# the postgres user). Exports ORDERFLOW_PG_ADMIN_URL. Set it yourself to use another server.
+ensure_postgres() {
+    if [ -n "${ORDERFLOW_PG_ADMIN_URL:-}" ]; then
+        psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc 'select 1' >/dev/null || die "cannot reach ORDERFLOW_PG_ADMIN_URL"
+        return
+    fi
+    local bin data owner
+    bin="$(pg_bin)"
+    data="$ORDERFLOW_STATE_DIR/pg"
+    owner="$(id -un)"; [ "$(id -u)" -eq 0 ] && owner=postgres
+    export ORDERFLOW_PG_ADMIN_URL="postgres://$owner@127.0.0.1:$ORDERFLOW_PG_PORT/postgres"
+    if "$bin/pg_isready" -q -h 127.0.0.1 -p "$ORDERFLOW_PG_PORT"; then
+        psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc 'select 1' >/dev/null \
+            || die "something on port $ORDERFLOW_PG_PORT answers as Postgres but refuses $ORDERFLOW_PG_ADMIN_URL; set ORDERFLOW_PG_PORT or ORDERFLOW_PG_ADMIN_URL"
+        log "reusing Postgres on 127.0.0.1:$ORDERFLOW_PG_PORT"
+        return
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$ORDERFLOW_PG_PORT") 2>/dev/null; then
+        die "port $ORDERFLOW_PG_PORT is taken by something that is not Postgres; set ORDERFLOW_PG_PORT"
+    fi
+    as_root mkdir -p "$ORDERFLOW_STATE_DIR"
+    as_root chmod 755 "$ORDERFLOW_STATE_DIR"
+    if [ ! -s "$data/PG_VERSION" ]; then
+        log "creating a Postgres cluster in $data"
+        as_root mkdir -p "$data"
+        [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$data"
+        chmod 700 "$data"
+        as_postgres "$bin/initdb" -D "$data" --auth=trust --username="$owner" -E UTF8 >/dev/null
+    fi
+    log "starting Postgres on 127.0.0.1:$ORDERFLOW_PG_PORT"
+    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
+        -o "-p $ORDERFLOW_PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB" >/dev/null \
+        || { tail -20 "$data/server.log" >&2; die "Postgres did not start"; }
+}
+
+stop_postgres() {
+    local data="$ORDERFLOW_STATE_DIR/pg"
+    [ -s "$data/postmaster.pid" ] || return 0
+    log "stopping Postgres ($data)"
+    as_postgres "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+}
+
+# Creates database $1 if missing; prints its URL.
+ensure_database() {
+    local name="$1"
+    if ! psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc "select 1 from pg_database where datname = '$name'" | grep -q 1; then
+        psql "$ORDERFLOW_PG_ADMIN_URL" -qc "create database \"$name\"" >/dev/null
+    fi
+    echo "${ORDERFLOW_PG_ADMIN_URL%/*}/$name"
+}
+
+build_workspace() {
+    log "building the workspace (target: $CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --workspace --bins --quiet)
+}
+
+# Waits until $1 answers HTTP 200, for at most $2 seconds.
+wait_http() {
+    local url="$1" limit="${2:-30}" i
+    for ((i = 0; i < limit * 5; i++)); do
+        curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+STARTED_PIDS=()
+
+# start_service NAME HEALTH_URL COMMAND...: runs COMMAND in the background (log and pid under
+# $ORDERFLOW_STATE_DIR/run), waits for HEALTH_URL. A healthy service already there is reused.
+start_service() {
+    local name="$1" health="$2"; shift 2
+    local run="$ORDERFLOW_STATE_DIR/run"
+    mkdir -p "$run"
+    if curl -fsS -o /dev/null "$health" 2>/dev/null; then
+        log "reusing $name (healthy at $health)"
+        return
+    fi
+    log "starting $name (log: $run/$name.log)"
+    nohup "$@" >"$run/$name.log" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$run/$name.pid"
+    STARTED_PIDS+=("$pid")
+    if ! wait_http "$health" 60; then
+        tail -20 "$run/$name.log" >&2
+        die "$name did not become healthy at $health"
+    fi
+}
+
+# Stops what this invocation started (SIGTERM, then waits for a clean exit).
+stop_started_services() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    STARTED_PIDS=()
+}

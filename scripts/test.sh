@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite on real parts: installs what is missing, starts a project-local Postgres,
+# then runs every test in the workspace (each test makes its own database) and the schema check.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_apt_packages
+ensure_tansu
+ensure_postgres
+
+# Databases left by an earlier, interrupted run.
+psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'oft\_%'" |
+    while read -r db; do psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null; done
+
+cd "$ROOT"
+log "checking the event schemas (the PR workflow's check)"
+cargo run --quiet -p orderflow-schemas -- check
+
+log "running the test suite"
+export ORDERFLOW_TEST_PG_ADMIN_URL="$ORDERFLOW_PG_ADMIN_URL"
+cargo test --workspace --no-fail-fast "$@"

@@ -1,0 +1,40 @@
+//! The harness every suite shares. Each test gets its own Postgres database (and, in later
+//! suites, its own topics and consumer group), so tests run in parallel without meeting.
+//!
+//! Postgres comes from `ORDERFLOW_TEST_PG_ADMIN_URL`, which `scripts/test.sh` sets to the
+//! project-local cluster it starts.
+
+pub mod registry;
+
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+/// Admin URL of the Postgres the suites use.
+pub fn admin_url() -> String {
+    std::env::var("ORDERFLOW_TEST_PG_ADMIN_URL").unwrap_or_else(|_| {
+        panic!("ORDERFLOW_TEST_PG_ADMIN_URL is not set: run the suite with ./scripts/test.sh, which starts Postgres")
+    })
+}
+
+/// A database made for one test.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates `oft_<random>` on the test server.
+    pub async fn create() -> TestDatabase {
+        let admin = admin_url();
+        let name = format!("oft_{}", uuid::Uuid::new_v4().simple());
+        let pool =
+            PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to the admin database");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&pool).await.expect("create test database");
+        pool.close().await;
+        let base = admin.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap_or(admin);
+        TestDatabase { url: format!("{base}/{name}"), name }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new().max_connections(10).connect(&self.url).await.expect("connect to the test database")
+    }
+}
