@@ -24,7 +24,10 @@ log "registering the event schemas"
 
 log "stack is up: registry at $REGISTRY_URL, Postgres at 127.0.0.1:$ORDERFLOW_PG_PORT. ctrl-c stops."
 while true; do
-    subjects="$(curl -fsS "$REGISTRY_URL/subjects" || echo '[] (registry unreachable)')"
-    printf '%s  subjects: %s\n' "$(date +%T)" "$subjects"
+    if subjects="$(curl -fsS "$REGISTRY_URL/subjects")"; then
+        printf '%s  registry healthy, %s subjects\n' "$(date +%T)" "$(tr ',' '\n' <<<"$subjects" | grep -c .)"
+    else
+        printf '%s  registry unreachable\n' "$(date +%T)"
+    fi
     sleep 10
 done

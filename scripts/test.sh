@@ -17,4 +17,13 @@ cargo run --quiet -p orderflow-schemas -- check
 
 log "running the test suite"
 export ORDERFLOW_TEST_PG_ADMIN_URL="$ORDERFLOW_PG_ADMIN_URL"
-cargo test --workspace --no-fail-fast "$@"
+log_file="$(mktemp)"
+set +e
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log_file"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     END { printf "orderflow: %d passed, %d failed\n", p, f }' "$log_file"
+rm -f "$log_file"
+exit "$status"
