@@ -1,5 +1,6 @@
 //! Plumbing every orderflow service shares, so each binary stays a thin `main`:
 //! one way to stop ([`shutdown`]), one way to log ([`telemetry`]).
 
+pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;

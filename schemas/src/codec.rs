@@ -147,17 +147,44 @@ impl EventCodec {
         }
         let supplied = SuppliedSchema::new(Some(schema.full_name()), SchemaType::Avro, schema.text.clone());
         let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(schema.topic.clone(), supplied);
-        let encoder = {
-            let mut encoders = self.encoders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            encoders
-                .entry((schema.subject(), schema.version))
-                .or_insert_with(|| Arc::new(AvroEncoder::new(self.settings.clone())))
-                .clone()
-        };
-        encoder
+        self.encoder_for(schema)
             .encode_value(value, &strategy)
             .await
             .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: schema.subject(), detail }))
+    }
+
+    /// Encodes a typed event with the version this build writes.
+    pub async fn encode_event<E: crate::events::Event>(&self, event: &E) -> Result<Vec<u8>, CodecError> {
+        self.encode(E::schema(), event.to_avro()?).await
+    }
+
+    /// Resolves the schema ids of the given writer schemas now, so later encodes need no
+    /// registry round trip (a service calls this before it reports ready).
+    pub async fn warm_up(&self, schemas: &[&EventSchema]) -> Result<(), CodecError> {
+        for schema in schemas {
+            self.schema_id(schema).await?;
+        }
+        Ok(())
+    }
+
+    /// The registry id of a writer schema (registered on first use, then cached).
+    pub async fn schema_id(&self, schema: &EventSchema) -> Result<u32, CodecError> {
+        let encoder = self.encoder_for(schema);
+        let supplied = SuppliedSchema::new(Some(schema.full_name()), SchemaType::Avro, schema.text.clone());
+        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(schema.topic.clone(), supplied);
+        encoder
+            .get_schema_and_id(&schema.subject(), strategy)
+            .await
+            .map(|s| s.id)
+            .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: schema.subject(), detail }))
+    }
+
+    fn encoder_for(&self, schema: &EventSchema) -> Arc<AvroEncoder> {
+        let mut encoders = self.encoders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        encoders
+            .entry((schema.subject(), schema.version))
+            .or_insert_with(|| Arc::new(AvroEncoder::new(self.settings.clone())))
+            .clone()
     }
 
     /// Decodes a framed record into the reader's shape.

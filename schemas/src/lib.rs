@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod compat;
+pub mod events;
 pub mod registry_client;
 pub mod wire;
 pub mod workflow;

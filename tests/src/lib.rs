@@ -4,6 +4,8 @@
 //! Postgres comes from `ORDERFLOW_TEST_PG_ADMIN_URL`, which `scripts/test.sh` sets to the
 //! project-local cluster it starts.
 
+pub mod broker;
+pub mod intake;
 pub mod registry;
 
 use sqlx::{PgPool, postgres::PgPoolOptions};

@@ -1,0 +1,67 @@
+//! The transactional outbox.
+//!
+//! A service writes its business change and the events announcing it in one Postgres
+//! transaction ([`enqueue`]); the [`relay`] publishes them to Kafka afterwards. So an event is
+//! never lost (it is committed with the change) and never invented (a rolled-back change takes
+//! its events with it). Payloads are framed at the source (Confluent wire format, schema id
+//! included), so the relay — or Debezium, see `connect/` — copies bytes and needs no registry.
+
+pub mod relay;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use relay::{OutboxRelay, RelaySettings};
+
+/// Applies the outbox migration (idempotent; shares the database with the owner's tables).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// An event to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: Uuid,
+    pub topic: String,
+    /// Partitioning key; every event of one order uses the order id.
+    pub key: String,
+    pub event_type: String,
+    pub schema_version: i32,
+    /// Confluent-framed Avro bytes.
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Writes `event` inside the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, traceparent, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.event_id)
+    .bind(&event.topic)
+    .bind(&event.key)
+    .bind(&event.event_type)
+    .bind(event.schema_version)
+    .bind(&event.payload)
+    .bind(&event.traceparent)
+    .bind(event.occurred_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Rows not yet acknowledged by the broker, and the age of the oldest in seconds.
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+}

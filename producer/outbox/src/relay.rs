@@ -1,0 +1,244 @@
+//! The outbox relay: claims unpublished rows in batches, sends them to Kafka pipelined (all of
+//! a batch in flight at once on an idempotent producer), and marks a row published only after
+//! the broker acknowledged it.
+//!
+//! Ordering: a row is claimed only when no earlier row with the same key is still unpublished,
+//! and claims hold row locks (`FOR UPDATE SKIP LOCKED`) until the batch is marked. So at most one
+//! event per key is in flight at any time, across any number of relays and restarts, and one
+//! order's events reach its partition in outbox order. Many relays share the work.
+//!
+//! Failure: if the broker is down, sends time out, nothing is marked, the transaction rolls back
+//! and the rows wait; the relay backs off and tries again. A relay killed mid-batch leaves its
+//! rows unmarked for the next claim: at-least-once, duplicates removed by consumers' dedupe.
+//!
+//! Wake-up: LISTEN/NOTIFY at commit of each insert, with a polling fallback.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::join_all;
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::{PgPool, Row, postgres::PgListener};
+
+/// Tuning for one relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed per transaction.
+    pub batch_size: i64,
+    /// How long to sleep with no notification before looking again.
+    pub poll_interval: Duration,
+    /// Longest backoff after a failed batch.
+    pub max_backoff: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    settings: RelaySettings,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub claimed: usize,
+    pub published: usize,
+}
+
+struct Claimed {
+    id: i64,
+    event_id: uuid::Uuid,
+    topic: String,
+    key: String,
+    event_type: String,
+    schema_version: i32,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+const CLAIM: &str = "
+    SELECT o.id, o.event_id, o.topic, o.message_key, o.event_type, o.schema_version, o.payload,
+           o.traceparent, o.occurred_at
+    FROM outbox o
+    WHERE o.published_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox earlier
+          WHERE earlier.message_key = o.message_key AND earlier.published_at IS NULL AND earlier.id < o.id)
+    ORDER BY o.id
+    LIMIT $1
+    FOR UPDATE OF o SKIP LOCKED";
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, producer: FutureProducer, settings: RelaySettings) -> Self {
+        OutboxRelay { pool, producer, settings }
+    }
+
+    /// Relays until `shutdown` resolves; an in-flight batch is finished first.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut listener = self.listen().await;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_cleanup = tokio::time::Instant::now();
+        loop {
+            let wait = match self.publish_batch().await {
+                Ok(outcome) if outcome.claimed as i64 == self.settings.batch_size => {
+                    backoff = Duration::from_millis(100);
+                    Duration::ZERO
+                }
+                Ok(outcome) if outcome.published < outcome.claimed => {
+                    tracing::warn!(?outcome, "some events were not acknowledged; retrying after backoff");
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    backoff
+                }
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.settings.poll_interval
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), ?backoff, "outbox batch failed; retrying");
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    backoff
+                }
+            };
+            if last_cleanup.elapsed() > Duration::from_secs(60) {
+                last_cleanup = tokio::time::Instant::now();
+                if let Err(error) = self.delete_published().await {
+                    tracing::warn!(%error, "outbox clean-up failed");
+                }
+            }
+            if wait.is_zero() {
+                continue;
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Err(error) = l.recv().await {
+                            tracing::debug!(%error, "outbox listener lost; polling until it is back");
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    None => tokio::time::sleep(wait).await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = tokio::time::timeout(wait, notified) => {}
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+        }
+        tracing::info!("outbox relay stopped");
+        Ok(())
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen("orderflow_outbox").await.ok()?;
+        Some(listener)
+    }
+
+    /// Claims, sends and marks one batch.
+    pub async fn publish_batch(&self) -> anyhow::Result<BatchOutcome> {
+        let mut tx = self.pool.begin().await.context("opening the claim transaction")?;
+        let rows = sqlx::query(CLAIM).bind(self.settings.batch_size).fetch_all(&mut *tx).await.context("claiming")?;
+        if rows.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                event_id: r.get(1),
+                topic: r.get(2),
+                key: r.get(3),
+                event_type: r.get(4),
+                schema_version: r.get(5),
+                payload: r.get(6),
+                traceparent: r.get(7),
+                occurred_at: r.get(8),
+            })
+            .collect();
+        let mut deliveries = Vec::with_capacity(claimed.len());
+        for event in &claimed {
+            deliveries.push(self.send(event).await);
+        }
+        let results = join_all(deliveries.into_iter().map(|d| async move {
+            match d {
+                Ok(future) => matches!(future.await, Ok(Ok(_))),
+                Err(_) => false,
+            }
+        }))
+        .await;
+        let acked: Vec<i64> = claimed.iter().zip(&results).filter(|(_, ok)| **ok).map(|(e, _)| e.id).collect();
+        if !acked.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+                .bind(&acked)
+                .execute(&mut *tx)
+                .await
+                .context("marking published")?;
+        }
+        tx.commit().await.context("committing the batch")?;
+        Ok(BatchOutcome { claimed: claimed.len(), published: acked.len() })
+    }
+
+    /// Enqueues one record on the producer, waiting while its local queue is full.
+    async fn send(&self, event: &Claimed) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        let event_id = event.event_id.to_string();
+        let version = event.schema_version.to_string();
+        let occurred = event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "event_id", value: Some(&event_id) })
+            .insert(Header { key: "event_type", value: Some(&event.event_type) })
+            .insert(Header { key: "schema_version", value: Some(&version) })
+            .insert(Header { key: "occurred_at", value: Some(&occurred) });
+        if let Some(traceparent) = &event.traceparent {
+            headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
+        }
+        let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload).headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    async fn delete_published(&self) -> sqlx::Result<u64> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.settings.retention).unwrap_or_default();
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE published_at < $1 ORDER BY published_at LIMIT 10000)",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if deleted > 0 {
+            tracing::debug!(deleted, "published outbox rows removed");
+        }
+        Ok(deleted)
+    }
+}

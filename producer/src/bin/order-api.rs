@@ -1,0 +1,51 @@
+//! `order-api`: REST order intake.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Parser;
+use orderflow_producer::ApiSettings;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(name = "order-api", about = "orderflow's REST order intake")]
+struct Args {
+    #[arg(long, env = "ORDERFLOW_API_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Orders database (never logged).
+    #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    #[arg(long, env = "ORDERFLOW_API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// Requests per second per client (X-Client-Id or peer address).
+    #[arg(long, env = "ORDERFLOW_API_CLIENT_RATE", default_value_t = 1000.0)]
+    client_rate: f64,
+    #[arg(long, env = "ORDERFLOW_API_CLIENT_BURST", default_value_t = 2000.0)]
+    client_burst: f64,
+    #[arg(long, env = "ORDERFLOW_API_DB_POOL", default_value_t = 20)]
+    db_pool: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init("order-api");
+    let args = Args::parse();
+    let pool = PgPoolOptions::new()
+        .max_connections(args.db_pool)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&args.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the orders database: {e}"))?;
+    orderflow_producer::migrate(&pool).await?;
+    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let settings = ApiSettings {
+        max_body_bytes: args.max_body_bytes,
+        client_rate: args.client_rate,
+        client_burst: args.client_burst,
+    };
+    orderflow_producer::run_api(listener, pool, codec, settings, orderflow_platform::shutdown::shutdown_signal()).await
+}

@@ -1,0 +1,49 @@
+//! `outbox-relay`: publishes one database's outbox to Kafka. Run one or more per database
+//! (orders, payments); they share the work and keep per-order order.
+
+use std::time::Duration;
+
+use clap::Parser;
+use orderflow_outbox::{OutboxRelay, RelaySettings};
+use orderflow_platform::kafka::KafkaSettings;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(name = "outbox-relay", about = "Publish a transactional outbox to Kafka")]
+struct Args {
+    /// Database whose `outbox` table is relayed (never logged).
+    #[arg(long, env = "ORDERFLOW_OUTBOX_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "ORDERFLOW_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    /// Extra librdkafka properties, `key=value,key=value` (e.g. security settings).
+    #[arg(long, env = "ORDERFLOW_KAFKA_PROPERTIES", default_value = "", hide_env_values = true)]
+    kafka_properties: String,
+    #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 1000)]
+    batch_size: i64,
+    #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = 500)]
+    poll_ms: u64,
+    /// How long a send may be retried by the producer before the batch gives up on it.
+    #[arg(long, env = "ORDERFLOW_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    delivery_timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init("outbox-relay");
+    let args = Args::parse();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&args.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
+    orderflow_outbox::migrate(&pool).await?;
+    let kafka = KafkaSettings::new(args.kafka_bootstrap).with_properties(&args.kafka_properties)?;
+    let producer = kafka.producer("outbox-relay", Duration::from_millis(args.delivery_timeout_ms)).create()?;
+    let settings = RelaySettings {
+        batch_size: args.batch_size,
+        poll_interval: Duration::from_millis(args.poll_ms),
+        ..Default::default()
+    };
+    OutboxRelay::new(pool, producer, settings).run(orderflow_platform::shutdown::shutdown_signal()).await
+}

@@ -1,0 +1,107 @@
+//! orderflow's producer side.
+//!
+//! - order-api ([`run_api`]): `POST /orders` writes the order and its OrderPlaced event in one
+//!   Postgres transaction (the outbox), idempotent per `Idempotency-Key`; `GET /orders/{id}`.
+//!   A 202 means both are committed: nothing accepted is lost.
+//! - outbox-relay: see `orderflow_outbox::relay`; the binary lives here.
+
+pub mod openapi;
+pub mod order_request;
+pub mod problem;
+pub mod rate_limit;
+pub mod routes;
+pub mod store;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use orderflow_schemas::{EventCodec, events::Event};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::rate_limit::ClientRateLimiter;
+
+/// Applies the orders and outbox migrations (idempotent).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    orderflow_outbox::migrate(pool).await?;
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await.context("running orders migrations")
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub max_body_bytes: usize,
+    /// Requests per second per client, and the burst allowed above it.
+    pub client_rate: f64,
+    pub client_burst: f64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { max_body_bytes: 64 * 1024, client_rate: 1000.0, client_burst: 2000.0 }
+    }
+}
+
+pub struct AppState {
+    pub pool: PgPool,
+    pub codec: Arc<EventCodec>,
+    pub limiter: ClientRateLimiter,
+    pub settings: ApiSettings,
+    /// Set once the writer schemas' registry ids are known; until then /readyz says no.
+    pub schemas_ready: AtomicBool,
+    /// Orders accepted (not replays) since start.
+    pub accepted: AtomicU64,
+}
+
+/// Serves order-api on `listener` until `shutdown`, then drains in-flight requests.
+pub async fn run_api(
+    listener: TcpListener,
+    pool: PgPool,
+    codec: Arc<EventCodec>,
+    settings: ApiSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = Arc::new(AppState {
+        pool,
+        codec,
+        limiter: ClientRateLimiter::new(settings.client_rate, settings.client_burst),
+        settings,
+        schemas_ready: AtomicBool::new(false),
+        accepted: AtomicU64::new(0),
+    });
+    tokio::spawn(warm_up_schemas(state.clone()));
+    let app = routes::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    tracing::info!(addr = %listener.local_addr()?, "order-api listening");
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving order-api")
+}
+
+/// Resolves the OrderPlaced schema id, retrying while the registry is unreachable.
+async fn warm_up_schemas(state: Arc<AppState>) {
+    let schemas = [orderflow_schemas::events::OrderPlaced::schema()];
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match state.codec.warm_up(&schemas).await {
+            Ok(()) => {
+                state.schemas_ready.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "event schemas not resolved yet; not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The OpenAPI 3.1 description of order-api, served at `/openapi.json`. A test checks that every
+//! route the router serves is described here, with its error statuses.
+
+use serde_json::{Value, json};
+
+fn problem(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
+}
+
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orderflow order-api",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Order intake. A 202 means the order and its OrderPlaced event are committed; payment follows asynchronously — poll the status URL."
+        },
+        "paths": {
+            "/orders": { "post": {
+                "operationId": "createOrder",
+                "summary": "Accept an order",
+                "parameters": [
+                    { "name": "Idempotency-Key", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255 },
+                      "description": "Unique per order; resend it on every retry. Same key and body: the same answer. Same key, other body: 422." },
+                    { "name": "X-Client-Id", "in": "header", "required": false, "schema": { "type": "string" },
+                      "description": "Who is calling, for the per-client rate limit (default: the peer address)." },
+                    { "name": "traceparent", "in": "header", "required": false, "schema": { "type": "string" } }
+                ],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OrderRequest" } } } },
+                "responses": {
+                    "202": { "description": "Accepted (or replayed: header Idempotent-Replayed: true)",
+                             "headers": { "Location": { "schema": { "type": "string" } } },
+                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
+                    "400": problem("Malformed JSON, or a missing or invalid Idempotency-Key"),
+                    "413": problem("Body over the size limit"),
+                    "415": problem("Body is not application/json"),
+                    "422": problem("Invalid order (each field named in `errors`), or the Idempotency-Key was used with another body"),
+                    "429": problem("Per-client rate limit; see Retry-After"),
+                    "503": problem("Database or schema registry unavailable; retry with the same Idempotency-Key")
+                }
+            }},
+            "/orders/{order_id}": { "get": {
+                "operationId": "getOrder",
+                "summary": "An order's status and its history",
+                "parameters": [ { "name": "order_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } } ],
+                "responses": {
+                    "200": { "description": "The order", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Order" } } } },
+                    "400": problem("Not a UUID"),
+                    "404": problem("No such order"),
+                    "503": problem("Database unavailable")
+                }
+            }},
+            "/healthz": { "get": { "operationId": "health", "summary": "Liveness", "responses": { "200": { "description": "The process is serving" } } } },
+            "/readyz": { "get": { "operationId": "ready", "summary": "Readiness: Postgres reachable and event schemas resolved",
+                "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
+            "/openapi.json": { "get": { "operationId": "openapi", "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        },
+        "components": { "schemas": {
+            "OrderRequest": {
+                "type": "object", "additionalProperties": false,
+                "required": ["customer_id", "currency", "items"],
+                "properties": {
+                    "customer_id": { "type": "string", "minLength": 1, "maxLength": 64 },
+                    "customer_email": { "type": ["string", "null"], "format": "email", "maxLength": 254 },
+                    "currency": { "type": "string", "pattern": "^[A-Z]{3}$" },
+                    "items": { "type": "array", "minItems": 1, "maxItems": 100, "items": {
+                        "type": "object", "additionalProperties": false, "required": ["sku", "quantity", "unit_price_minor"],
+                        "properties": {
+                            "sku": { "type": "string", "minLength": 1, "maxLength": 64 },
+                            "quantity": { "type": "integer", "minimum": 1, "maximum": 10000 },
+                            "unit_price_minor": { "type": "integer", "minimum": 0, "maximum": 10000000000i64, "description": "Price in the currency's minor unit" }
+                        }
+                    }}
+                }
+            },
+            "Accepted": { "type": "object", "properties": {
+                "order_id": { "type": "string", "format": "uuid" }, "status": { "type": "string" }, "status_url": { "type": "string" } } },
+            "Order": { "type": "object", "properties": {
+                "order_id": { "type": "string", "format": "uuid" }, "customer_id": { "type": "string" },
+                "customer_email": { "type": ["string", "null"] }, "currency": { "type": "string" },
+                "items": { "type": "array" }, "total_minor": { "type": "integer" },
+                "status": { "type": "string", "enum": ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED", "CANCELLED"] },
+                "version": { "type": "integer" }, "created_at": { "type": "string", "format": "date-time" },
+                "updated_at": { "type": "string", "format": "date-time" },
+                "history": { "type": "array", "items": { "type": "object", "properties": {
+                    "version": { "type": "integer" }, "status": { "type": "string" }, "reason": { "type": ["string", "null"] },
+                    "at": { "type": "string", "format": "date-time" } } } } } },
+            "Problem": { "type": "object", "description": "RFC 9457 problem details", "properties": {
+                "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" }, "detail": { "type": "string" },
+                "errors": { "type": "array", "items": { "type": "object", "properties": {
+                    "field": { "type": "string", "description": "JSON pointer" }, "message": { "type": "string" } } } } } }
+        }}
+    })
+}

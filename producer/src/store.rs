@@ -1,0 +1,148 @@
+//! Orders in Postgres: the idempotent insert of an order with its OrderPlaced outbox row (one
+//! transaction), and the read model behind `GET /orders/{id}`.
+
+use chrono::{DateTime, Utc};
+use orderflow_outbox::OutboxEvent;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::{order_request::OrderRequest, problem::ApiError};
+
+pub const PENDING_PAYMENT: &str = "PENDING_PAYMENT";
+
+/// The answer to an accepted order; a replay with the same key gets the same one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub order_id: Uuid,
+    pub status: &'static str,
+    pub status_url: String,
+}
+
+impl Accepted {
+    fn for_order(order_id: Uuid) -> Self {
+        Accepted { order_id, status: PENDING_PAYMENT, status_url: format!("/orders/{order_id}") }
+    }
+}
+
+pub enum Intake {
+    New(Accepted),
+    Replayed(Accepted),
+}
+
+/// Everything needed to write one new order.
+pub struct NewOrder<'a> {
+    pub order_id: Uuid,
+    pub idempotency_key: &'a str,
+    pub fingerprint: &'a [u8],
+    pub request: &'a OrderRequest,
+    pub traceparent: Option<&'a str>,
+    pub placed_event: OutboxEvent,
+}
+
+/// Inserts the order and its OrderPlaced event in one transaction, unless the key was used:
+/// then the earlier answer (same body) or [`ApiError::IdempotencyKeyReused`] (other body).
+/// Concurrent requests with one key meet at the unique index: one inserts, the others wait
+/// for its commit and replay.
+pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, ApiError> {
+    let mut tx = pool.begin().await?;
+    let lines = serde_json::to_value(&order.request.items).map_err(|e| ApiError::Unavailable(e.into()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO orders (order_id, idempotency_key, request_fingerprint, customer_id, customer_email, currency,
+                             lines, total_minor, status, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(order.order_id)
+    .bind(order.idempotency_key)
+    .bind(order.fingerprint)
+    .bind(&order.request.customer_id)
+    .bind(&order.request.customer_email)
+    .bind(&order.request.currency)
+    .bind(lines)
+    .bind(order.request.total_minor())
+    .bind(PENDING_PAYMENT)
+    .bind(order.traceparent)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        let row = sqlx::query("SELECT order_id, request_fingerprint FROM orders WHERE idempotency_key = $1")
+            .bind(order.idempotency_key)
+            .fetch_one(pool)
+            .await?;
+        let fingerprint: Vec<u8> = row.get(1);
+        if fingerprint != order.fingerprint {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        return Ok(Intake::Replayed(Accepted::for_order(row.get(0))));
+    }
+    orderflow_outbox::enqueue(&mut tx, &order.placed_event).await?;
+    tx.commit().await?;
+    Ok(Intake::New(Accepted::for_order(order.order_id)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusChange {
+    pub version: i32,
+    pub status: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub customer_email: Option<String>,
+    pub currency: String,
+    pub items: Value,
+    pub total_minor: i64,
+    pub status: String,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub history: Vec<StatusChange>,
+}
+
+pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
+    let Some(row) = sqlx::query(
+        "SELECT customer_id, customer_email, currency, lines, total_minor, status, version, created_at, updated_at
+         FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let created_at: DateTime<Utc> = row.get(7);
+    let mut history = vec![StatusChange { version: 1, status: PENDING_PAYMENT.into(), reason: None, at: created_at }];
+    let changes = sqlx::query(
+        "SELECT version, status, reason, changed_at FROM order_status_history WHERE order_id = $1 ORDER BY version",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    history.extend(changes.into_iter().map(|r| StatusChange {
+        version: r.get(0),
+        status: r.get(1),
+        reason: r.get(2),
+        at: r.get(3),
+    }));
+    Ok(Some(OrderView {
+        order_id,
+        customer_id: row.get(0),
+        customer_email: row.get(1),
+        currency: row.get(2),
+        items: row.get(3),
+        total_minor: row.get(4),
+        status: row.get(5),
+        version: row.get(6),
+        created_at,
+        updated_at: row.get(8),
+        history,
+    }))
+}

@@ -1,0 +1,141 @@
+//! order-api per test: its own orders database, registry and port; and relays to run beside it.
+
+use std::{sync::Arc, time::Duration};
+
+use orderflow_outbox::{OutboxRelay, RelaySettings};
+use orderflow_producer::ApiSettings;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::{TestDatabase, broker::TestBroker, registry::TestRegistry};
+
+pub struct TestApi {
+    pub url: String,
+    pub pool: PgPool,
+    pub db: TestDatabase,
+    pub registry: TestRegistry,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    _task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApi {
+    pub async fn spawn() -> TestApi {
+        Self::spawn_with(ApiSettings::default()).await
+    }
+
+    pub async fn spawn_with(settings: ApiSettings) -> TestApi {
+        let registry = TestRegistry::spawn().await;
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_producer::migrate(&pool).await.expect("migrate orders db");
+        let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(orderflow_producer::run_api(listener, pool.clone(), codec, settings, async move {
+            let _ = stopped.await;
+        }));
+        TestApi { url, pool, db, registry, http: reqwest::Client::new(), stop: Some(stop), _task: task }
+    }
+
+    pub async fn post_order(&self, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}/orders", self.url)).json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("order-api answers")
+    }
+
+    /// Places a valid order and returns its id.
+    pub async fn place(&self, key: &str) -> uuid::Uuid {
+        let response = self.post_order(Some(key), &sample_order("c-1")).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["order_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.url)).send().await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn sample_order(customer: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "customer_email": format!("{customer}@example.com"),
+        "currency": "EUR",
+        "items": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1250}, {"sku": "SKU-2", "quantity": 1, "unit_price_minor": 499}]
+    })
+}
+
+/// An in-process relay over `pool` into `broker`, stopped on drop.
+pub struct TestRelay {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestRelay {
+    pub fn spawn(pool: &PgPool, broker: &TestBroker, settings: RelaySettings) -> TestRelay {
+        let producer = broker.settings().producer("test-relay", Duration::from_secs(5)).create().unwrap();
+        let relay = OutboxRelay::new(pool.clone(), producer, settings);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async move {
+            let _ = stopped.await;
+        }));
+        TestRelay { stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Fast-polling relay settings for tests.
+pub fn quick_relay() -> RelaySettings {
+    RelaySettings {
+        batch_size: 200,
+        poll_interval: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
