@@ -15,6 +15,23 @@ use rdkafka::{
     error::RDKafkaErrorCode,
 };
 
+/// The Kafka flags every binary takes (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    #[arg(long = "kafka-bootstrap", env = "ORDERFLOW_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+    /// Extra librdkafka properties, `key=value,key=value` (e.g. security settings; never logged).
+    #[arg(long = "kafka-properties", env = "ORDERFLOW_KAFKA_PROPERTIES", default_value = "", hide_env_values = true)]
+    pub properties: String,
+}
+
+impl KafkaArgs {
+    pub fn settings(&self) -> anyhow::Result<KafkaSettings> {
+        KafkaSettings::new(&self.bootstrap).with_properties(&self.properties)
+    }
+}
+
 /// Where the brokers are and any extra client properties (security, tuning).
 #[derive(Clone, Debug)]
 pub struct KafkaSettings {

@@ -12,7 +12,7 @@ use axum::{
 };
 use chrono::Utc;
 use orderflow_outbox::OutboxEvent;
-use orderflow_schemas::events::{Event, Money, OrderPlaced};
+use orderflow_schemas::events::{Money, OrderPlaced};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -99,16 +99,7 @@ async fn create_order(
     };
     let payload = state.codec.encode_event(&placed).await.map_err(|e| ApiError::Unavailable(e.into()))?;
     let trace = traceparent(&headers);
-    let placed_event = OutboxEvent {
-        event_id: Uuid::now_v7(),
-        topic: OrderPlaced::schema().topic.clone(),
-        key: placed.key(),
-        event_type: OrderPlaced::NAME.into(),
-        schema_version: OrderPlaced::VERSION as i32,
-        payload,
-        traceparent: trace.clone(),
-        occurred_at: now,
-    };
+    let placed_event = OutboxEvent::of(&placed, payload, trace.as_deref());
     let order = NewOrder {
         order_id,
         idempotency_key: key,

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod intake;
 pub mod registry;
+pub mod stack;
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
 

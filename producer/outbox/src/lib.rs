@@ -9,6 +9,7 @@
 pub mod relay;
 
 use chrono::{DateTime, Utc};
+use orderflow_schemas::{CodecError, EventCodec, events::Event};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -35,6 +36,42 @@ pub struct OutboxEvent {
     pub payload: Vec<u8>,
     pub traceparent: Option<String>,
     pub occurred_at: DateTime<Utc>,
+}
+
+impl OutboxEvent {
+    /// The outbox row for a typed event whose framed `payload` is already encoded.
+    pub fn of<E: Event>(event: &E, payload: Vec<u8>, traceparent: Option<&str>) -> Self {
+        OutboxEvent {
+            event_id: Uuid::now_v7(),
+            topic: E::schema().topic.clone(),
+            key: event.key(),
+            event_type: E::NAME.into(),
+            schema_version: E::VERSION as i32,
+            payload,
+            traceparent: traceparent.map(str::to_string),
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Encodes a typed event and writes it inside the caller's transaction.
+pub async fn enqueue_event<E: Event>(
+    conn: &mut PgConnection,
+    codec: &EventCodec,
+    event: &E,
+    traceparent: Option<&str>,
+) -> Result<(), EnqueueError> {
+    let payload = codec.encode_event(event).await?;
+    enqueue(conn, &OutboxEvent::of(event, payload, traceparent)).await?;
+    Ok(())
 }
 
 /// Writes `event` inside the caller's transaction.

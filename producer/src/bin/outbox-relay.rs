@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use orderflow_outbox::{OutboxRelay, RelaySettings};
-use orderflow_platform::kafka::KafkaSettings;
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -14,11 +13,8 @@ struct Args {
     /// Database whose `outbox` table is relayed (never logged).
     #[arg(long, env = "ORDERFLOW_OUTBOX_DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    #[arg(long, env = "ORDERFLOW_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
-    /// Extra librdkafka properties, `key=value,key=value` (e.g. security settings).
-    #[arg(long, env = "ORDERFLOW_KAFKA_PROPERTIES", default_value = "", hide_env_values = true)]
-    kafka_properties: String,
+    #[command(flatten)]
+    kafka: orderflow_platform::kafka::KafkaArgs,
     #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 1000)]
     batch_size: i64,
     #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = 500)]
@@ -38,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
     orderflow_outbox::migrate(&pool).await?;
-    let kafka = KafkaSettings::new(args.kafka_bootstrap).with_properties(&args.kafka_properties)?;
+    let kafka = args.kafka.settings()?;
     let producer = kafka.producer("outbox-relay", Duration::from_millis(args.delivery_timeout_ms)).create()?;
     let settings = RelaySettings {
         batch_size: args.batch_size,

@@ -1,0 +1,131 @@
+//! order-service (group `order-service`): applies payment outcomes to orders and announces the
+//! result. PaymentAuthorized → PAID + OrderPaid; PaymentDeclined → PAYMENT_FAILED +
+//! OrderPaymentFailed. The status change, its history row, the event (orders outbox) and the
+//! dedupe record commit together.
+//!
+//! Concurrency is optimistic: the update names the version it read, and a lost race is retried.
+//! A payment outcome for an order that already left PENDING_PAYMENT changes nothing.
+
+use std::sync::Arc;
+
+use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
+use orderflow_schemas::{
+    EventCodec,
+    events::{Event, Money, OrderLine, OrderPaid, OrderPaymentFailed, PaymentAuthorized, PaymentDeclined},
+};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+pub const GROUP: &str = "order-service";
+pub const PAID: &str = "PAID";
+pub const PAYMENT_FAILED: &str = "PAYMENT_FAILED";
+
+/// Orders, outbox and dedupe migrations (order-service shares the orders database).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    orderflow_producer::migrate(pool).await?;
+    orderflow_consumer_runtime::migrate(pool).await
+}
+
+pub struct OrderStatusHandler {
+    pub codec: Arc<EventCodec>,
+}
+
+struct CurrentOrder {
+    status: String,
+    version: i32,
+    customer_id: String,
+    lines: Vec<OrderLine>,
+}
+
+async fn load(tx: &mut PgConnection, order_id: Uuid) -> Result<CurrentOrder, Failure> {
+    let row = sqlx::query("SELECT status, version, customer_id, lines FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Failure::dead("unknown_order", format!("no order {order_id}")))?;
+    let lines: serde_json::Value = row.get(3);
+    Ok(CurrentOrder {
+        status: row.get(0),
+        version: row.get(1),
+        customer_id: row.get(2),
+        lines: serde_json::from_value(lines).map_err(|e| Failure::dead("corrupt_order", e.to_string()))?,
+    })
+}
+
+/// Moves the order to `status` if it still has `version`; false when someone else moved it.
+async fn transition(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    version: i32,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<bool, Failure> {
+    let updated = sqlx::query(
+        "UPDATE orders SET status = $1, version = version + 1, updated_at = now() WHERE order_id = $2 AND version = $3",
+    )
+    .bind(status)
+    .bind(order_id)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    sqlx::query("INSERT INTO order_status_history (order_id, version, status, reason) VALUES ($1, $2, $3, $4)")
+        .bind(order_id)
+        .bind(version + 1)
+        .bind(status)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    Ok(true)
+}
+
+impl Handler for OrderStatusHandler {
+    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+        let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
+        match event.event_type() {
+            "PaymentAuthorized" => {
+                let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
+                let order = load(tx, paid.order_id).await?;
+                if order.status != orderflow_producer::store::PENDING_PAYMENT {
+                    return Ok(());
+                }
+                if !transition(tx, paid.order_id, order.version, PAID, None).await? {
+                    return Err(Failure::Retry(format!("order {} changed concurrently", paid.order_id)));
+                }
+                let announcement = OrderPaid {
+                    order_id: paid.order_id,
+                    payment_id: paid.payment_id,
+                    customer_id: order.customer_id,
+                    lines: order.lines,
+                    amount: Money { amount_minor: paid.amount.amount_minor, currency: paid.amount.currency },
+                    paid_at: paid.authorized_at,
+                };
+                Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
+            }
+            "PaymentDeclined" => {
+                let declined = PaymentDeclined::from_avro(&event.decoded.value).map_err(invalid)?;
+                let order = load(tx, declined.order_id).await?;
+                if order.status != orderflow_producer::store::PENDING_PAYMENT {
+                    return Ok(());
+                }
+                let reason = declined.message.clone();
+                if !transition(tx, declined.order_id, order.version, PAYMENT_FAILED, reason.as_deref()).await? {
+                    return Err(Failure::Retry(format!("order {} changed concurrently", declined.order_id)));
+                }
+                let announcement = OrderPaymentFailed {
+                    order_id: declined.order_id,
+                    payment_id: declined.payment_id,
+                    customer_id: order.customer_id,
+                    reason: declined.reason,
+                    message: declined.message,
+                    failed_at: declined.declined_at,
+                };
+                Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
+            }
+            _ => Ok(()),
+        }
+    }
+}

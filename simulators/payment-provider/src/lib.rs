@@ -1,0 +1,265 @@
+//! A stand-in for the external payment provider, built like one: charges and refunds are
+//! idempotent per `Idempotency-Key` (same key and body → the stored result, never a second
+//! charge; same key, other body → 422), and every outcome lands in a ledger that tests read as
+//! their oracle (`GET /ledger`, `GET /v1/charges/{key}`).
+//!
+//! Declines are decided by the customer: ids starting `decline` are declined (`card_declined`),
+//! `nofunds` → `insufficient_funds`. Everything else is approved.
+
+use std::future::Future;
+
+use anyhow::Context;
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+pub const API_VERSION: &str = "2026-01";
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await.context("running simulator migrations")
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeRequest {
+    pub amount_minor: i64,
+    pub currency: String,
+    pub customer: String,
+    /// The merchant's reference (orderflow sends the order id).
+    pub reference: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    pub charge_id: Uuid,
+    pub amount_minor: i64,
+    pub reference: String,
+}
+
+/// A ledger entry as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub idempotency_key: String,
+    pub kind: String,
+    pub id: Uuid,
+    pub status: String,
+    pub decline_code: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub customer: Option<String>,
+    pub reference: String,
+    pub charge_id: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProviderError {
+    #[error("Idempotency-Key header is required")]
+    MissingKey,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("Idempotency-Key reused with a different request")]
+    KeyReused,
+    #[error("not found")]
+    NotFound,
+    #[error("internal error")]
+    Internal(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ProviderError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ProviderError::MissingKey | ProviderError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ProviderError::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ProviderError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ProviderError::Internal(e) => {
+                tracing::error!(error = %e, "ledger failure");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response()
+    }
+}
+
+fn key(headers: &HeaderMap) -> Result<String, ProviderError> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(str::to_string)
+        .ok_or(ProviderError::MissingKey)
+}
+
+fn decide(customer: &str) -> (&'static str, Option<&'static str>) {
+    if customer.starts_with("decline") {
+        ("declined", Some("card_declined"))
+    } else if customer.starts_with("nofunds") {
+        ("declined", Some("insufficient_funds"))
+    } else {
+        ("approved", None)
+    }
+}
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/v1/charges", post(charge))
+        .route("/v1/charges/{key}", get(entry_by_key))
+        .route("/v1/refunds", post(refund))
+        .route("/ledger", get(ledger))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .with_state(pool)
+}
+
+pub async fn run(
+    listener: TcpListener,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "payment simulator listening");
+    axum::serve(listener, router(pool)).with_graceful_shutdown(shutdown).await.context("serving the simulator")
+}
+
+async fn charge(
+    State(pool): State<PgPool>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ProviderError> {
+    let key = key(&headers)?;
+    let request: ChargeRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+    if request.amount_minor <= 0 || request.currency.len() != 3 {
+        return Err(ProviderError::Invalid("amount_minor must be positive and currency a 3-letter code".into()));
+    }
+    let (status, decline_code) = decide(&request.customer);
+    let hash = Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()).to_vec();
+    let entry = LedgerEntry {
+        idempotency_key: key,
+        kind: "charge".into(),
+        id: Uuid::new_v4(),
+        status: status.into(),
+        decline_code: decline_code.map(str::to_string),
+        amount_minor: request.amount_minor,
+        currency: request.currency,
+        customer: Some(request.customer),
+        reference: request.reference,
+        charge_id: None,
+    };
+    record(&pool, entry, &hash).await
+}
+
+async fn refund(
+    State(pool): State<PgPool>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ProviderError> {
+    let key = key(&headers)?;
+    let request: RefundRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+    let charge =
+        sqlx::query("SELECT amount_minor, currency, status FROM provider_ledger WHERE id = $1 AND kind = 'charge'")
+            .bind(request.charge_id)
+            .fetch_optional(&pool)
+            .await?
+            .ok_or_else(|| ProviderError::Invalid(format!("no charge {}", request.charge_id)))?;
+    let (charged, currency, status): (i64, String, String) = (charge.get(0), charge.get(1), charge.get(2));
+    if status != "approved" || request.amount_minor <= 0 || request.amount_minor > charged {
+        return Err(ProviderError::Invalid("refund must be positive, at most the approved charge".into()));
+    }
+    let hash = Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()).to_vec();
+    let entry = LedgerEntry {
+        idempotency_key: key,
+        kind: "refund".into(),
+        id: Uuid::new_v4(),
+        status: "refunded".into(),
+        decline_code: None,
+        amount_minor: request.amount_minor,
+        currency,
+        customer: None,
+        reference: request.reference,
+        charge_id: Some(request.charge_id),
+    };
+    record(&pool, entry, &hash).await
+}
+
+/// Stores `entry` under its key unless the key exists: then the stored result (same request)
+/// or 422 (other request). Concurrent requests with one key meet at the primary key.
+async fn record(pool: &PgPool, entry: LedgerEntry, hash: &[u8]) -> Result<Response, ProviderError> {
+    sqlx::query(
+        "INSERT INTO provider_ledger (idempotency_key, kind, request_hash, id, status, decline_code, amount_minor, currency,
+                                      customer, reference, charge_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&entry.idempotency_key)
+    .bind(&entry.kind)
+    .bind(hash)
+    .bind(entry.id)
+    .bind(&entry.status)
+    .bind(&entry.decline_code)
+    .bind(entry.amount_minor)
+    .bind(&entry.currency)
+    .bind(&entry.customer)
+    .bind(&entry.reference)
+    .bind(entry.charge_id)
+    .execute(pool)
+    .await?;
+    let (stored, stored_hash) = find(pool, &entry.idempotency_key).await?.ok_or(ProviderError::NotFound)?;
+    if stored_hash != hash || stored.kind != entry.kind {
+        return Err(ProviderError::KeyReused);
+    }
+    Ok(Json(json!({
+        "id": stored.id, "status": stored.status, "decline_code": stored.decline_code,
+        "amount_minor": stored.amount_minor, "currency": stored.currency, "api_version": API_VERSION,
+    }))
+    .into_response())
+}
+
+async fn find(pool: &PgPool, key: &str) -> Result<Option<(LedgerEntry, Vec<u8>)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT idempotency_key, kind, id, status, decline_code, amount_minor, currency, customer, reference, charge_id, request_hash
+         FROM provider_ledger WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (entry_of(&r), r.get(10))))
+}
+
+fn entry_of(r: &sqlx::postgres::PgRow) -> LedgerEntry {
+    LedgerEntry {
+        idempotency_key: r.get(0),
+        kind: r.get(1),
+        id: r.get(2),
+        status: r.get(3),
+        decline_code: r.get(4),
+        amount_minor: r.get(5),
+        currency: r.get(6),
+        customer: r.get(7),
+        reference: r.get(8),
+        charge_id: r.get(9),
+    }
+}
+
+async fn entry_by_key(State(pool): State<PgPool>, Path(key): Path<String>) -> Result<Response, ProviderError> {
+    let (entry, _) = find(&pool, &key).await?.ok_or(ProviderError::NotFound)?;
+    Ok(Json(entry).into_response())
+}
+
+async fn ledger(State(pool): State<PgPool>) -> Result<Response, ProviderError> {
+    let rows = sqlx::query(
+        "SELECT idempotency_key, kind, id, status, decline_code, amount_minor, currency, customer, reference, charge_id
+         FROM provider_ledger ORDER BY created_at, idempotency_key",
+    )
+    .fetch_all(&pool)
+    .await?;
+    Ok(Json(rows.iter().map(entry_of).collect::<Vec<_>>()).into_response())
+}

@@ -1,0 +1,23 @@
+//! `payment-simulator`: the payment provider stand-in.
+
+use clap::Parser;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(name = "payment-simulator", about = "Simulated payment provider with an idempotent ledger")]
+struct Args {
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: String,
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init("payment-simulator");
+    let args = Args::parse();
+    let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
+    orderflow_payment_simulator::migrate(&pool).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    orderflow_payment_simulator::run(listener, pool, orderflow_platform::shutdown::shutdown_signal()).await
+}
