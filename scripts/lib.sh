@@ -6,9 +6,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # A target directory outside the clone, so a second clone (or CI) reuses the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
+# debug (fast to build) or release (what the benchmark measures).
+export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-debug}"
 export ORDERFLOW_STATE_DIR="${ORDERFLOW_STATE_DIR:-/var/tmp/orderflow}"
 export ORDERFLOW_PG_PORT="${ORDERFLOW_PG_PORT:-55432}"
 export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
+export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_KAFKA_PORT:-19092}"
+export ORDERFLOW_API_PORT="${ORDERFLOW_API_PORT:-18080}"
+export ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_SIMULATOR_PORT:-18090}"
+STARTED_POSTGRES=0
 TANSU_VERSION="0.6.0"
 
 log() { printf '\033[1m[orderflow]\033[0m %s\n' "$*" >&2; }
@@ -83,6 +89,7 @@ ensure_postgres() {
         as_postgres "$bin/initdb" -D "$data" --auth=trust --username="$owner" -E UTF8 >/dev/null
     fi
     log "starting Postgres on 127.0.0.1:$ORDERFLOW_PG_PORT"
+    STARTED_POSTGRES=1
     as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
         -o "-p $ORDERFLOW_PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB" >/dev/null \
         || { tail -20 "$data/server.log" >&2; die "Postgres did not start"; }
@@ -105,8 +112,10 @@ ensure_database() {
 }
 
 build_workspace() {
-    log "building the workspace (target: $CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --workspace --bins --quiet)
+    log "building the workspace ($ORDERFLOW_PROFILE, target: $CARGO_TARGET_DIR)"
+    local flags=(--workspace --bins --quiet)
+    [ "$ORDERFLOW_PROFILE" = release ] && flags+=(--release)
+    (cd "$ROOT" && cargo build "${flags[@]}")
 }
 
 # Waits until $1 answers HTTP 200, for at most $2 seconds.
@@ -121,6 +130,77 @@ wait_http() {
 
 STARTED_PIDS=()
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_process NAME COMMAND...: a service without an HTTP health endpoint (relays, consumers).
+# Reused when its pid file names a live process; otherwise started and checked to stay up.
+start_process() {
+    local name="$1"; shift
+    local run="$ORDERFLOW_STATE_DIR/run"
+    mkdir -p "$run"
+    if [ -s "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+        log "reusing $name (pid $(cat "$run/$name.pid"))"
+        return
+    fi
+    log "starting $name (log: $run/$name.log)"
+    setsid nohup "$@" >"$run/$name.log" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$run/$name.pid"
+    STARTED_PIDS+=("$pid")
+    sleep 1
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$run/$name.log" >&2; die "$name exited at start"; }
+}
+
+# The Kafka-protocol broker (tansu, SQLite storage under $ORDERFLOW_STATE_DIR/broker).
+ensure_broker() {
+    export ORDERFLOW_KAFKA_BOOTSTRAP="127.0.0.1:$ORDERFLOW_KAFKA_PORT"
+    if port_open "$ORDERFLOW_KAFKA_PORT"; then
+        log "reusing the broker on $ORDERFLOW_KAFKA_BOOTSTRAP (anything else there fails topic creation loudly)"
+        return
+    fi
+    local dir="$ORDERFLOW_STATE_DIR/broker" url="tcp://127.0.0.1:$ORDERFLOW_KAFKA_PORT"
+    mkdir -p "$dir"
+    log "starting the tansu broker on $ORDERFLOW_KAFKA_BOOTSTRAP (data: $dir/tansu.db)"
+    (cd "$dir" && setsid nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
+        --storage-engine sqlite://tansu.db >"$dir/broker.log" 2>&1 &)
+    for _ in $(seq 100); do
+        if port_open "$ORDERFLOW_KAFKA_PORT"; then
+            # setsid may fork, so find the broker by its command line rather than by $!.
+            pgrep -n -f "tansu broker --listener-url $url" >"$dir/broker.pid"
+            STARTED_PIDS+=("$(cat "$dir/broker.pid")")
+            return
+        fi
+        sleep 0.1
+    done
+    tail -20 "$dir/broker.log" >&2
+    die "the broker did not start"
+}
+
+# Every orderflow service, each on its own database; exports the URLs the tools need.
+start_stack() {
+    local bin="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE"
+    export ORDERFLOW_REGISTRY_URL="http://127.0.0.1:$ORDERFLOW_REGISTRY_PORT"
+    export ORDERFLOW_API_URL="http://127.0.0.1:$ORDERFLOW_API_PORT"
+    export ORDERFLOW_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_PORT"
+    export ORDERFLOW_ORDERS_DATABASE_URL ORDERFLOW_PAYMENTS_DATABASE_URL
+    ORDERFLOW_ORDERS_DATABASE_URL="$(ensure_database orderflow_orders)"
+    ORDERFLOW_PAYMENTS_DATABASE_URL="$(ensure_database orderflow_payments)"
+
+    ORDERFLOW_REGISTRY_DATABASE_URL="$(ensure_database orderflow_registry)" \
+    ORDERFLOW_REGISTRY_LISTEN="127.0.0.1:$ORDERFLOW_REGISTRY_PORT" \
+        start_service registry "$ORDERFLOW_REGISTRY_URL/healthz" "$bin/orderflow-registry"
+    (cd "$ROOT" && "$bin/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
+    ORDERFLOW_SIMULATOR_DATABASE_URL="$(ensure_database orderflow_simulator)" \
+    ORDERFLOW_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_PORT" \
+        start_service payment-simulator "$ORDERFLOW_PROVIDER_URL/healthz" "$bin/payment-simulator"
+    ORDERFLOW_API_LISTEN="127.0.0.1:$ORDERFLOW_API_PORT" \
+        start_service order-api "$ORDERFLOW_API_URL/readyz" "$bin/order-api"
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" start_process relay-orders "$bin/outbox-relay"
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" start_process relay-payments "$bin/outbox-relay"
+    start_process payment "$bin/payment"
+    start_process order-service "$bin/order-service"
+}
+
 # start_service NAME HEALTH_URL COMMAND...: runs COMMAND in the background (log and pid under
 # $ORDERFLOW_STATE_DIR/run), waits for HEALTH_URL. A healthy service already there is reused.
 start_service() {
@@ -132,7 +212,7 @@ start_service() {
         return
     fi
     log "starting $name (log: $run/$name.log)"
-    nohup "$@" >"$run/$name.log" 2>&1 &
+    setsid nohup "$@" >"$run/$name.log" 2>&1 &
     local pid=$!
     echo "$pid" >"$run/$name.pid"
     STARTED_PIDS+=("$pid")
@@ -142,15 +222,16 @@ start_service() {
     fi
 }
 
-# Stops what this invocation started (SIGTERM, then waits for a clean exit).
+# Stops what this invocation started, newest first, one at a time (SIGTERM, wait up to 15 s
+# for a clean exit, then SIGKILL), so consumers commit while the broker is still up.
 stop_started_services() {
-    local pid
-    for pid in "${STARTED_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    local pid i
+    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+        pid="${STARTED_PIDS[$i]}"
+        kill -TERM "$pid" 2>/dev/null || continue
+        for _ in $(seq 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL "$pid" 2>/dev/null || true
     done
     STARTED_PIDS=()
+    if [ "$STARTED_POSTGRES" = 1 ]; then stop_postgres; STARTED_POSTGRES=0; fi
 }

@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_apt_packages
 ensure_tansu
+trap stop_started_services EXIT
 ensure_postgres
 
 # Databases left by an earlier, interrupted run.

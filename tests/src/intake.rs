@@ -90,7 +90,7 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub fn spawn(pool: &PgPool, broker: &TestBroker, settings: RelaySettings) -> TestRelay {
-        let producer = broker.settings().producer("test-relay", Duration::from_secs(5)).create().unwrap();
+        let producer = broker.settings().producer("test-relay", Duration::from_secs(5));
         let relay = OutboxRelay::new(pool.clone(), producer, settings);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(relay.run(async move {

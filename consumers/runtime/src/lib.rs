@@ -117,6 +117,8 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// Records buffered per partition before fetching waits.
     pub partition_queue: usize,
+    /// Partitions of a source topic this consumer creates when it is missing.
+    pub topic_partitions: i32,
 }
 
 impl ConsumerSettings {
@@ -130,6 +132,7 @@ impl ConsumerSettings {
             backoff_cap: Duration::from_secs(30),
             commit_interval: Duration::from_secs(1),
             partition_queue: 256,
+            topic_partitions: 12,
         }
     }
 }
@@ -143,9 +146,10 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let dlts: Vec<(String, i32)> = settings.topics.iter().map(|t| (dlt_topic(t, &settings.group), 1)).collect();
+    let mut dlts: Vec<(String, i32)> = settings.topics.iter().map(|t| (dlt_topic(t, &settings.group), 1)).collect();
+    dlts.extend(settings.topics.iter().map(|t| (t.clone(), settings.topic_partitions)));
     let dlt_refs: Vec<(&str, i32)> = dlts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    settings.kafka.ensure_topics(&dlt_refs).await.context("creating dead-letter topics")?;
+    settings.kafka.ensure_topics(&dlt_refs).await.context("creating the source and dead-letter topics")?;
 
     let client_id = format!("{}-consumer", settings.group);
     let consumer: Arc<StreamConsumer> =
@@ -209,10 +213,16 @@ pub async fn run<H: Handler>(
         drop(sender);
         let _ = task.await;
     }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        Err(error) if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(%error, "final commit failed; the next owner re-reads (dedupe makes it harmless)"),
+    // A synchronous commit blocks its thread, and waits long if the broker is gone: bound it.
+    let committing = tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync));
+    match tokio::time::timeout(Duration::from_secs(10), committing).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error)))
+            if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%error, "final commit failed; the next owner re-reads (dedupe makes it harmless)")
+        }
+        Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
     }
     tracing::info!(group = %settings.group, "consumer stopped");
     Ok(())

@@ -2,7 +2,7 @@
 //! a batch in flight at once on an idempotent producer), and marks a row published only after
 //! the broker acknowledged it.
 //!
-//! Ordering: a row is claimed only when no earlier row with the same key is still unpublished,
+//! Ordering: a row is claimed only when it is the oldest unpublished row of its key,
 //! and claims hold row locks (`FOR UPDATE SKIP LOCKED`) until the batch is marked. So at most one
 //! event per key is in flight at any time, across any number of relays and restarts, and one
 //! order's events reach its partition in outbox order. Many relays share the work.
@@ -12,16 +12,32 @@
 //! rows unmarked for the next claim: at-least-once, duplicates removed by consumers' dedupe.
 //!
 //! Wake-up: LISTEN/NOTIFY at commit of each insert, with a polling fallback.
+//!
+//! Producer lifetime: after a failed batch, or as soon as the client reports every broker down,
+//! the relay purges and drops its producer and starts the next batch on a fresh one (a new
+//! producer id). Rows are only marked on acknowledgement and one event per key is in flight, so
+//! this costs at most duplicates, never order. It matters twice: a producer that hit a fatal
+//! idempotence error is unusable for good on any broker, and tansu 0.6.0 cannot serve
+//! librdkafka's idempotent epoch bump (InitProducerId with an existing id, KIP-360) that follows
+//! in-flight requests lost to a broker restart — it panics its storage. A fresh producer never
+//! asks for one.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::join_all;
 use rdkafka::{
+    ClientConfig, ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer, PurgeConfig},
 };
 use sqlx::{PgPool, Row, postgres::PgListener};
 
@@ -49,9 +65,31 @@ impl Default for RelaySettings {
     }
 }
 
+/// Notices when the client loses every broker, so the relay can retire its producer.
+#[derive(Clone, Default)]
+pub struct RelayContext {
+    brokers_lost: Arc<AtomicBool>,
+}
+
+impl ClientContext for RelayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            self.brokers_lost.store(true, Ordering::SeqCst);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+type RelayProducer = FutureProducer<RelayContext>;
+
 pub struct OutboxRelay {
     pool: PgPool,
-    producer: FutureProducer,
+    config: ClientConfig,
+    context: RelayContext,
+    producer: Mutex<Option<Arc<RelayProducer>>>,
     settings: RelaySettings,
 }
 
@@ -79,16 +117,41 @@ const CLAIM: &str = "
            o.traceparent, o.occurred_at
     FROM outbox o
     WHERE o.published_at IS NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM outbox earlier
-          WHERE earlier.message_key = o.message_key AND earlier.published_at IS NULL AND earlier.id < o.id)
+      AND o.id = (
+          SELECT head.id FROM outbox head
+          WHERE head.message_key = o.message_key AND head.published_at IS NULL
+          ORDER BY head.message_key, head.id
+          LIMIT 1)
     ORDER BY o.id
     LIMIT $1
     FOR UPDATE OF o SKIP LOCKED";
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, producer: FutureProducer, settings: RelaySettings) -> Self {
-        OutboxRelay { pool, producer, settings }
+    /// `config` is an idempotent producer config (see `KafkaSettings::producer`).
+    pub fn new(pool: PgPool, config: ClientConfig, settings: RelaySettings) -> Self {
+        OutboxRelay { pool, config, context: RelayContext::default(), producer: Mutex::new(None), settings }
+    }
+
+    /// The current producer, or a fresh one if there is none or the brokers were lost.
+    fn producer(&self) -> anyhow::Result<Arc<RelayProducer>> {
+        let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.context.brokers_lost.swap(false, Ordering::SeqCst) {
+            retire(slot.take());
+        }
+        if let Some(producer) = slot.as_ref() {
+            return Ok(producer.clone());
+        }
+        let producer: RelayProducer =
+            self.config.create_with_context(self.context.clone()).context("creating the relay's producer")?;
+        let producer = Arc::new(producer);
+        *slot = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// Drops the current producer so the next batch starts on a new one.
+    fn retire_producer(&self) {
+        let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        retire(slot.take());
     }
 
     /// Relays until `shutdown` resolves; an in-flight batch is finished first.
@@ -159,7 +222,18 @@ impl OutboxRelay {
     /// Claims, sends and marks one batch.
     pub async fn publish_batch(&self) -> anyhow::Result<BatchOutcome> {
         let mut tx = self.pool.begin().await.context("opening the claim transaction")?;
+        // The claim is a short, repeated query: JIT compilation would cost more than it saves.
+        sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await.context("configuring the claim")?;
+        let started = std::time::Instant::now();
         let rows = sqlx::query(CLAIM).bind(self.settings.batch_size).fetch_all(&mut *tx).await.context("claiming")?;
+        if started.elapsed() > Duration::from_millis(250) {
+            // A burst outgrew the planner's statistics (a queue table changes size fast); refresh
+            // them so the head-of-key probe uses its index again.
+            tracing::info!(elapsed = ?started.elapsed(), "slow outbox claim; analyzing the outbox table");
+            if let Err(error) = sqlx::query("ANALYZE outbox").execute(&self.pool).await {
+                tracing::warn!(%error, "ANALYZE outbox failed");
+            }
+        }
         if rows.is_empty() {
             return Ok(BatchOutcome::default());
         }
@@ -177,17 +251,34 @@ impl OutboxRelay {
                 occurred_at: r.get(8),
             })
             .collect();
+        let producer = self.producer()?;
         let mut deliveries = Vec::with_capacity(claimed.len());
         for event in &claimed {
-            deliveries.push(self.send(event).await);
+            deliveries.push(self.send(&producer, event).await);
         }
-        let results = join_all(deliveries.into_iter().map(|d| async move {
+        let all = join_all(deliveries.into_iter().map(|d| async move {
             match d {
                 Ok(future) => matches!(future.await, Ok(Ok(_))),
                 Err(_) => false,
             }
-        }))
-        .await;
+        }));
+        tokio::pin!(all);
+        let results = loop {
+            tokio::select! {
+                results = &mut all => break results,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if self.context.brokers_lost.load(Ordering::SeqCst) {
+                        // Fail this batch now rather than let the producer resume against a
+                        // restarted broker; the rows stay unmarked for the next claim.
+                        producer.purge(PurgeConfig::default().queue().inflight());
+                    }
+                }
+            }
+        };
+        drop(producer);
+        if results.iter().any(|ok| !ok) {
+            self.retire_producer();
+        }
         let acked: Vec<i64> = claimed.iter().zip(&results).filter(|(_, ok)| **ok).map(|(e, _)| e.id).collect();
         if !acked.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
@@ -201,7 +292,11 @@ impl OutboxRelay {
     }
 
     /// Enqueues one record on the producer, waiting while its local queue is full.
-    async fn send(&self, event: &Claimed) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    async fn send(
+        &self,
+        producer: &RelayProducer,
+        event: &Claimed,
+    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         let event_id = event.event_id.to_string();
         let version = event.schema_version.to_string();
         let occurred = event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -215,7 +310,7 @@ impl OutboxRelay {
         }
         let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload).headers(headers);
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(future) => return Ok(future),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
@@ -240,5 +335,13 @@ impl OutboxRelay {
             tracing::debug!(deleted, "published outbox rows removed");
         }
         Ok(deleted)
+    }
+}
+
+/// Purges whatever a retired producer still holds, then drops it.
+fn retire(producer: Option<Arc<RelayProducer>>) {
+    if let Some(producer) = producer {
+        producer.purge(PurgeConfig::default().queue().inflight());
+        tracing::info!("retiring the relay's producer; the next batch starts on a new one");
     }
 }

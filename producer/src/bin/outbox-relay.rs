@@ -15,6 +15,9 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    /// Topics to create at start-up if missing, `name:partitions,...`.
+    #[arg(long, env = "ORDERFLOW_RELAY_ENSURE_TOPICS", default_value = "orders:12,payments:12")]
+    ensure_topics: String,
     #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 1000)]
     batch_size: i64,
     #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = 500)]
@@ -35,7 +38,18 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
     orderflow_outbox::migrate(&pool).await?;
     let kafka = args.kafka.settings()?;
-    let producer = kafka.producer("outbox-relay", Duration::from_millis(args.delivery_timeout_ms)).create()?;
+    let topics: Vec<(String, i32)> = args
+        .ensure_topics
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| match t.trim().split_once(':') {
+            Some((name, partitions)) => Ok((name.to_string(), partitions.parse()?)),
+            None => Ok((t.trim().to_string(), 12)),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    kafka.ensure_topics(&topic_refs).await?;
+    let producer = kafka.producer("outbox-relay", Duration::from_millis(args.delivery_timeout_ms));
     let settings = RelaySettings {
         batch_size: args.batch_size,
         poll_interval: Duration::from_millis(args.poll_ms),

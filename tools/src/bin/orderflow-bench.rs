@@ -1,0 +1,189 @@
+//! `orderflow-bench`: measures order intake and the outbox relay on this machine, each as a
+//! ratio to a baseline taken in the same run — never a timed test.
+//!
+//! 1. Baseline: `pgbench` runs the same two inserts order-api makes (order + outbox row, one
+//!    transaction) with the same concurrency for the same time, on a scratch database.
+//! 2. Intake: POST /orders at full speed against the running order-api (relay and consumers
+//!    running beside it, as in production); accepted orders/s, and the outbox lag at the end.
+//! 3. Relay: a scratch outbox seeded with N events is drained by one relay into the broker;
+//!    events/s from first claim to last acknowledgement.
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use orderflow_outbox::{OutboxRelay, RelaySettings};
+use orderflow_platform::kafka::KafkaArgs;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+#[derive(Parser)]
+#[command(name = "orderflow-bench", about = "Intake and relay throughput against same-run baselines")]
+struct Args {
+    #[arg(long, env = "ORDERFLOW_API_URL", default_value = "http://127.0.0.1:18080")]
+    api: String,
+    /// The running stack's orders database (for the outbox lag after intake).
+    #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
+    orders_database_url: String,
+    /// Admin URL of the same Postgres server (scratch databases are made there).
+    #[arg(long, env = "ORDERFLOW_PG_ADMIN_URL", hide_env_values = true)]
+    admin_url: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 50_000)]
+    relay_events: i64,
+    #[arg(long, default_value_t = 1000)]
+    relay_batch: i64,
+}
+
+async fn scratch_database(admin: &str, name: &str) -> anyhow::Result<(String, PgPool)> {
+    let pool = PgPool::connect(admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&pool).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&pool).await?;
+    let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin, |(base, _)| base));
+    let db = PgPoolOptions::new().max_connections(8).connect(&url).await?;
+    Ok((url, db))
+}
+
+const PGBENCH_SCRIPT: &str = r#"BEGIN;
+INSERT INTO orders (order_id, idempotency_key, request_fingerprint, customer_id, customer_email, currency, lines, total_minor, status)
+  VALUES (gen_random_uuid(), gen_random_uuid()::text, '\x0011223344556677', 'cust-12345', 'cust-12345@example.com', 'EUR',
+          '[{"sku":"TEE-BLK-M","quantity":2,"unit_price_minor":1250},{"sku":"MUG-CLASSIC","quantity":1,"unit_price_minor":899}]', 3399, 'PENDING_PAYMENT');
+INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
+  VALUES (gen_random_uuid(), 'orders', gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now());
+END;
+"#;
+
+async fn baseline(args: &Args) -> anyhow::Result<f64> {
+    let (url, pool) = scratch_database(&args.admin_url, "orderflow_bench_baseline").await?;
+    orderflow_producer::migrate(&pool).await?;
+    let script = std::env::temp_dir().join("orderflow-bench-intake.sql");
+    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &args.concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &args.seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .context("running pgbench (Debian package postgresql-client)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+    }
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no tps in pgbench output")
+}
+
+async fn intake(args: &Args) -> anyhow::Result<(f64, u64)> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let workers = (0..args.concurrency).map(|worker| {
+        let (http, api, accepted, other) = (http.clone(), args.api.clone(), accepted.clone(), other.clone());
+        tokio::spawn(async move {
+            let client = format!("bench-{worker}");
+            while Instant::now() < deadline {
+                let body = orderflow_tools::sample_order(&mut rand::rng(), 0.1);
+                let status = http
+                    .post(format!("{api}/orders"))
+                    .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                    .header("X-Client-Id", &client)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                if status == 202 {
+                    accepted.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    other.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((accepted.load(Ordering::Relaxed) as f64 / elapsed, other.load(Ordering::Relaxed)))
+}
+
+async fn relay(args: &Args) -> anyhow::Result<f64> {
+    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_relay").await?;
+    orderflow_outbox::migrate(&pool).await?;
+    let kafka = args.kafka.settings()?;
+    let topic = format!("bench-relay-{}", uuid::Uuid::new_v4().simple());
+    kafka.ensure_topics(&[(&topic, 12)]).await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now()
+         FROM generate_series(1, $2)",
+    )
+    .bind(&topic)
+    .bind(args.relay_events)
+    .execute(&pool)
+    .await?;
+    let producer = kafka.producer("bench-relay", Duration::from_secs(30));
+    let settings =
+        RelaySettings { batch_size: args.relay_batch, poll_interval: Duration::from_millis(20), ..Default::default() };
+    let relay = OutboxRelay::new(pool.clone(), producer, settings);
+    let start = Instant::now();
+    loop {
+        let outcome = relay.publish_batch().await?;
+        if outcome.claimed == 0 {
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&pool).await?;
+    if left > 0 {
+        bail!("{left} events were not acknowledged");
+    }
+    Ok(args.relay_events as f64 / elapsed)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "orderflow-bench: {} s per phase, concurrency {}, {} relay events",
+        args.seconds, args.concurrency, args.relay_events
+    );
+    let pgbench_tps = baseline(&args).await?;
+    println!("baseline  pgbench, same two inserts per transaction: {pgbench_tps:>9.0} tx/s");
+    let (accepted, refused) = intake(&args).await?;
+    let orders = PgPool::connect(&args.orders_database_url).await?;
+    let (pending, oldest) = orderflow_outbox::backlog(&orders).await?;
+    println!("intake    POST /orders accepted:                     {accepted:>9.0} orders/s  ({refused} not accepted)");
+    println!("          outbox lag right after intake:             {pending:>9} rows, oldest {oldest:.1} s");
+    let relay_rate = relay(&args).await?;
+    println!("relay     outbox -> broker, acknowledged:            {relay_rate:>9.0} events/s");
+    println!();
+    println!("intake / baseline = {:.2}   (target >= 0.5)", accepted / pgbench_tps);
+    println!("relay             = {relay_rate:.0} events/s   (target >= 10000)");
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Shared by the demo and the benchmark: sample orders and an order-api client.
+
+use rand::{Rng, seq::IndexedRandom};
+use serde_json::{Value, json};
+
+const SKUS: [&str; 8] =
+    ["TEE-BLK-M", "TEE-WHT-L", "MUG-CLASSIC", "CAP-NAVY", "SOCK-3PK", "HOODIE-GRY-S", "BAG-TOTE", "PIN-ENAMEL"];
+
+/// A plausible order; `decline_share` of them come from customers the simulator declines.
+pub fn sample_order(rng: &mut impl Rng, decline_share: f64) -> Value {
+    let customer = if rng.random_bool(decline_share) {
+        format!("decline-{}", rng.random_range(1000..9999))
+    } else {
+        format!("cust-{}", rng.random_range(10_000..99_999))
+    };
+    let lines: Vec<Value> = (0..rng.random_range(1..4))
+        .map(|_| {
+            json!({
+                "sku": SKUS.choose(rng).unwrap(),
+                "quantity": rng.random_range(1..4),
+                "unit_price_minor": rng.random_range(199..9_999),
+            })
+        })
+        .collect();
+    json!({ "customer_id": customer, "customer_email": format!("{customer}@example.com"), "currency": "EUR", "items": lines })
+}
+
+/// Posts one order with a fresh Idempotency-Key; returns the HTTP status (0 when no answer).
+pub async fn post_order(http: &reqwest::Client, api: &str, body: &Value) -> u16 {
+    http.post(format!("{api}/orders"))
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
