@@ -9,7 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_apt_packages
 ensure_tansu
 build_workspace
-trap 'stop_started_services' EXIT INT TERM
+trap 'exit 130' INT TERM
+trap 'stop_started_services' EXIT
 ensure_postgres
 ensure_broker
 start_stack

@@ -77,7 +77,10 @@ impl KafkaSettings {
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
-            .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            // A slow broker should slow us down, not time requests out: a timed-out request
+            // forces the idempotent producer to bump its epoch (which tansu 0.6.0 cannot serve).
+            .set("request.timeout.ms", delivery_timeout.as_millis().clamp(5_000, 900_000).to_string());
         config
     }
 

@@ -38,6 +38,6 @@ impl TestDatabase {
     }
 
     pub async fn pool(&self) -> PgPool {
-        PgPoolOptions::new().max_connections(10).connect(&self.url).await.expect("connect to the test database")
+        PgPoolOptions::new().max_connections(20).connect(&self.url).await.expect("connect to the test database")
     }
 }

@@ -46,6 +46,9 @@ use sqlx::{PgPool, Row, postgres::PgListener};
 pub struct RelaySettings {
     /// Rows claimed per transaction.
     pub batch_size: i64,
+    /// Independent claim→send→mark loops (each batch in its own transaction; SKIP LOCKED and the
+    /// head-of-key rule keep them disjoint and in order).
+    pub concurrent_batches: usize,
     /// How long to sleep with no notification before looking again.
     pub poll_interval: Duration,
     /// Longest backoff after a failed batch.
@@ -57,7 +60,8 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch_size: 1000,
+            batch_size: 2000,
+            concurrent_batches: 4,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             retention: Duration::from_secs(3600),
@@ -90,6 +94,7 @@ pub struct OutboxRelay {
     config: ClientConfig,
     context: RelayContext,
     producer: Mutex<Option<Arc<RelayProducer>>>,
+    last_analyze: Mutex<Option<std::time::Instant>>,
     settings: RelaySettings,
 }
 
@@ -129,7 +134,14 @@ const CLAIM: &str = "
 impl OutboxRelay {
     /// `config` is an idempotent producer config (see `KafkaSettings::producer`).
     pub fn new(pool: PgPool, config: ClientConfig, settings: RelaySettings) -> Self {
-        OutboxRelay { pool, config, context: RelayContext::default(), producer: Mutex::new(None), settings }
+        OutboxRelay {
+            pool,
+            config,
+            context: RelayContext::default(),
+            producer: Mutex::new(None),
+            last_analyze: Mutex::new(None),
+            settings,
+        }
     }
 
     /// The current producer, or a fresh one if there is none or the brokers were lost.
@@ -148,26 +160,64 @@ impl OutboxRelay {
         Ok(producer)
     }
 
+    /// A claim of a few ms that takes tens means the planner's statistics describe an outbox of
+    /// another size (a burst, a drained backlog): refresh them, at most every 30 s.
+    async fn refresh_statistics_if_slow(&self, claim_time: Duration) {
+        if claim_time < Duration::from_millis(25) {
+            return;
+        }
+        {
+            let mut last = self.last_analyze.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        tracing::info!(?claim_time, "slow outbox claim; refreshing the outbox table's statistics");
+        if let Err(error) = sqlx::query("ANALYZE outbox").execute(&self.pool).await {
+            tracing::warn!(%error, "ANALYZE outbox failed");
+        }
+    }
+
     /// Drops the current producer so the next batch starts on a new one.
     fn retire_producer(&self) {
         let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
         retire(slot.take());
     }
 
-    /// Relays until `shutdown` resolves; an in-flight batch is finished first.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    /// Relays until `shutdown` resolves; in-flight batches are finished first. Runs
+    /// `concurrent_batches` independent claim→send→mark loops, so the broker always has work
+    /// while another loop claims or marks.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let wake = tokio::sync::Notify::new();
+        let workers =
+            (0..self.settings.concurrent_batches.max(1)).map(|worker| self.run_worker(worker, &wake, shutdown.clone()));
+        tokio::select! {
+            _ = join_all(workers) => {}
+            () = self.listen(&wake) => {}
+        }
+        tracing::info!("outbox relay stopped");
+        Ok(())
+    }
+
+    async fn run_worker(
+        &self,
+        worker: usize,
+        wake: &tokio::sync::Notify,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
-        let mut listener = self.listen().await;
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
         loop {
             let wait = match self.publish_batch().await {
-                Ok(outcome) if outcome.claimed as i64 == self.settings.batch_size => {
+                Ok(outcome) if outcome.claimed as i64 >= self.settings.batch_size => {
                     backoff = Duration::from_millis(100);
                     Duration::ZERO
                 }
                 Ok(outcome) if outcome.published < outcome.claimed => {
-                    tracing::warn!(?outcome, "some events were not acknowledged; retrying after backoff");
+                    tracing::warn!(worker, ?outcome, "some events were not acknowledged; retrying after backoff");
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                     backoff
                 }
@@ -176,12 +226,12 @@ impl OutboxRelay {
                     self.settings.poll_interval
                 }
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), ?backoff, "outbox batch failed; retrying");
+                    tracing::warn!(worker, error = format!("{error:#}"), ?backoff, "outbox batch failed; retrying");
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                     backoff
                 }
             };
-            if last_cleanup.elapsed() > Duration::from_secs(60) {
+            if worker == 0 && last_cleanup.elapsed() > Duration::from_secs(60) {
                 last_cleanup = tokio::time::Instant::now();
                 if let Err(error) = self.delete_published().await {
                     tracing::warn!(%error, "outbox clean-up failed");
@@ -190,33 +240,56 @@ impl OutboxRelay {
             if wait.is_zero() {
                 continue;
             }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => {
-                        if let Err(error) = l.recv().await {
-                            tracing::debug!(%error, "outbox listener lost; polling until it is back");
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                    None => tokio::time::sleep(wait).await,
-                }
-            };
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = tokio::time::timeout(wait, notified) => {}
-            }
-            if listener.is_none() {
-                listener = self.listen().await;
+                _ = tokio::time::timeout(wait, wake.notified()) => {}
             }
         }
-        tracing::info!("outbox relay stopped");
-        Ok(())
     }
 
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen("orderflow_outbox").await.ok()?;
-        Some(listener)
+    /// Publishes everything unpublished now, with the configured number of loops; returns how
+    /// many events were acknowledged. (The benchmark's drain; services use [`Self::run`].)
+    pub async fn drain(&self) -> anyhow::Result<usize> {
+        let workers = (0..self.settings.concurrent_batches.max(1)).map(|_| async {
+            let mut published = 0;
+            loop {
+                let outcome = self.publish_batch().await?;
+                published += outcome.published;
+                if outcome.claimed == 0 {
+                    return anyhow::Ok(published);
+                }
+            }
+        });
+        let mut total = 0;
+        for result in join_all(workers).await {
+            total += result?;
+        }
+        Ok(total)
+    }
+
+    /// One LISTEN connection per relay wakes every loop at commit of new outbox rows; when it
+    /// is lost the loops fall back to polling until it is back.
+    async fn listen(&self, wake: &tokio::sync::Notify) {
+        loop {
+            let listener = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen("orderflow_outbox").await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            match listener.await {
+                Ok(mut listener) => loop {
+                    match listener.recv().await {
+                        Ok(_) => wake.notify_waiters(),
+                        Err(error) => {
+                            tracing::debug!(%error, "outbox listener lost; polling until it is back");
+                            break;
+                        }
+                    }
+                },
+                Err(error) => tracing::debug!(%error, "cannot LISTEN for outbox inserts; polling"),
+            }
+            tokio::time::sleep(self.settings.poll_interval.max(Duration::from_secs(1))).await;
+        }
     }
 
     /// Claims, sends and marks one batch.
@@ -226,14 +299,7 @@ impl OutboxRelay {
         sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await.context("configuring the claim")?;
         let started = std::time::Instant::now();
         let rows = sqlx::query(CLAIM).bind(self.settings.batch_size).fetch_all(&mut *tx).await.context("claiming")?;
-        if started.elapsed() > Duration::from_millis(250) {
-            // A burst outgrew the planner's statistics (a queue table changes size fast); refresh
-            // them so the head-of-key probe uses its index again.
-            tracing::info!(elapsed = ?started.elapsed(), "slow outbox claim; analyzing the outbox table");
-            if let Err(error) = sqlx::query("ANALYZE outbox").execute(&self.pool).await {
-                tracing::warn!(%error, "ANALYZE outbox failed");
-            }
-        }
+        self.refresh_statistics_if_slow(started.elapsed()).await;
         if rows.is_empty() {
             return Ok(BatchOutcome::default());
         }
@@ -251,6 +317,7 @@ impl OutboxRelay {
                 occurred_at: r.get(8),
             })
             .collect();
+        let claim_time = started.elapsed();
         let producer = self.producer()?;
         let mut deliveries = Vec::with_capacity(claimed.len());
         for event in &claimed {
@@ -276,6 +343,7 @@ impl OutboxRelay {
             }
         };
         drop(producer);
+        let send_time = started.elapsed() - claim_time;
         if results.iter().any(|ok| !ok) {
             self.retire_producer();
         }
@@ -288,6 +356,8 @@ impl OutboxRelay {
                 .context("marking published")?;
         }
         tx.commit().await.context("committing the batch")?;
+        tracing::debug!(claimed = claimed.len(), published = acked.len(), ?claim_time, ?send_time,
+            mark_time = ?(started.elapsed() - claim_time - send_time), "outbox batch");
         Ok(BatchOutcome { claimed: claimed.len(), published: acked.len() })
     }
 

@@ -18,12 +18,15 @@ struct Args {
     /// Topics to create at start-up if missing, `name:partitions,...`.
     #[arg(long, env = "ORDERFLOW_RELAY_ENSURE_TOPICS", default_value = "orders:12,payments:12")]
     ensure_topics: String,
-    #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 2000)]
     batch_size: i64,
+    /// Batches in flight at once.
+    #[arg(long, env = "ORDERFLOW_RELAY_CONCURRENT_BATCHES", default_value_t = 4)]
+    concurrent_batches: usize,
     #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = 500)]
     poll_ms: u64,
     /// How long a send may be retried by the producer before the batch gives up on it.
-    #[arg(long, env = "ORDERFLOW_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "ORDERFLOW_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 120_000)]
     delivery_timeout_ms: u64,
 }
 
@@ -32,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("outbox-relay");
     let args = Args::parse();
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        // One per claim loop, one for LISTEN, one for clean-up.
+        .max_connections(args.concurrent_batches as u32 + 2)
         .connect(&args.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = kafka.producer("outbox-relay", Duration::from_millis(args.delivery_timeout_ms));
     let settings = RelaySettings {
         batch_size: args.batch_size,
+        concurrent_batches: args.concurrent_batches,
         poll_interval: Duration::from_millis(args.poll_ms),
         ..Default::default()
     };
