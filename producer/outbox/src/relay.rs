@@ -1,6 +1,6 @@
 //! The outbox relay: claims unpublished rows in batches, sends them to Kafka pipelined (all of
-//! a batch in flight at once on an idempotent producer), and marks a row published only after
-//! the broker acknowledged it.
+//! a batch in flight at once on an idempotent producer), and deletes a row only after the
+//! broker acknowledged it (the topic is then the record of the event).
 //!
 //! Ordering: a row is claimed only when it is the oldest unpublished row of its key,
 //! and claims hold row locks (`FOR UPDATE SKIP LOCKED`) until the batch is marked. So at most one
@@ -53,8 +53,6 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Longest backoff after a failed batch.
     pub max_backoff: Duration,
-    /// Published rows older than this are deleted.
-    pub retention: Duration,
 }
 
 impl Default for RelaySettings {
@@ -64,7 +62,6 @@ impl Default for RelaySettings {
             concurrent_batches: 4,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
-            retention: Duration::from_secs(3600),
         }
     }
 }
@@ -209,7 +206,6 @@ impl OutboxRelay {
     ) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
-        let mut last_cleanup = tokio::time::Instant::now();
         loop {
             let wait = match self.publish_batch().await {
                 Ok(outcome) if outcome.claimed as i64 >= self.settings.batch_size => {
@@ -231,12 +227,6 @@ impl OutboxRelay {
                     backoff
                 }
             };
-            if worker == 0 && last_cleanup.elapsed() > Duration::from_secs(60) {
-                last_cleanup = tokio::time::Instant::now();
-                if let Err(error) = self.delete_published().await {
-                    tracing::warn!(%error, "outbox clean-up failed");
-                }
-            }
             if wait.is_zero() {
                 continue;
             }
@@ -349,7 +339,9 @@ impl OutboxRelay {
         }
         let acked: Vec<i64> = claimed.iter().zip(&results).filter(|(_, ok)| **ok).map(|(e, _)| e.id).collect();
         if !acked.is_empty() {
-            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            // Deleting is the cheapest "done" Postgres has (no new row version, no index entries);
+            // the broker is now the record of the event.
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(&acked)
                 .execute(&mut *tx)
                 .await
@@ -389,22 +381,6 @@ impl OutboxRelay {
                 Err((error, _)) => return Err(error),
             }
         }
-    }
-
-    async fn delete_published(&self) -> sqlx::Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(self.settings.retention).unwrap_or_default();
-        let deleted = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox WHERE published_at < $1 ORDER BY published_at LIMIT 10000)",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if deleted > 0 {
-            tracing::debug!(deleted, "published outbox rows removed");
-        }
-        Ok(deleted)
     }
 }
 

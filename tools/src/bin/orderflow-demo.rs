@@ -30,7 +30,7 @@ struct Args {
 
 async fn counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64, i64)> {
     sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox WHERE event_type = 'OrderPlaced' AND published_at IS NOT NULL),
+        "SELECT count(*) - (SELECT count(*) FROM outbox WHERE event_type = 'OrderPlaced'),
                 count(*) FILTER (WHERE status = 'PAID'),
                 count(*) FILTER (WHERE status = 'PAYMENT_FAILED'),
                 count(*) FILTER (WHERE status = 'PENDING_PAYMENT')
