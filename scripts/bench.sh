@@ -4,6 +4,11 @@
 # run, the outbox lag, and relay events/s. Extra arguments go to orderflow-bench
 # (e.g. --seconds 30 --concurrency 32 --relay-events 100000).
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-release}"
+# Its own stack (ports, broker data, databases), so it never disturbs the demo's and starts clean.
+export ORDERFLOW_STATE_DIR="${ORDERFLOW_BENCH_STATE_DIR:-/var/tmp/orderflow-bench}"
+export ORDERFLOW_DB_PREFIX=orderflow_bench
+export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_BENCH_KAFKA_PORT:-29092}" ORDERFLOW_API_PORT="${ORDERFLOW_BENCH_API_PORT:-28080}"
+export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_BENCH_REGISTRY_PORT:-28081}" ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_BENCH_SIMULATOR_PORT:-28090}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_apt_packages
@@ -12,6 +17,10 @@ build_workspace
 trap 'exit 130' INT TERM
 trap 'stop_started_services' EXIT
 ensure_postgres
+for db in orders payments registry simulator; do
+    psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
+done
+port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
 ensure_broker
 start_stack
 "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-bench" --admin-url "$ORDERFLOW_PG_ADMIN_URL" "$@"

@@ -14,6 +14,8 @@ export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_KAFKA_PORT:-19092}"
 export ORDERFLOW_API_PORT="${ORDERFLOW_API_PORT:-18080}"
 export ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_SIMULATOR_PORT:-18090}"
+# Database names are <prefix>_orders, <prefix>_payments, … (the benchmark uses its own).
+export ORDERFLOW_DB_PREFIX="${ORDERFLOW_DB_PREFIX:-orderflow}"
 STARTED_POSTGRES=0
 TANSU_VERSION="0.6.0"
 
@@ -67,7 +69,7 @@ ensure_postgres() {
     fi
     local bin data owner
     bin="$(pg_bin)"
-    data="$ORDERFLOW_STATE_DIR/pg"
+    data="${ORDERFLOW_PG_DIR:-/var/tmp/orderflow/pg}"
     owner="$(id -un)"; [ "$(id -u)" -eq 0 ] && owner=postgres
     export ORDERFLOW_PG_ADMIN_URL="postgres://$owner@127.0.0.1:$ORDERFLOW_PG_PORT/postgres"
     if "$bin/pg_isready" -q -h 127.0.0.1 -p "$ORDERFLOW_PG_PORT"; then
@@ -96,7 +98,7 @@ ensure_postgres() {
 }
 
 stop_postgres() {
-    local data="$ORDERFLOW_STATE_DIR/pg"
+    local data="${ORDERFLOW_PG_DIR:-/var/tmp/orderflow/pg}"
     [ -s "$data/postmaster.pid" ] || return 0
     log "stopping Postgres ($data)"
     as_postgres "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
@@ -183,14 +185,14 @@ start_stack() {
     export ORDERFLOW_API_URL="http://127.0.0.1:$ORDERFLOW_API_PORT"
     export ORDERFLOW_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_PORT"
     export ORDERFLOW_ORDERS_DATABASE_URL ORDERFLOW_PAYMENTS_DATABASE_URL
-    ORDERFLOW_ORDERS_DATABASE_URL="$(ensure_database orderflow_orders)"
-    ORDERFLOW_PAYMENTS_DATABASE_URL="$(ensure_database orderflow_payments)"
+    ORDERFLOW_ORDERS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_orders")"
+    ORDERFLOW_PAYMENTS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_payments")"
 
-    ORDERFLOW_REGISTRY_DATABASE_URL="$(ensure_database orderflow_registry)" \
+    ORDERFLOW_REGISTRY_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_registry")" \
     ORDERFLOW_REGISTRY_LISTEN="127.0.0.1:$ORDERFLOW_REGISTRY_PORT" \
         start_service registry "$ORDERFLOW_REGISTRY_URL/healthz" "$bin/orderflow-registry"
     (cd "$ROOT" && "$bin/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
-    ORDERFLOW_SIMULATOR_DATABASE_URL="$(ensure_database orderflow_simulator)" \
+    ORDERFLOW_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_simulator")" \
     ORDERFLOW_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_PORT" \
         start_service payment-simulator "$ORDERFLOW_PROVIDER_URL/healthz" "$bin/payment-simulator"
     ORDERFLOW_API_LISTEN="127.0.0.1:$ORDERFLOW_API_PORT" \
