@@ -14,6 +14,7 @@
 //! is down) is retried with capped backoff for as long as it takes, never dead-lettered.
 
 mod dlt;
+pub mod dlt_tools;
 mod worker;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};

@@ -1,0 +1,124 @@
+//! Operator tools for dead-letter topics: read a DLT with its reasons, and replay chosen records
+//! to the topic they came from. Replays are safe: every consumer dedupes on `event_id`, so a
+//! record that was in fact handled is skipped, and one that was not is handled now.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, bail};
+use orderflow_platform::kafka::KafkaSettings;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::{Header, Headers, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+};
+
+/// One dead-lettered record and why it is there.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub original_topic: Option<String>,
+    pub error_class: String,
+    pub error_message: String,
+    pub attempts: Option<String>,
+    pub message: OwnedMessage,
+}
+
+fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reads a DLT from the beginning to its current end.
+pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let group = format!("dlt-reader-{}", uuid::Uuid::new_v4().simple());
+    let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", &group).create().context("creating a reader")?;
+    let metadata = consumer.fetch_metadata(Some(dlt), Duration::from_secs(10)).context("reading topic metadata")?;
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == dlt) else { bail!("no topic {dlt}") };
+    if topic.partitions().is_empty() {
+        bail!("no topic {dlt}");
+    }
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in topic.partitions() {
+        let (low, high) = consumer.fetch_watermarks(dlt, partition.id(), Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(partition.id(), high);
+            assignment.add_partition_offset(dlt, partition.id(), Offset::Offset(low))?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            bail!("timed out reading {dlt}");
+        }
+        let Some(received) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = received.context("reading the DLT")?.detach();
+        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&message.partition());
+        }
+        out.push(DeadLetter {
+            partition: message.partition(),
+            offset: message.offset(),
+            event_id: header(&message, "event_id"),
+            event_type: header(&message, "event_type"),
+            original_topic: header(&message, "dlt_original_topic"),
+            error_class: header(&message, "dlt_error_class").unwrap_or_else(|| "unknown".into()),
+            error_message: header(&message, "dlt_error_message").unwrap_or_default(),
+            attempts: header(&message, "dlt_attempts"),
+            message,
+        });
+    }
+    out.sort_by_key(|d| (d.partition, d.offset));
+    Ok(out)
+}
+
+/// Which dead letters to replay; every given criterion must match.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub offsets: Option<(i64, i64)>,
+    pub event_id: Option<String>,
+    pub error_class: Option<String>,
+}
+
+impl Selection {
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        self.offsets.is_none_or(|(from, to)| (from..=to).contains(&d.offset))
+            && self.event_id.as_ref().is_none_or(|id| d.event_id.as_ref() == Some(id))
+            && self.error_class.as_ref().is_none_or(|class| &d.error_class == class)
+    }
+}
+
+/// Re-publishes the selected records, unchanged but for the `dlt_*` headers, to their original
+/// topics; returns how many were sent.
+pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> anyhow::Result<usize> {
+    let chosen: Vec<DeadLetter> = read(kafka, dlt)?.into_iter().filter(|d| selection.matches(d)).collect();
+    let producer: FutureProducer = kafka.producer("orderflow-dlt-replay", Duration::from_secs(30)).create()?;
+    for dead in &chosen {
+        let Some(topic) = dead.original_topic.as_deref() else {
+            bail!("{dlt} offset {} has no dlt_original_topic header", dead.offset);
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Some(existing) = dead.message.headers() {
+            for h in existing.iter().filter(|h| !h.key.starts_with("dlt_")) {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let mut record = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = dead.message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = dead.message.payload() {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("replaying to {topic}: {e}"))?;
+    }
+    Ok(chosen.len())
+}

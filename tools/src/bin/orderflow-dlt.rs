@@ -1,0 +1,85 @@
+//! `orderflow-dlt`: inspect and replay dead-letter topics (`<topic>.<group>.DLT`).
+//!
+//!   orderflow-dlt list orders.payment.DLT
+//!   orderflow-dlt replay orders.payment.DLT --error-class registry_unavailable
+//!   orderflow-dlt replay orders.payment.DLT --offsets 10-20
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow_consumer_runtime::dlt_tools::{self, Selection};
+use orderflow_platform::kafka::KafkaArgs;
+
+#[derive(Parser)]
+#[command(name = "orderflow-dlt", about = "List and replay dead-letter topics")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every record with its reason, then counts by error class.
+    List { dlt: String },
+    /// Re-publish selected records to their original topic (consumers dedupe, so this is safe).
+    Replay {
+        dlt: String,
+        /// Inclusive offset range, `from-to`.
+        #[arg(long)]
+        offsets: Option<String>,
+        #[arg(long)]
+        event_id: Option<String>,
+        #[arg(long)]
+        error_class: Option<String>,
+        /// Replay everything in the DLT (required when no other selector is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let kafka = cli.kafka.settings()?;
+    match cli.command {
+        Command::List { dlt } => {
+            let letters = dlt_tools::read(&kafka, &dlt)?;
+            let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();
+            for d in &letters {
+                *by_class.entry(&d.error_class).or_default() += 1;
+                println!(
+                    "p{} @{:<6} {:<24} event {:<36} type {:<20} from {:<10} attempts {:<2} {}",
+                    d.partition,
+                    d.offset,
+                    d.error_class,
+                    d.event_id.as_deref().unwrap_or("-"),
+                    d.event_type.as_deref().unwrap_or("-"),
+                    d.original_topic.as_deref().unwrap_or("-"),
+                    d.attempts.as_deref().unwrap_or("-"),
+                    d.error_message
+                );
+            }
+            println!("{} records in {dlt}", letters.len());
+            for (class, count) in by_class {
+                println!("  {count:>6}  {class}");
+            }
+        }
+        Command::Replay { dlt, offsets, event_id, error_class, all } => {
+            let offsets = offsets
+                .map(|raw| {
+                    let (from, to) = raw.split_once('-').context("--offsets takes from-to")?;
+                    anyhow::Ok((from.trim().parse()?, to.trim().parse()?))
+                })
+                .transpose()?;
+            if offsets.is_none() && event_id.is_none() && error_class.is_none() && !all {
+                anyhow::bail!("choose what to replay: --offsets, --event-id, --error-class, or --all");
+            }
+            let replayed = dlt_tools::replay(&kafka, &dlt, &Selection { offsets, event_id, error_class }).await?;
+            println!("replayed {replayed} records from {dlt}");
+        }
+    }
+    Ok(())
+}
