@@ -4,6 +4,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# cargo-installed tools (tansu) live here whatever the caller's PATH says.
+export PATH="$HOME/.cargo/bin:$PATH"
 # A target directory outside the clone, so a second clone (or CI) reuses the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
 # debug (fast to build) or release (what the benchmark measures).

@@ -18,6 +18,8 @@ cargo run --quiet -p orderflow-schemas -- check
 
 log "running the test suite"
 export ORDERFLOW_TEST_PG_ADMIN_URL="$ORDERFLOW_PG_ADMIN_URL"
+# Each test starts its own broker process from this binary.
+export ORDERFLOW_TANSU_BIN="${ORDERFLOW_TANSU_BIN:-$(command -v tansu)}"
 log_file="$(mktemp)"
 set +e
 cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log_file"
