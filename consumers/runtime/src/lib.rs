@@ -196,7 +196,12 @@ pub async fn run<H: Handler>(
                         (tx, task)
                     });
                     // A full queue makes this wait: fetching stops until the partition catches up.
-                    if entry.0.send(message).await.is_err() {
+                    // Shutdown still wins, even while a worker waits for a dependency that is down.
+                    let sent = tokio::select! {
+                        sent = entry.0.send(message) => sent.is_ok(),
+                        () = &mut shutdown => break,
+                    };
+                    if !sent {
                         tracing::error!(?slot, "partition worker ended unexpectedly");
                         workers.remove(&slot);
                     }
