@@ -201,8 +201,8 @@ start_stack() {
         start_service order-api "$ORDERFLOW_API_URL/readyz" "$bin/order-api"
     ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" start_process relay-orders "$bin/outbox-relay"
     ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" start_process relay-payments "$bin/outbox-relay"
-    start_process payment "$bin/payment"
-    start_process order-service "$bin/order-service"
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 22))" start_process order-service "$bin/order-service"
 }
 
 # start_service NAME HEALTH_URL COMMAND...: runs COMMAND in the background (log and pid under

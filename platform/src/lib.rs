@@ -2,5 +2,6 @@
 //! one way to stop ([`shutdown`]), one way to log ([`telemetry`]).
 
 pub mod kafka;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -86,6 +86,8 @@ pub struct TestStack {
     pub simulator: TestSimulator,
     pub parts: Vec<Running>,
     pub relays: Vec<TestRelay>,
+    /// Each consumer's metrics registry, by group.
+    pub metrics: Vec<(String, prometheus::Registry)>,
 }
 
 impl TestStack {
@@ -99,8 +101,16 @@ impl TestStack {
         let payments = payments_db.pool().await;
         orderflow_payment::migrate(&payments).await.unwrap();
         let simulator = TestSimulator::spawn().await;
-        let mut stack =
-            TestStack { broker, api, payments_db, payments, simulator, parts: Vec::new(), relays: Vec::new() };
+        let mut stack = TestStack {
+            broker,
+            api,
+            payments_db,
+            payments,
+            simulator,
+            parts: Vec::new(),
+            relays: Vec::new(),
+            metrics: Vec::new(),
+        };
         stack.relays.push(TestRelay::spawn(&stack.api.pool, &stack.broker, quick_relay()));
         stack.relays.push(TestRelay::spawn(&stack.payments, &stack.broker, quick_relay()));
         stack.start_payment();
@@ -126,6 +136,7 @@ impl TestStack {
             codec: codec.clone(),
         };
         let settings = self.consumer_settings(orderflow_payment::GROUP, "orders");
+        self.metrics.push((orderflow_payment::GROUP.into(), settings.registry.clone()));
         let pool = self.payments.clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
@@ -135,9 +146,16 @@ impl TestStack {
         let codec = self.codec();
         let handler = orderflow_order_service::OrderStatusHandler { codec: codec.clone() };
         let settings = self.consumer_settings(orderflow_order_service::GROUP, "payments");
+        self.metrics.push((orderflow_order_service::GROUP.into(), settings.registry.clone()));
         let pool = self.api.pool.clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
+    }
+
+    /// A consumer's `/metrics` text.
+    pub fn metrics_text(&self, group: &str) -> String {
+        let (_, registry) = self.metrics.iter().find(|(g, _)| g == group).expect("no such consumer");
+        orderflow_platform::metrics::render(registry)
     }
 
     pub async fn status(&self, order_id: Uuid) -> String {

@@ -73,6 +73,12 @@ async fn a_poison_message_goes_to_the_dlt_and_the_partition_moves_on() {
         assert!(header(&dead.message, name).is_some(), "{name}");
     }
     assert!(dead.error_message.contains("magic byte"), "{}", dead.error_message);
+    let metrics = stack.metrics_text("payment");
+    assert!(
+        metrics
+            .contains(r#"orderflow_consumer_records_total{group="payment",outcome="dead_lettered",topic="orders"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -80,6 +80,15 @@ async fn an_order_placed_event_delivered_twice_is_charged_once() {
     let charges: Vec<_> =
         stack.simulator.ledger().await.into_iter().filter(|e| e.reference == order.to_string()).collect();
     assert_eq!(charges.len(), 1, "{charges:?}");
+    let metrics = stack.metrics_text("payment");
+    assert!(
+        metrics.contains(r#"orderflow_consumer_records_total{group="payment",outcome="deduped",topic="orders"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"orderflow_consumer_handler_seconds_count{group="payment",topic="orders"}"#),
+        "{metrics}"
+    );
     let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = $1")
         .bind(order)
         .fetch_one(&stack.payments)

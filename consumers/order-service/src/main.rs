@@ -16,6 +16,9 @@ struct Args {
     kafka: orderflow_platform::kafka::KafkaArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    metrics_listen: String,
 }
 
 #[tokio::main]
@@ -28,6 +31,10 @@ async fn main() -> anyhow::Result<()> {
     let kafka = args.kafka.settings()?;
     let settings = ConsumerSettings::new(GROUP, &["payments"], kafka);
     let handler = OrderStatusHandler { codec: codec.clone() };
+    let metrics = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for metrics: {e}", args.metrics_listen))?;
+    tokio::spawn(orderflow_platform::metrics::serve(metrics, settings.registry.clone(), std::future::pending()));
     orderflow_consumer_runtime::run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal())
         .await
 }

@@ -16,6 +16,9 @@ struct Args {
     kafka: orderflow_platform::kafka::KafkaArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    metrics_listen: String,
     #[arg(long, env = "ORDERFLOW_PROVIDER_URL", default_value = "http://127.0.0.1:8090")]
     provider_url: String,
     /// Per-attempt timeout of a provider call.
@@ -36,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
         codec: codec.clone(),
     };
     let settings = ConsumerSettings::new(GROUP, &["orders"], kafka);
+    let metrics = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for metrics: {e}", args.metrics_listen))?;
+    tokio::spawn(orderflow_platform::metrics::serve(metrics, settings.registry.clone(), std::future::pending()));
     orderflow_consumer_runtime::run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal())
         .await
 }

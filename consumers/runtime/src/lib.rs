@@ -15,6 +15,7 @@
 
 mod dlt;
 pub mod dlt_tools;
+pub mod metrics;
 mod worker;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
@@ -120,6 +121,8 @@ pub struct ConsumerSettings {
     pub partition_queue: usize,
     /// Partitions of a source topic this consumer creates when it is missing.
     pub topic_partitions: i32,
+    /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
+    pub registry: prometheus::Registry,
 }
 
 impl ConsumerSettings {
@@ -134,6 +137,7 @@ impl ConsumerSettings {
             commit_interval: Duration::from_secs(1),
             partition_queue: 256,
             topic_partitions: 12,
+            registry: prometheus::Registry::new(),
         }
     }
 }
@@ -165,6 +169,7 @@ pub async fn run<H: Handler>(
         handler,
         consumer: consumer.clone(),
         dlt: dlt::DeadLetters::new(&settings.kafka, &settings.group)?,
+        metrics: metrics::ConsumerMetrics::register(&settings.registry).context("registering consumer metrics")?,
         stopping,
     });
     tracing::info!(group = %settings.group, topics = ?settings.topics, "consumer started");

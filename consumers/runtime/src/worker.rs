@@ -24,6 +24,7 @@ pub(crate) struct Shared<H> {
     pub handler: H,
     pub consumer: Arc<StreamConsumer>,
     pub dlt: dlt::DeadLetters,
+    pub metrics: crate::metrics::ConsumerMetrics,
     /// Flips to true on shutdown: retry loops give up their record (it is not acknowledged).
     pub stopping: watch::Receiver<bool>,
 }
@@ -34,7 +35,11 @@ pub(crate) async fn run_partition<H: Handler>(shared: Arc<Shared<H>>, mut record
             // Stopping: queued records stay unacknowledged for the next owner.
             return;
         }
-        if !process(&shared, &message).await {
+        let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
+        in_flight.inc();
+        let finished = process(&shared, &message).await;
+        in_flight.dec();
+        if !finished {
             // Abandoned on shutdown: not acknowledged, so the next owner handles it.
             return;
         }
@@ -115,8 +120,23 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
     let mut unavailable_streak = 0;
     loop {
         attempts += 1;
-        match attempt_once(shared, &event).await {
-            Ok(()) => return true,
+        let started = std::time::Instant::now();
+        let result = attempt_once(shared, &event).await;
+        shared
+            .metrics
+            .handler_seconds
+            .with_label_values(&[&shared.settings.group, &event.topic])
+            .observe(started.elapsed().as_secs_f64());
+        let count = |outcome: &str| shared.metrics.count(&shared.settings.group, &event.topic, outcome);
+        match result {
+            Ok(true) => {
+                count("processed");
+                return true;
+            }
+            Ok(false) => {
+                count("deduped");
+                return true;
+            }
             Err(Failure::Dead { class, reason }) => {
                 return dead_letter(shared, message, &class, &reason, attempts, first_failure).await;
             }
@@ -124,6 +144,7 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
                 return dead_letter(shared, message, "retries_exhausted", &reason, attempts, first_failure).await;
             }
             Err(Failure::Retry(reason)) => {
+                count("retried");
                 tracing::info!(group = %shared.settings.group, %event_id, attempts, %reason, "retrying");
                 if !pause(shared, backoff(&shared.settings, attempts)).await {
                     return false;
@@ -133,6 +154,7 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
                 // Not the record's fault: wait for the dependency without spending attempts.
                 attempts -= 1;
                 unavailable_streak += 1;
+                count("waited_for_dependency");
                 tracing::warn!(group = %shared.settings.group, %event_id, %reason, "dependency unavailable; waiting");
                 if !pause(shared, backoff(&shared.settings, unavailable_streak)).await {
                     return false;
@@ -142,8 +164,9 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
     }
 }
 
-/// One transaction: claim the dedupe row, run the handler, commit. A duplicate commits nothing.
-async fn attempt_once<H: Handler>(shared: &Shared<H>, event: &ConsumedEvent) -> Result<(), Failure> {
+/// One transaction: claim the dedupe row, run the handler, commit. A duplicate commits nothing
+/// (false).
+async fn attempt_once<H: Handler>(shared: &Shared<H>, event: &ConsumedEvent) -> Result<bool, Failure> {
     let mut tx = shared.pool.begin().await?;
     let claimed = sqlx::query(
         "INSERT INTO processed_events (consumer_group, event_id, topic, kafka_partition, kafka_offset)
@@ -159,11 +182,11 @@ async fn attempt_once<H: Handler>(shared: &Shared<H>, event: &ConsumedEvent) -> 
     .rows_affected();
     if claimed == 0 {
         tracing::debug!(group = %shared.settings.group, event_id = %event.event_id, "duplicate skipped");
-        return Ok(());
+        return Ok(false);
     }
     shared.handler.handle(&mut tx, event).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Sends the record to its DLT, retrying until the broker takes it (or shutdown).
@@ -177,6 +200,7 @@ async fn dead_letter<H>(
 ) -> bool {
     tracing::warn!(group = %shared.settings.group, topic = message.topic(), partition = message.partition(),
         offset = message.offset(), class, reason, "dead-lettering record");
+    shared.metrics.count(&shared.settings.group, message.topic(), "dead_lettered");
     let mut tries = 0;
     loop {
         let sent = shared.dlt.send(message, dlt::Reason { class, message: reason, attempts, first_failure }).await;
