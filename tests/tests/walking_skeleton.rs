@@ -123,4 +123,10 @@ async fn many_orders_flow_through_and_each_is_charged_once() {
         .unwrap();
     assert_eq!(paid, 32);
     assert_eq!(ledger.iter().filter(|e| e.status == "approved").count(), 32);
+    // payment keeps dedupe rows only for what it handles (OrderPlaced), not for every event on `orders`.
+    let dedupe_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer_group = 'payment'")
+        .fetch_one(&stack.payments)
+        .await
+        .unwrap();
+    assert_eq!(dedupe_rows, 40);
 }

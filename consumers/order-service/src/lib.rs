@@ -83,6 +83,10 @@ async fn transition(
 }
 
 impl Handler for OrderStatusHandler {
+    fn handles(&self, event_type: &str) -> bool {
+        matches!(event_type, "PaymentAuthorized" | "PaymentDeclined")
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
         match event.event_type() {

@@ -128,10 +128,12 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
+    /// Only placed orders are the payment service's business.
+    fn handles(&self, event_type: &str) -> bool {
+        event_type == OrderPlaced::NAME
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        if event.event_type() != OrderPlaced::NAME {
-            return Ok(()); // other lifecycle events are not the payment service's business
-        }
         let order =
             OrderPlaced::from_avro(&event.decoded.value).map_err(|e| Failure::dead("invalid_event", e.to_string()))?;
         if order.total.amount_minor <= 0 {

@@ -100,6 +100,12 @@ impl From<orderflow_outbox::EnqueueError> for Failure {
 
 /// A service's reaction to one event, run inside the runtime's transaction.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether this service reacts to an event type at all. Others are acknowledged without a
+    /// transaction or a dedupe row (one topic carries every lifecycle event).
+    fn handles(&self, _event_type: &str) -> bool {
+        true
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,

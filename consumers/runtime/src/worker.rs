@@ -107,6 +107,10 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
             Err(error) => return dead(error.class(), error.to_string(), 1).await,
         }
     };
+    if !shared.handler.handles(&decoded.event_type) {
+        shared.metrics.count(&shared.settings.group, message.topic(), "skipped");
+        return true;
+    }
     let event = ConsumedEvent {
         topic: message.topic().to_string(),
         partition: message.partition(),
