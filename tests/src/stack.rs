@@ -126,6 +126,7 @@ impl TestStack {
         let mut settings = ConsumerSettings::new(group, &[topic], self.broker.settings());
         settings.backoff_base = Duration::from_millis(20);
         settings.backoff_cap = Duration::from_millis(500);
+        settings.lag_interval = Duration::from_millis(200);
         settings
     }
 

@@ -129,4 +129,25 @@ async fn many_orders_flow_through_and_each_is_charged_once() {
         .await
         .unwrap();
     assert_eq!(dedupe_rows, 40);
+
+    // Lag per partition, read from the broker: every event on `orders` (40 placed, 32 paid,
+    // 8 payment-failed) is committed by the payment group in the end.
+    let sum = |text: &str, metric: &str| -> i64 {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains(r#"group="payment""#))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .sum()
+    };
+    eventually(WAIT, "payment's lag to reach zero on every partition", || {
+        let text = stack.metrics_text("payment");
+        let done = sum(&text, "orderflow_consumer_high_watermark") == 80 && sum(&text, "orderflow_consumer_lag{") == 0;
+        async move { done }
+    })
+    .await;
+    let text = stack.metrics_text("payment");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("orderflow_consumer_lag{")).count(),
+        12,
+        "one series per partition"
+    );
 }

@@ -127,6 +127,8 @@ pub struct ConsumerSettings {
     pub partition_queue: usize,
     /// Partitions of a source topic this consumer creates when it is missing.
     pub topic_partitions: i32,
+    /// How often per-partition lag is read from the broker.
+    pub lag_interval: Duration,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
     pub registry: prometheus::Registry,
 }
@@ -144,6 +146,7 @@ impl ConsumerSettings {
             partition_queue: 256,
             topic_partitions: 12,
             registry: prometheus::Registry::new(),
+            lag_interval: Duration::from_secs(10),
         }
     }
 }
@@ -185,10 +188,21 @@ pub async fn run<H: Handler>(
         (mpsc::Sender<rdkafka::message::OwnedMessage>, tokio::task::JoinHandle<()>),
     > = HashMap::new();
     let mut commit_tick = tokio::time::interval(settings.commit_interval);
+    let mut lag_tick = tokio::time::interval(settings.lag_interval);
+    let mut lag_report: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = lag_tick.tick() => {
+                // One report at a time, off the async threads (the broker calls block).
+                if lag_report.as_ref().is_none_or(|r| r.is_finished()) {
+                    let (consumer, shared, group) = (consumer.clone(), shared.clone(), settings.group.clone());
+                    lag_report = Some(tokio::task::spawn_blocking(move || {
+                        metrics::report_partitions(consumer.as_ref(), &shared.metrics, &group)
+                    }));
+                }
+            }
             _ = commit_tick.tick() => {
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
                     // NoOffset: nothing stored since the last commit.

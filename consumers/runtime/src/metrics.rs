@@ -9,6 +9,11 @@ pub struct ConsumerMetrics {
     pub records: IntCounterVec,
     pub handler_seconds: HistogramVec,
     pub in_flight: IntGaugeVec,
+    /// Per assigned partition: the broker's high watermark, this group's committed offset, and
+    /// the difference (messages not yet committed). Partition numbers are few; ids never appear.
+    pub high_watermark: IntGaugeVec,
+    pub committed_offset: IntGaugeVec,
+    pub lag: IntGaugeVec,
 }
 
 impl ConsumerMetrics {
@@ -29,14 +34,46 @@ impl ConsumerMetrics {
             Opts::new("orderflow_consumer_in_flight", "Records fetched and not yet finished, by group"),
             &["group"],
         )?;
+        let partition_gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "topic", "partition"]);
+        let high_watermark =
+            partition_gauge("orderflow_consumer_high_watermark", "Next offset the broker will assign, per partition")?;
+        let committed_offset =
+            partition_gauge("orderflow_consumer_committed_offset", "Offset this group committed, per partition")?;
+        let lag = partition_gauge("orderflow_consumer_lag", "Messages not yet committed by this group, per partition")?;
         // One registry per consumer: a second registration of these names fails loudly.
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(ConsumerMetrics { records, handler_seconds, in_flight })
+        registry.register(Box::new(high_watermark.clone()))?;
+        registry.register(Box::new(committed_offset.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(ConsumerMetrics { records, handler_seconds, in_flight, high_watermark, committed_offset, lag })
     }
 
     pub fn count(&self, group: &str, topic: &str, outcome: &str) {
         self.records.with_label_values(&[group, topic, outcome]).inc();
+    }
+}
+
+/// Reads, for every assigned partition, the high watermark and the group's committed offset
+/// (blocking broker calls: run it off the async threads) and sets the partition gauges.
+pub fn report_partitions<C: rdkafka::consumer::Consumer>(consumer: &C, metrics: &ConsumerMetrics, group: &str) {
+    use std::time::Duration;
+    let Ok(assignment) = consumer.assignment() else { return };
+    // Short timeouts, and give up on the first failure: a broker that does not answer now will
+    // be asked again at the next tick, and a process that is stopping must not wait on it.
+    let Ok(committed) = consumer.committed_offsets(assignment.clone(), Duration::from_secs(2)) else { return };
+    for element in committed.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2)) else { return };
+        let committed = match element.offset() {
+            rdkafka::Offset::Offset(offset) => offset,
+            _ => low,
+        };
+        let labels = [group, topic, &partition.to_string()];
+        metrics.high_watermark.with_label_values(&labels).set(high);
+        metrics.committed_offset.with_label_values(&labels).set(committed);
+        metrics.lag.with_label_values(&labels).set((high - committed).max(0));
     }
 }
