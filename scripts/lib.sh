@@ -5,7 +5,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # cargo-installed tools (tansu) live here whatever the caller's PATH says.
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 # A target directory outside the clone, so a second clone (or CI) reuses the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
 # debug (fast to build) or release (what the benchmark measures).
@@ -58,8 +58,9 @@ pg_bin() {
     echo "$dir"
 }
 
+# From /, so the postgres user never trips over a caller's directory it cannot enter (/root/…).
 as_postgres() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 # A project-local cluster on 127.0.0.1:$ORDERFLOW_PG_PORT (initdb refuses root, so it runs as
@@ -134,6 +135,18 @@ wait_http() {
 
 STARTED_PIDS=()
 
+# launch NAME COMMAND...: runs COMMAND in its own session (a terminal's ctrl-c reaches only the
+# script, which stops services in order), logs and pid under $ORDERFLOW_STATE_DIR/run.
+launch() {
+    local name="$1"; shift
+    local run="$ORDERFLOW_STATE_DIR/run"
+    mkdir -p "$run"
+    log "starting $name (log: $run/$name.log)"
+    setsid nohup "$@" >"$run/$name.log" 2>&1 &
+    echo "$!" >"$run/$name.pid"
+    STARTED_PIDS+=("$!")
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_process NAME COMMAND...: a service without an HTTP health endpoint (relays, consumers).
@@ -146,11 +159,8 @@ start_process() {
         log "reusing $name (pid $(cat "$run/$name.pid"))"
         return
     fi
-    log "starting $name (log: $run/$name.log)"
-    setsid nohup "$@" >"$run/$name.log" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$run/$name.pid"
-    STARTED_PIDS+=("$pid")
+    launch "$name" "$@"
+    local pid="${STARTED_PIDS[-1]}"
     sleep 1
     kill -0 "$pid" 2>/dev/null || { tail -20 "$run/$name.log" >&2; die "$name exited at start"; }
 }
@@ -209,19 +219,13 @@ start_stack() {
 # $ORDERFLOW_STATE_DIR/run), waits for HEALTH_URL. A healthy service already there is reused.
 start_service() {
     local name="$1" health="$2"; shift 2
-    local run="$ORDERFLOW_STATE_DIR/run"
-    mkdir -p "$run"
     if curl -fsS -o /dev/null "$health" 2>/dev/null; then
         log "reusing $name (healthy at $health)"
         return
     fi
-    log "starting $name (log: $run/$name.log)"
-    setsid nohup "$@" >"$run/$name.log" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$run/$name.pid"
-    STARTED_PIDS+=("$pid")
+    launch "$name" "$@"
     if ! wait_http "$health" 60; then
-        tail -20 "$run/$name.log" >&2
+        tail -20 "$ORDERFLOW_STATE_DIR/run/$name.log" >&2
         die "$name did not become healthy at $health"
     fi
 }
