@@ -29,6 +29,9 @@ pub struct EventSchema {
     /// The file's text, as registered.
     pub text: String,
     pub schema: Schema,
+    /// `<subject>#v<version>`: identifies this writer schema in the codec's caches without
+    /// building a string per record.
+    pub(crate) writer_key: String,
 }
 
 impl fmt::Debug for EventSchema {
@@ -191,7 +194,8 @@ fn parse_file(topic: String, origin: String, text: String) -> Result<EventSchema
             found: record.name.name().to_string(),
         });
     }
-    Ok(EventSchema { topic, event: event.to_string(), version, origin, text, schema })
+    let writer_key = format!("{}#v{version}", subject_for(&topic, event));
+    Ok(EventSchema { topic, event: event.to_string(), version, origin, text, schema, writer_key })
 }
 
 /// `OrderPlaced.v2.avsc` → (`OrderPlaced`, 2).

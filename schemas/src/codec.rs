@@ -79,12 +79,19 @@ pub struct Decoded {
     pub resolved: bool,
 }
 
+/// One writer schema's converter encoder and subject strategy, built once and reused.
+struct Writer {
+    encoder: AvroEncoder,
+    subject: String,
+    strategy: SubjectNameStrategy,
+}
+
 /// Encoder and decoder sharing one registry connection and its caches.
 pub struct EventCodec {
     settings: SrSettings,
-    /// One converter encoder per (subject, version): the converter caches a subject's schema by
-    /// subject alone, so one encoder would silently reuse the first version it saw.
-    encoders: Mutex<HashMap<(String, u32), Arc<AvroEncoder>>>,
+    /// One writer per (subject, version): the converter caches a subject's schema by subject
+    /// alone, so one shared encoder would silently reuse the first version it saw.
+    writers: Mutex<HashMap<String, Arc<Writer>>>,
     decoder: AvroDecoder,
     /// Reader schema by full record name.
     readers: HashMap<String, Schema>,
@@ -93,12 +100,7 @@ pub struct EventCodec {
 impl EventCodec {
     /// A codec whose reader schemas are the newest versions this binary was built with.
     pub fn new(registry_url: &str, timeout: Duration) -> Result<Self, CodecError> {
-        let readers = Catalog::embedded()
-            .chains()
-            .filter_map(|chain| chain.last())
-            .map(|s| (s.full_name(), s.schema.clone()))
-            .collect();
-        Self::with_readers(registry_url, timeout, readers)
+        Self::with_readers(registry_url, timeout, Self::readers_at(&[]))
     }
 
     /// A codec reading with explicit reader schemas (by full record name): a consumer pinned to
@@ -117,7 +119,7 @@ impl EventCodec {
         };
         Ok(EventCodec {
             settings: settings()?,
-            encoders: Mutex::default(),
+            writers: Mutex::default(),
             decoder: AvroDecoder::new(settings()?),
             readers,
         })
@@ -145,17 +147,22 @@ impl EventCodec {
                 detail: format!("value does not conform to {}.v{}", schema.event, schema.version),
             });
         }
-        let supplied = SuppliedSchema::new(Some(schema.full_name()), SchemaType::Avro, schema.text.clone());
-        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(schema.topic.clone(), supplied);
-        self.encoder_for(schema)
-            .encode_value(value, &strategy)
-            .await
-            .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: schema.subject(), detail }))
+        self.encode_valid(schema, value).await
     }
 
     /// Encodes a typed event with the version this build writes.
     pub async fn encode_event<E: crate::events::Event>(&self, event: &E) -> Result<Vec<u8>, CodecError> {
-        self.encode(E::schema(), event.to_avro()?).await
+        // `to_avro` resolves the value against the schema, so it is valid by construction.
+        self.encode_valid(E::schema(), event.to_avro()?).await
+    }
+
+    async fn encode_valid(&self, schema: &EventSchema, value: Value) -> Result<Vec<u8>, CodecError> {
+        let writer = self.writer(schema);
+        writer
+            .encoder
+            .encode_value(value, &writer.strategy)
+            .await
+            .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: writer.subject.clone(), detail }))
     }
 
     /// Resolves the schema ids of the given writer schemas now, so later encodes need no
@@ -169,22 +176,28 @@ impl EventCodec {
 
     /// The registry id of a writer schema (registered on first use, then cached).
     pub async fn schema_id(&self, schema: &EventSchema) -> Result<u32, CodecError> {
-        let encoder = self.encoder_for(schema);
-        let supplied = SuppliedSchema::new(Some(schema.full_name()), SchemaType::Avro, schema.text.clone());
-        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(schema.topic.clone(), supplied);
-        encoder
-            .get_schema_and_id(&schema.subject(), strategy)
+        let writer = self.writer(schema);
+        writer
+            .encoder
+            .get_schema_and_id(&writer.subject, writer.strategy.clone())
             .await
             .map(|s| s.id)
-            .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: schema.subject(), detail }))
+            .map_err(|e| registry_error(e, |detail| CodecError::Rejected { subject: writer.subject.clone(), detail }))
     }
 
-    fn encoder_for(&self, schema: &EventSchema) -> Arc<AvroEncoder> {
-        let mut encoders = self.encoders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        encoders
-            .entry((schema.subject(), schema.version))
-            .or_insert_with(|| Arc::new(AvroEncoder::new(self.settings.clone())))
-            .clone()
+    fn writer(&self, schema: &EventSchema) -> Arc<Writer> {
+        let mut writers = self.writers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(writer) = writers.get(schema.writer_key.as_str()) {
+            return writer.clone();
+        }
+        let supplied = SuppliedSchema::new(Some(schema.full_name()), SchemaType::Avro, schema.text.clone());
+        let writer = Arc::new(Writer {
+            encoder: AvroEncoder::new(self.settings.clone()),
+            subject: schema.subject(),
+            strategy: SubjectNameStrategy::TopicRecordNameStrategyWithSchema(schema.topic.clone(), supplied),
+        });
+        writers.insert(schema.writer_key.clone(), writer.clone());
+        writer
     }
 
     /// Decodes a framed record into the reader's shape.

@@ -6,9 +6,9 @@ use orderflow_outbox::{OutboxRelay, RelaySettings};
 use orderflow_producer::ApiSettings;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::net::TcpListener;
 
-use crate::{TestDatabase, broker::TestBroker, registry::TestRegistry};
+use crate::{Running, TestDatabase, broker::TestBroker, registry::TestRegistry};
 
 pub struct TestApi {
     pub url: String,
@@ -16,8 +16,7 @@ pub struct TestApi {
     pub db: TestDatabase,
     pub registry: TestRegistry,
     pub http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    _task: JoinHandle<anyhow::Result<()>>,
+    _running: Running,
 }
 
 impl TestApi {
@@ -33,11 +32,10 @@ impl TestApi {
         let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(orderflow_producer::run_api(listener, pool.clone(), codec, settings, async move {
-            let _ = stopped.await;
-        }));
-        TestApi { url, pool, db, registry, http: reqwest::Client::new(), stop: Some(stop), _task: task }
+        let api_pool = pool.clone();
+        let running =
+            Running::spawn(move |stop| orderflow_producer::run_api(listener, api_pool, codec, settings, stop));
+        TestApi { url, pool, db, registry, http: reqwest::Client::new(), _running: running }
     }
 
     pub async fn post_order(&self, key: Option<&str>, body: &Value) -> reqwest::Response {
@@ -65,14 +63,6 @@ impl TestApi {
     }
 }
 
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 pub fn sample_order(customer: &str) -> Value {
     json!({
         "customer_id": customer,
@@ -83,37 +73,17 @@ pub fn sample_order(customer: &str) -> Value {
 }
 
 /// An in-process relay over `pool` into `broker`, stopped on drop.
-pub struct TestRelay {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
+pub struct TestRelay(Running);
 
 impl TestRelay {
     pub fn spawn(pool: &PgPool, broker: &TestBroker, settings: RelaySettings) -> TestRelay {
         let producer = broker.settings().producer("test-relay", Duration::from_secs(5));
         let relay = OutboxRelay::new(pool.clone(), producer, settings);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.run(async move {
-            let _ = stopped.await;
-        }));
-        TestRelay { stop: Some(stop), task: Some(task) }
+        TestRelay(Running::spawn(move |stop| relay.run(stop)))
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn stop(self) {
+        self.0.stop().await
     }
 }
 

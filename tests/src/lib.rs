@@ -10,6 +10,7 @@ pub mod registry;
 pub mod stack;
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Admin URL of the Postgres the suites use.
 pub fn admin_url() -> String {
@@ -39,5 +40,42 @@ impl TestDatabase {
 
     pub async fn pool(&self) -> PgPool {
         PgPoolOptions::new().max_connections(20).connect(&self.url).await.expect("connect to the test database")
+    }
+}
+
+/// A background task stopped (gracefully) on drop.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub fn spawn<F, Fut>(start: F) -> Running
+    where
+        F: FnOnce(futures::future::BoxFuture<'static, ()>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(start(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Running { stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("task panicked").expect("task failed");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -1,15 +1,14 @@
 //! A schema registry per test: its own database, port 0, its own stop signal.
 
 use orderflow_schemas::CompatibilityLevel;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::net::TcpListener;
 
-use crate::TestDatabase;
+use crate::{Running, TestDatabase};
 
 pub struct TestRegistry {
     pub url: String,
     pub db_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl TestRegistry {
@@ -29,33 +28,18 @@ impl TestRegistry {
         orderflow_registry::migrate(&pool).await.expect("migrate registry db");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(orderflow_registry::run(listener, pool, CompatibilityLevel::Backward, async move {
-            let _ = stopped.await;
-        }));
-        TestRegistry { url, db_url: db_url.to_string(), stop: Some(stop), task: Some(task) }
+        let running =
+            Running::spawn(move |stop| orderflow_registry::run(listener, pool, CompatibilityLevel::Backward, stop));
+        TestRegistry { url, db_url: db_url.to_string(), running }
     }
 
     /// Stops it and waits until the port is closed.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("registry task").expect("registry ran cleanly");
-        }
+    pub async fn stop(self) {
+        self.running.stop().await
     }
 
     pub fn client(&self) -> RegistryHttp {
         RegistryHttp { base: self.url.clone(), http: reqwest::Client::new() }
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -8,51 +8,14 @@ use orderflow_payment::{PaymentHandler, PaymentProviderClient};
 use orderflow_payment_simulator::LedgerEntry;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::{
-    TestDatabase,
+    Running, TestDatabase,
     broker::TestBroker,
     intake::{TestApi, TestRelay, eventually, quick_relay},
 };
-
-/// A background task stopped (gracefully) on drop.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    pub fn spawn<F, Fut>(start: F) -> Running
-    where
-        F: FnOnce(futures::future::BoxFuture<'static, ()>) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(start(Box::pin(async move {
-            let _ = stopped.await;
-        })));
-        Running { stop: Some(stop), task: Some(task) }
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("task panicked").expect("task failed");
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
 
 pub struct TestSimulator {
     pub url: String,

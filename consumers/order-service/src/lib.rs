@@ -11,7 +11,7 @@ use std::sync::Arc;
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
 use orderflow_schemas::{
     EventCodec,
-    events::{Event, Money, OrderLine, OrderPaid, OrderPaymentFailed, PaymentAuthorized, PaymentDeclined},
+    events::{Event, OrderLine, OrderPaid, OrderPaymentFailed, PaymentAuthorized, PaymentDeclined},
 };
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -82,54 +82,57 @@ async fn transition(
     Ok(true)
 }
 
+/// Moves a pending order to `status`; `None` when it already left PENDING_PAYMENT (a replayed
+/// or late outcome changes nothing), a retry when another writer moved it meanwhile.
+async fn settle(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Option<CurrentOrder>, Failure> {
+    let order = load(tx, order_id).await?;
+    if order.status != orderflow_producer::store::PENDING_PAYMENT {
+        return Ok(None);
+    }
+    if !transition(tx, order_id, order.version, status, reason).await? {
+        return Err(Failure::Retry(format!("order {order_id} changed concurrently")));
+    }
+    Ok(Some(order))
+}
+
 impl Handler for OrderStatusHandler {
     fn handles(&self, event_type: &str) -> bool {
-        matches!(event_type, "PaymentAuthorized" | "PaymentDeclined")
+        event_type == PaymentAuthorized::NAME || event_type == PaymentDeclined::NAME
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
-        match event.event_type() {
-            "PaymentAuthorized" => {
-                let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
-                let order = load(tx, paid.order_id).await?;
-                if order.status != orderflow_producer::store::PENDING_PAYMENT {
-                    return Ok(());
-                }
-                if !transition(tx, paid.order_id, order.version, PAID, None).await? {
-                    return Err(Failure::Retry(format!("order {} changed concurrently", paid.order_id)));
-                }
-                let announcement = OrderPaid {
-                    order_id: paid.order_id,
-                    payment_id: paid.payment_id,
-                    customer_id: order.customer_id,
-                    lines: order.lines,
-                    amount: Money { amount_minor: paid.amount.amount_minor, currency: paid.amount.currency },
-                    paid_at: paid.authorized_at,
-                };
-                Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
-            }
-            "PaymentDeclined" => {
-                let declined = PaymentDeclined::from_avro(&event.decoded.value).map_err(invalid)?;
-                let order = load(tx, declined.order_id).await?;
-                if order.status != orderflow_producer::store::PENDING_PAYMENT {
-                    return Ok(());
-                }
-                let reason = declined.message.clone();
-                if !transition(tx, declined.order_id, order.version, PAYMENT_FAILED, reason.as_deref()).await? {
-                    return Err(Failure::Retry(format!("order {} changed concurrently", declined.order_id)));
-                }
-                let announcement = OrderPaymentFailed {
-                    order_id: declined.order_id,
-                    payment_id: declined.payment_id,
-                    customer_id: order.customer_id,
-                    reason: declined.reason,
-                    message: declined.message,
-                    failed_at: declined.declined_at,
-                };
-                Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
-            }
-            _ => Ok(()),
+        if event.event_type() == PaymentAuthorized::NAME {
+            let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
+            let Some(order) = settle(tx, paid.order_id, PAID, None).await? else { return Ok(()) };
+            let announcement = OrderPaid {
+                order_id: paid.order_id,
+                payment_id: paid.payment_id,
+                customer_id: order.customer_id,
+                lines: order.lines,
+                amount: paid.amount,
+                paid_at: paid.authorized_at,
+            };
+            Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
+        } else {
+            let declined = PaymentDeclined::from_avro(&event.decoded.value).map_err(invalid)?;
+            let Some(order) = settle(tx, declined.order_id, PAYMENT_FAILED, declined.message.as_deref()).await? else {
+                return Ok(());
+            };
+            let announcement = OrderPaymentFailed {
+                order_id: declined.order_id,
+                payment_id: declined.payment_id,
+                customer_id: order.customer_id,
+                reason: declined.reason,
+                message: declined.message,
+                failed_at: declined.declined_at,
+            };
+            Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
         }
     }
 }

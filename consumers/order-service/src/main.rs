@@ -31,10 +31,5 @@ async fn main() -> anyhow::Result<()> {
     let kafka = args.kafka.settings()?;
     let settings = ConsumerSettings::new(GROUP, &["payments"], kafka);
     let handler = OrderStatusHandler { codec: codec.clone() };
-    let metrics = tokio::net::TcpListener::bind(&args.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} for metrics: {e}", args.metrics_listen))?;
-    tokio::spawn(orderflow_platform::metrics::serve(metrics, settings.registry.clone(), std::future::pending()));
-    orderflow_consumer_runtime::run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal())
-        .await
+    orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

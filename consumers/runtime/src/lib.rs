@@ -151,6 +151,22 @@ impl ConsumerSettings {
     }
 }
 
+/// What a consumer binary runs: `/metrics` on `metrics_listen`, then [`run`] until SIGTERM or
+/// ctrl-c.
+pub async fn run_service<H: Handler>(
+    settings: ConsumerSettings,
+    pool: PgPool,
+    codec: Arc<EventCodec>,
+    handler: H,
+    metrics_listen: &str,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?;
+    tokio::spawn(orderflow_platform::metrics::serve(listener, settings.registry.clone(), std::future::pending()));
+    run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await
+}
+
 /// Consumes until `shutdown` resolves: in-flight records finish, then offsets are committed
 /// synchronously.
 pub async fn run<H: Handler>(
