@@ -18,13 +18,9 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = Router::new()
+/// `/metrics` and `/healthz`, to serve alone or merged into a service's own routes.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -32,6 +28,25 @@ pub async fn serve(
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&registry)).into_response() }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(listener, registry, Router::new(), shutdown).await
+}
+
+/// Serves `routes` beside `/metrics` and `/healthz` until `shutdown`.
+pub async fn serve_with(
+    listener: TcpListener,
+    registry: Registry,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = routes.merge(router(registry));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving metrics")
 }

@@ -122,6 +122,55 @@ pub struct PaymentDeclined {
     pub declined_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingStock {
+    pub sku: String,
+    pub requested: i32,
+    pub available: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryShortage {
+    #[serde(with = "uuid_text")]
+    pub order_id: Uuid,
+    pub missing: Vec<MissingStock>,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub detected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancelReason {
+    Unknown,
+    InventoryShortage,
+    CustomerRequest,
+    PaymentFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    #[serde(with = "uuid_text")]
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub reason: CancelReason,
+    /// True when money was taken and must be given back.
+    pub refund_required: bool,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub cancelled_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    #[serde(with = "uuid_text")]
+    pub order_id: Uuid,
+    #[serde(with = "uuid_text")]
+    pub payment_id: Uuid,
+    pub refund_reference: String,
+    pub amount: Money,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub refunded_at: DateTime<Utc>,
+}
+
 /// UUIDs as their text form: the Avro schemas say `{"type": "string", "logicalType": "uuid"}`,
 /// while uuid's own serde impl writes bytes to non-human-readable serializers such as Avro's.
 mod uuid_text {
@@ -155,6 +204,9 @@ event!(OrderPaid, 1);
 event!(OrderPaymentFailed, 1);
 event!(PaymentAuthorized, 1);
 event!(PaymentDeclined, 1);
+event!(InventoryShortage, 1);
+event!(OrderCancelled, 1);
+event!(PaymentRefunded, 1);
 
 #[cfg(test)]
 mod tests {
@@ -177,6 +229,33 @@ mod tests {
         let value = event.to_avro().unwrap();
         assert!(value.validate(&OrderPlaced::schema().schema));
         assert_eq!(OrderPlaced::from_avro(&value).unwrap(), event);
+    }
+
+    #[test]
+    fn saga_events_round_trip() {
+        let at = DateTime::from_timestamp_millis(1_764_000_000_000).unwrap();
+        let shortage = InventoryShortage {
+            order_id: Uuid::new_v4(),
+            missing: vec![MissingStock { sku: "A".into(), requested: 2, available: 1 }],
+            detected_at: at,
+        };
+        assert_eq!(InventoryShortage::from_avro(&shortage.to_avro().unwrap()).unwrap(), shortage);
+        let cancelled = OrderCancelled {
+            order_id: Uuid::new_v4(),
+            customer_id: "c".into(),
+            reason: CancelReason::InventoryShortage,
+            refund_required: true,
+            cancelled_at: at,
+        };
+        assert_eq!(OrderCancelled::from_avro(&cancelled.to_avro().unwrap()).unwrap(), cancelled);
+        let refunded = PaymentRefunded {
+            order_id: Uuid::new_v4(),
+            payment_id: Uuid::new_v4(),
+            refund_reference: "r".into(),
+            amount: Money { amount_minor: 5, currency: "EUR".into() },
+            refunded_at: at,
+        };
+        assert_eq!(PaymentRefunded::from_avro(&refunded.to_avro().unwrap()).unwrap(), refunded);
     }
 
     #[test]

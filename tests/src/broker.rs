@@ -109,6 +109,22 @@ impl TestBroker {
 
     /// Reads `topic` until `expected` distinct identities (per `identity`) arrived; duplicates
     /// from at-least-once delivery are kept in the returned list.
+    /// The first record of `topic` (from the beginning) that `wanted` accepts.
+    pub async fn find(&self, topic: &str, timeout: Duration, wanted: impl Fn(&OwnedMessage) -> bool) -> OwnedMessage {
+        let group = format!("test-reader-{}", uuid::Uuid::new_v4().simple());
+        let consumer: StreamConsumer = self.settings().consumer("test-reader", &group).create().unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) if wanted(&message.detach()) => return message.detach(),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => panic!("consuming {topic}: {error}"),
+                Err(_) => panic!("no wanted record in {topic} within {timeout:?}"),
+            }
+        }
+    }
+
     pub async fn read_distinct(
         &self,
         topic: &str,

@@ -5,6 +5,7 @@
 //! project-local cluster it starts.
 
 pub mod broker;
+pub mod consumer;
 pub mod intake;
 pub mod registry;
 pub mod stack;

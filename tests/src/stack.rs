@@ -41,20 +41,74 @@ impl TestSimulator {
     }
 }
 
+/// The email/SMS provider stand-in on its own database.
+pub struct TestNotifier {
+    pub url: String,
+    pub pool: PgPool,
+    _db: TestDatabase,
+    _running: Running,
+}
+
+impl TestNotifier {
+    pub async fn spawn() -> TestNotifier {
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_notification_simulator::migrate(&pool).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let p = pool.clone();
+        let running = Running::spawn(move |stop| orderflow_notification_simulator::run(listener, p, stop));
+        TestNotifier { url, pool, _db: db, _running: running }
+    }
+
+    pub async fn ledger(&self) -> Vec<orderflow_notification_simulator::Delivered> {
+        reqwest::get(format!("{}/ledger", self.url)).await.unwrap().json().await.unwrap()
+    }
+
+    /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`.
+    pub async fn faults(&self, faults: Value) {
+        let response =
+            reqwest::Client::new().put(format!("{}/admin/faults", self.url)).json(&faults).send().await.unwrap();
+        assert!(response.status().is_success(), "faults refused: {}", response.text().await.unwrap());
+    }
+}
+
+/// An optional consumer's database and its provider, when the test started it.
+pub struct Extra {
+    pub db: TestDatabase,
+    pub pool: PgPool,
+}
+
 pub struct TestStack {
     pub broker: TestBroker,
     pub api: TestApi,
     pub payments_db: TestDatabase,
     pub payments: PgPool,
+    pub inventory_db: TestDatabase,
+    pub inventory: PgPool,
     pub simulator: TestSimulator,
     pub parts: Vec<Running>,
     pub relays: Vec<TestRelay>,
     /// Each consumer's metrics registry, by group.
     pub metrics: Vec<(String, prometheus::Registry)>,
+    pub notifications: Option<Extra>,
+    pub notifier: Option<TestNotifier>,
+    pub analytics: Option<Extra>,
+    /// The analytics HTTP API, when started.
+    pub analytics_url: Option<String>,
 }
 
 impl TestStack {
+    /// Every service, in process.
     pub async fn spawn() -> TestStack {
+        let stack = Self::spawn_without_inventory().await;
+        let mut stack = stack;
+        stack.start_inventory();
+        stack
+    }
+
+    /// Every service but the inventory consumer (a test runs that as a process).
+    pub async fn spawn_without_inventory() -> TestStack {
         let broker = TestBroker::spawn();
         broker.create_topic("orders", 12).await;
         broker.create_topic("payments", 12).await;
@@ -63,30 +117,106 @@ impl TestStack {
         let payments_db = TestDatabase::create().await;
         let payments = payments_db.pool().await;
         orderflow_payment::migrate(&payments).await.unwrap();
+        let inventory_db = TestDatabase::create().await;
+        let inventory = inventory_db.pool().await;
+        orderflow_inventory::migrate(&inventory).await.unwrap();
         let simulator = TestSimulator::spawn().await;
         let mut stack = TestStack {
             broker,
             api,
             payments_db,
             payments,
+            inventory_db,
+            inventory,
             simulator,
             parts: Vec::new(),
             relays: Vec::new(),
             metrics: Vec::new(),
+            notifications: None,
+            notifier: None,
+            analytics: None,
+            analytics_url: None,
         };
         stack.relays.push(TestRelay::spawn(&stack.api.pool, &stack.broker, quick_relay()));
         stack.relays.push(TestRelay::spawn(&stack.payments, &stack.broker, quick_relay()));
+        stack.relays.push(TestRelay::spawn(&stack.inventory, &stack.broker, quick_relay()));
         stack.start_payment();
         stack.start_order_service();
+        // Plenty of what `sample_order` buys, so only tests that want a shortage get one.
+        stack.stock(&[("SKU-1", 1_000_000), ("SKU-2", 1_000_000)]).await;
         stack
+    }
+
+    pub fn start_inventory(&mut self) {
+        let codec = self.codec();
+        let handler = orderflow_inventory::InventoryHandler { codec: codec.clone() };
+        let settings = self.consumer_settings(orderflow_inventory::GROUP, &["orders"]);
+        self.metrics.push((orderflow_inventory::GROUP.into(), settings.registry.clone()));
+        let pool = self.inventory.clone();
+        self.parts
+            .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
+    }
+
+    /// Starts the notifications consumer and its provider simulator; `timeout` is the client's
+    /// per-call timeout.
+    pub async fn start_notifications(&mut self, timeout: Duration) {
+        let notifier = TestNotifier::spawn().await;
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_notifications::migrate(&pool).await.unwrap();
+        let handler = orderflow_notifications::NotificationHandler {
+            provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout),
+            pool: pool.clone(),
+        };
+        let settings = self.consumer_settings(orderflow_notifications::GROUP, &["orders"]);
+        self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));
+        let (codec, p) = (self.codec(), pool.clone());
+        self.parts.push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, p, codec, handler, stop)));
+        self.notifications = Some(Extra { db, pool });
+        self.notifier = Some(notifier);
+    }
+
+    /// Starts the analytics consumer and its HTTP API.
+    pub async fn start_analytics(&mut self) {
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_analytics::migrate(&pool).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.analytics_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+        let routes = orderflow_analytics::http::router(pool.clone());
+        self.parts.push(Running::spawn(move |stop| async move {
+            axum::serve(listener, routes).with_graceful_shutdown(stop).await?;
+            Ok(())
+        }));
+        let settings = self.consumer_settings(orderflow_analytics::GROUP, &["orders"]);
+        self.metrics.push((orderflow_analytics::GROUP.into(), settings.registry.clone()));
+        let (codec, p) = (self.codec(), pool.clone());
+        self.parts.push(Running::spawn(move |stop| {
+            orderflow_consumer_runtime::run(settings, p, codec, orderflow_analytics::AnalyticsHandler, stop)
+        }));
+        self.analytics = Some(Extra { db, pool });
+    }
+
+    /// Sets stock levels, as `inventory stock set` does.
+    pub async fn stock(&self, levels: &[(&str, i32)]) {
+        let levels: Vec<(String, i32)> = levels.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        orderflow_inventory::set_stock(&self.inventory, &levels).await.unwrap();
+    }
+
+    pub async fn available(&self, sku: &str) -> i32 {
+        sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.inventory)
+            .await
+            .unwrap()
     }
 
     fn codec(&self) -> Arc<orderflow_schemas::EventCodec> {
         Arc::new(orderflow_schemas::EventCodec::new(&self.api.registry.url, Duration::from_secs(5)).unwrap())
     }
 
-    fn consumer_settings(&self, group: &str, topic: &str) -> ConsumerSettings {
-        let mut settings = ConsumerSettings::new(group, &[topic], self.broker.settings());
+    fn consumer_settings(&self, group: &str, topics: &[&str]) -> ConsumerSettings {
+        let mut settings = ConsumerSettings::new(group, topics, self.broker.settings());
         settings.backoff_base = Duration::from_millis(20);
         settings.backoff_cap = Duration::from_millis(500);
         settings.lag_interval = Duration::from_millis(200);
@@ -99,7 +229,7 @@ impl TestStack {
             provider: PaymentProviderClient::new(&self.simulator.url, Duration::from_secs(2)),
             codec: codec.clone(),
         };
-        let settings = self.consumer_settings(orderflow_payment::GROUP, "orders");
+        let settings = self.consumer_settings(orderflow_payment::GROUP, &["orders"]);
         self.metrics.push((orderflow_payment::GROUP.into(), settings.registry.clone()));
         let pool = self.payments.clone();
         self.parts
@@ -109,7 +239,7 @@ impl TestStack {
     pub fn start_order_service(&mut self) {
         let codec = self.codec();
         let handler = orderflow_order_service::OrderStatusHandler { codec: codec.clone() };
-        let settings = self.consumer_settings(orderflow_order_service::GROUP, "payments");
+        let settings = self.consumer_settings(orderflow_order_service::GROUP, &orderflow_order_service::TOPICS);
         self.metrics.push((orderflow_order_service::GROUP.into(), settings.registry.clone()));
         let pool = self.api.pool.clone();
         self.parts

@@ -3,6 +3,9 @@
 //! OrderPaymentFailed. The status change, its history row, the event (orders outbox) and the
 //! dedupe record commit together.
 //!
+//! The saga's middle step: InventoryShortage for a PAID order → CANCELLED + OrderCancelled
+//! (`refund_required`), which the payment service refunds; PaymentRefunded → REFUNDED.
+//!
 //! Concurrency is optimistic: the update names the version it read, and a lost race is retried.
 //! A payment outcome for an order that already left PENDING_PAYMENT changes nothing.
 
@@ -11,7 +14,10 @@ use std::sync::Arc;
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
 use orderflow_schemas::{
     EventCodec,
-    events::{Event, OrderLine, OrderPaid, OrderPaymentFailed, PaymentAuthorized, PaymentDeclined},
+    events::{
+        CancelReason, Event, InventoryShortage, OrderCancelled, OrderLine, OrderPaid, OrderPaymentFailed,
+        PaymentAuthorized, PaymentDeclined, PaymentRefunded,
+    },
 };
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -19,6 +25,10 @@ use uuid::Uuid;
 pub const GROUP: &str = "order-service";
 pub const PAID: &str = "PAID";
 pub const PAYMENT_FAILED: &str = "PAYMENT_FAILED";
+pub const CANCELLED: &str = "CANCELLED";
+pub const REFUNDED: &str = "REFUNDED";
+/// The topics order-service reads: payment outcomes, and inventory's verdicts on `orders`.
+pub const TOPICS: [&str; 2] = ["payments", "orders"];
 
 /// Orders, outbox and dedupe migrations (order-service shares the orders database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -82,16 +92,17 @@ async fn transition(
     Ok(true)
 }
 
-/// Moves a pending order to `status`; `None` when it already left PENDING_PAYMENT (a replayed
-/// or late outcome changes nothing), a retry when another writer moved it meanwhile.
+/// Moves an order from `from` to `status`; `None` when it is not in `from` (a replayed or late
+/// event changes nothing), a retry when another writer moved it meanwhile.
 async fn settle(
     tx: &mut PgConnection,
     order_id: Uuid,
+    from: &str,
     status: &str,
     reason: Option<&str>,
 ) -> Result<Option<CurrentOrder>, Failure> {
     let order = load(tx, order_id).await?;
-    if order.status != orderflow_producer::store::PENDING_PAYMENT {
+    if order.status != from {
         return Ok(None);
     }
     if !transition(tx, order_id, order.version, status, reason).await? {
@@ -102,14 +113,40 @@ async fn settle(
 
 impl Handler for OrderStatusHandler {
     fn handles(&self, event_type: &str) -> bool {
-        event_type == PaymentAuthorized::NAME || event_type == PaymentDeclined::NAME
+        [PaymentAuthorized::NAME, PaymentDeclined::NAME, InventoryShortage::NAME, PaymentRefunded::NAME]
+            .contains(&event_type)
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
+        let pending = orderflow_producer::store::PENDING_PAYMENT;
+        match event.event_type() {
+            InventoryShortage::NAME => {
+                let shortage = InventoryShortage::from_avro(&event.decoded.value).map_err(invalid)?;
+                let skus: Vec<&str> = shortage.missing.iter().map(|m| m.sku.as_str()).collect();
+                let reason = format!("inventory shortage: {}", skus.join(", "));
+                let Some(order) = settle(tx, shortage.order_id, PAID, CANCELLED, Some(&reason)).await? else {
+                    return Ok(());
+                };
+                let cancelled = OrderCancelled {
+                    order_id: shortage.order_id,
+                    customer_id: order.customer_id,
+                    reason: CancelReason::InventoryShortage,
+                    refund_required: true,
+                    cancelled_at: shortage.detected_at,
+                };
+                return Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &cancelled, event.traceparent()).await?);
+            }
+            PaymentRefunded::NAME => {
+                let refunded = PaymentRefunded::from_avro(&event.decoded.value).map_err(invalid)?;
+                settle(tx, refunded.order_id, CANCELLED, REFUNDED, Some(&refunded.refund_reference)).await?;
+                return Ok(());
+            }
+            _ => {}
+        }
         if event.event_type() == PaymentAuthorized::NAME {
             let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
-            let Some(order) = settle(tx, paid.order_id, PAID, None).await? else { return Ok(()) };
+            let Some(order) = settle(tx, paid.order_id, pending, PAID, None).await? else { return Ok(()) };
             let announcement = OrderPaid {
                 order_id: paid.order_id,
                 payment_id: paid.payment_id,
@@ -121,7 +158,9 @@ impl Handler for OrderStatusHandler {
             Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
         } else {
             let declined = PaymentDeclined::from_avro(&event.decoded.value).map_err(invalid)?;
-            let Some(order) = settle(tx, declined.order_id, PAYMENT_FAILED, declined.message.as_deref()).await? else {
+            let Some(order) =
+                settle(tx, declined.order_id, pending, PAYMENT_FAILED, declined.message.as_deref()).await?
+            else {
                 return Ok(());
             };
             let announcement = OrderPaymentFailed {

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     orderflow_order_service::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
-    let settings = ConsumerSettings::new(GROUP, &["payments"], kafka);
+    let settings = ConsumerSettings::new(GROUP, &orderflow_order_service::TOPICS, kafka);
     let handler = OrderStatusHandler { codec: codec.clone() };
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

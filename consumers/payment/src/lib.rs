@@ -1,5 +1,7 @@
 //! The payment service (group `payment`): on OrderPlaced, charge the order once through the
-//! provider and publish PaymentAuthorized or PaymentDeclined via the payments outbox.
+//! provider and publish PaymentAuthorized or PaymentDeclined via the payments outbox; on
+//! OrderCancelled with `refund_required` (the inventory-shortage saga), refund the charge once
+//! under its own key (`order-<id>-refund`) and publish PaymentRefunded.
 //!
 //! The provider call happens inside the runtime's transaction, after the dedupe row is claimed,
 //! with an idempotency key derived from the order (`order-<id>-charge`): a crash after the
@@ -15,7 +17,9 @@ use chrono::Utc;
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
 use orderflow_schemas::{
     EventCodec,
-    events::{DeclineReason, Event, OrderPlaced, PaymentAuthorized, PaymentDeclined},
+    events::{
+        DeclineReason, Event, Money, OrderCancelled, OrderPlaced, PaymentAuthorized, PaymentDeclined, PaymentRefunded,
+    },
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -33,6 +37,10 @@ pub fn payment_id(order_id: Uuid) -> Uuid {
 
 pub fn charge_key(order_id: Uuid) -> String {
     format!("order-{order_id}-charge")
+}
+
+pub fn refund_key(order_id: Uuid) -> String {
+    format!("order-{order_id}-refund")
 }
 
 /// Applies the payments, outbox and dedupe migrations.
@@ -73,11 +81,7 @@ impl PaymentHandler {
                 &order.order_id.to_string(),
             )
             .await
-            .map_err(|e| match e {
-                ChargeError::Ambiguous(m) => Failure::Unavailable(format!("provider: {m}")),
-                ChargeError::RateLimited(_) => Failure::Unavailable("provider rate limit".into()),
-                ChargeError::Rejected(m) => Failure::dead("provider_rejected", m),
-            })?;
+            .map_err(provider_failure)?;
         let (status, reference, decline) = match &outcome {
             ChargeOutcome::Approved { provider_reference } => ("AUTHORIZED", Some(provider_reference.clone()), None),
             ChargeOutcome::Declined { code } => ("DECLINED", None, Some(code.clone())),
@@ -127,15 +131,75 @@ impl PaymentHandler {
     }
 }
 
+fn provider_failure(e: ChargeError) -> Failure {
+    match e {
+        ChargeError::Ambiguous(m) => Failure::Unavailable(format!("provider: {m}")),
+        ChargeError::RateLimited(_) => Failure::Unavailable("provider rate limit".into()),
+        ChargeError::Rejected(m) => Failure::dead("provider_rejected", m),
+    }
+}
+
+impl PaymentHandler {
+    /// Gives an authorized payment back, once. No payment, a declined one or one already
+    /// refunded: nothing to do.
+    async fn refund(
+        &self,
+        tx: &mut PgConnection,
+        event: &ConsumedEvent,
+        cancelled: OrderCancelled,
+    ) -> Result<(), Failure> {
+        let payment: Option<(Uuid, String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT payment_id, status, amount_minor, currency, provider_reference FROM payments WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(cancelled.order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((payment_id, status, amount_minor, currency, Some(charge_id))) = payment else {
+            tracing::info!(order_id = %cancelled.order_id, "cancelled order has no charge to refund");
+            return Ok(());
+        };
+        if status != "AUTHORIZED" {
+            return Ok(());
+        }
+        let reference = self
+            .provider
+            .refund(&refund_key(cancelled.order_id), &charge_id, amount_minor, &cancelled.order_id.to_string())
+            .await
+            .map_err(provider_failure)?;
+        sqlx::query(
+            "UPDATE payments SET status = 'REFUNDED', refund_reference = $2, refunded_at = now() WHERE payment_id = $1",
+        )
+        .bind(payment_id)
+        .bind(&reference)
+        .execute(&mut *tx)
+        .await?;
+        let refunded = PaymentRefunded {
+            order_id: cancelled.order_id,
+            payment_id,
+            refund_reference: reference,
+            amount: Money { amount_minor, currency },
+            refunded_at: Utc::now(),
+        };
+        Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &refunded, event.traceparent()).await?)
+    }
+}
+
 impl Handler for PaymentHandler {
-    /// Only placed orders are the payment service's business.
+    /// Placed orders are charged; cancelled ones refunded.
     fn handles(&self, event_type: &str) -> bool {
-        event_type == OrderPlaced::NAME
+        event_type == OrderPlaced::NAME || event_type == OrderCancelled::NAME
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let order =
-            OrderPlaced::from_avro(&event.decoded.value).map_err(|e| Failure::dead("invalid_event", e.to_string()))?;
+        let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
+        if event.event_type() == OrderCancelled::NAME {
+            let cancelled = OrderCancelled::from_avro(&event.decoded.value).map_err(invalid)?;
+            if !cancelled.refund_required {
+                return Ok(());
+            }
+            return self.refund(tx, event, cancelled).await;
+        }
+        let order = OrderPlaced::from_avro(&event.decoded.value).map_err(invalid)?;
         if order.total.amount_minor <= 0 {
             return Err(Failure::dead("invalid_event", "an order total must be positive"));
         }

@@ -34,7 +34,7 @@ pub struct PaymentProviderClient {
 }
 
 #[derive(Deserialize)]
-struct ChargeAnswer {
+struct Answer {
     id: String,
     status: String,
     decline_code: Option<String>,
@@ -56,11 +56,37 @@ impl PaymentProviderClient {
     ) -> Result<ChargeOutcome, ChargeError> {
         let body =
             json!({ "amount_minor": amount_minor, "currency": currency, "customer": customer, "reference": reference });
+        let answer = self.post("/v1/charges", idempotency_key, &body).await?;
+        match answer.status.as_str() {
+            "approved" => Ok(ChargeOutcome::Approved { provider_reference: answer.id }),
+            "declined" => Ok(ChargeOutcome::Declined { code: answer.decline_code.unwrap_or_else(|| "unknown".into()) }),
+            other => Err(ChargeError::Ambiguous(format!("unknown charge status {other:?}"))),
+        }
+    }
+
+    /// Refunds `amount_minor` of the charge `charge_id`; returns the refund's reference. The
+    /// key is the refund's own (never the charge's), stable across retries.
+    pub async fn refund(
+        &self,
+        idempotency_key: &str,
+        charge_id: &str,
+        amount_minor: i64,
+        reference: &str,
+    ) -> Result<String, ChargeError> {
+        let body = json!({ "charge_id": charge_id, "amount_minor": amount_minor, "reference": reference });
+        let answer = self.post("/v1/refunds", idempotency_key, &body).await?;
+        match answer.status.as_str() {
+            "refunded" => Ok(answer.id),
+            other => Err(ChargeError::Ambiguous(format!("unknown refund status {other:?}"))),
+        }
+    }
+
+    async fn post(&self, path: &str, idempotency_key: &str, body: &serde_json::Value) -> Result<Answer, ChargeError> {
         let response = self
             .http
-            .post(format!("{}/v1/charges", self.base))
+            .post(format!("{}{path}", self.base))
             .header("Idempotency-Key", idempotency_key)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .map_err(|e| ChargeError::Ambiguous(e.to_string()))?;
@@ -81,12 +107,6 @@ impl PaymentProviderClient {
         if !status.is_success() {
             return Err(ChargeError::Rejected(format!("{status}: {text}")));
         }
-        let answer: ChargeAnswer = serde_json::from_str(&text)
-            .map_err(|e| ChargeError::Ambiguous(format!("unreadable 200 answer {text:?}: {e}")))?;
-        match answer.status.as_str() {
-            "approved" => Ok(ChargeOutcome::Approved { provider_reference: answer.id }),
-            "declined" => Ok(ChargeOutcome::Declined { code: answer.decline_code.unwrap_or_else(|| "unknown".into()) }),
-            other => Err(ChargeError::Ambiguous(format!("unknown charge status {other:?}"))),
-        }
+        serde_json::from_str(&text).map_err(|e| ChargeError::Ambiguous(format!("unreadable 200 answer {text:?}: {e}")))
     }
 }

@@ -1,37 +1,64 @@
 //! The consume loop every orderflow consumer runs. A service writes a [`Handler`]; this runtime
-//! owns the rest: decoding, dedupe, transactions, retries, dead-lettering and offset commits.
+//! owns the rest: decoding, dedupe, transactions, retries, dead-lettering, backpressure,
+//! rebalances and offset commits.
 //!
 //! Guarantee: at-least-once delivery, effectively-once side effects. For each record:
 //! decode → open a transaction → insert the dedupe row `(group, event_id)` (a duplicate stops
 //! here, and a concurrent duplicate waits on the row lock) → the handler's side effect in the
 //! same transaction → commit → store the offset. Offsets are committed only for records whose
-//! transaction committed (or that went to the dead-letter topic), periodically and on shutdown.
+//! transaction committed or that were forwarded (retry topic, DLT) with the broker's ack —
+//! periodically, on revoke (after the records in hand finish) and on shutdown.
 //!
-//! Records of one partition are handled in order, one at a time; partitions run concurrently.
-//! Poison (undecodable, no event id) goes to `<topic>.<group>.DLT` at once with the reason in
-//! headers, so the partition keeps moving. A handler's `Retry` is retried with exponential
-//! backoff and full jitter up to `max_attempts`, then dead-lettered; `Unavailable` (a dependency
-//! is down) is retried with capped backoff for as long as it takes, never dead-lettered.
+//! Records of one partition are handled in order, one at a time; partitions run concurrently,
+//! at most `max_in_flight` at once. A partition whose queue is full is paused (fetching stops,
+//! polling goes on, so a slow handler never overruns `max.poll.interval.ms`) and resumed when
+//! its queue drains to half.
+//!
+//! Failures:
+//! - Poison (undecodable, unknown schema, no event id, handler says `Dead`) goes to
+//!   `<topic>.<group>.DLT` at once with the reason in headers; the partition moves on.
+//! - `Retry` (transient, the record's own problem) re-publishes the record to
+//!   `<topic>.<group>.retry`, due after exponential backoff with full jitter, and the source
+//!   partition moves on (non-blocking retries). The group consumes its retry topics and holds
+//!   each retry record until due. After `max_attempts` handler attempts: the DLT.
+//! - `Unavailable` (a dependency is down, not the record's fault) waits in place with capped
+//!   backoff for as long as it takes, spending no attempts: the partition pauses rather than
+//!   burning retries into the DLT.
+//!
+//! Ordering trade-off: while a record is in the retry topic, later records with the same key
+//! are handled before it. Handlers must therefore accept events of one order out of order
+//! (every orderflow handler checks the order's state and version, never the arrival order).
+//! `Unavailable` keeps order, because it holds the partition.
 
+mod context;
 mod dlt;
 pub mod dlt_tools;
 pub mod metrics;
 mod worker;
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use orderflow_platform::kafka::KafkaSettings;
 use orderflow_schemas::{Decoded, EventCodec};
 use rdkafka::{
-    Message,
+    Message, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
+    message::OwnedMessage,
+    types::RDKafkaErrorCode,
 };
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use uuid::Uuid;
 
-pub use dlt::dlt_topic;
+pub use context::RuntimeContext;
+pub use dlt::{dlt_topic, retry_headers, retry_topic};
+pub use worker::backoff_ceiling;
 
 /// Applies the dedupe-store migration (idempotent; shares the service's database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -46,6 +73,8 @@ pub struct ConsumedEvent {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// 1 on the first delivery; n on the (n-1)th retry.
+    pub attempt: u32,
     pub key: Option<String>,
     pub event_id: Uuid,
     pub headers: HashMap<String, String>,
@@ -123,8 +152,12 @@ pub struct ConsumerSettings {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub commit_interval: Duration,
-    /// Records buffered per partition before fetching waits.
+    /// Records queued per partition; when full, fetching for that partition pauses.
     pub partition_queue: usize,
+    /// Records handled at once across all partitions.
+    pub max_in_flight: usize,
+    /// How long a revocation waits for the revoked partitions' records in hand.
+    pub revoke_grace: Duration,
     /// Partitions of a source topic this consumer creates when it is missing.
     pub topic_partitions: i32,
     /// How often per-partition lag is read from the broker.
@@ -140,10 +173,12 @@ impl ConsumerSettings {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             kafka,
             max_attempts: 5,
-            backoff_base: Duration::from_millis(200),
+            backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             commit_interval: Duration::from_secs(1),
             partition_queue: 256,
+            max_in_flight: 32,
+            revoke_grace: Duration::from_secs(10),
             topic_partitions: 12,
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),
@@ -160,11 +195,40 @@ pub async fn run_service<H: Handler>(
     handler: H,
     metrics_listen: &str,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?;
-    tokio::spawn(orderflow_platform::metrics::serve(listener, settings.registry.clone(), std::future::pending()));
+    run_service_with(settings, pool, codec, handler, metrics_listen, axum::Router::new()).await
+}
+
+/// As [`run_service`], serving the service's own `routes` beside `/metrics` and `/healthz`.
+pub async fn run_service_with<H: Handler>(
+    settings: ConsumerSettings,
+    pool: PgPool,
+    codec: Arc<EventCodec>,
+    handler: H,
+    listen: &str,
+    routes: axum::Router,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let registry = settings.registry.clone();
+    tokio::spawn(orderflow_platform::metrics::serve_with(listener, registry, routes, std::future::pending()));
     run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await
+}
+
+/// A partition's queue and worker, as the fetch loop sees it.
+struct Slot {
+    sender: mpsc::Sender<OwnedMessage>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<worker::PartitionState>,
+    /// Records fetched while the queue was full; fetching for the partition is paused until
+    /// they fit (librdkafka drops what it prefetched and resumes after the last one we took).
+    parked: VecDeque<OwnedMessage>,
+    /// The next offset this slot accepts; anything below was already taken.
+    next_offset: i64,
+}
+
+fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
 }
 
 /// Consumes until `shutdown` resolves: in-flight records finish, then offsets are committed
@@ -176,35 +240,51 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut dlts: Vec<(String, i32)> = settings.topics.iter().map(|t| (dlt_topic(t, &settings.group), 1)).collect();
-    dlts.extend(settings.topics.iter().map(|t| (t.clone(), settings.topic_partitions)));
-    let dlt_refs: Vec<(&str, i32)> = dlts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    settings.kafka.ensure_topics(&dlt_refs).await.context("creating the source and dead-letter topics")?;
+    let group = settings.group.clone();
+    let retry_sources: HashMap<String, String> =
+        settings.topics.iter().map(|t| (retry_topic(t, &group), t.clone())).collect();
+    let mut topics: Vec<(String, i32)> =
+        settings.topics.iter().map(|t| (t.clone(), settings.topic_partitions)).collect();
+    topics.extend(retry_sources.keys().map(|t| (t.clone(), settings.topic_partitions)));
+    topics.extend(settings.topics.iter().map(|t| (dlt_topic(t, &group), 1)));
+    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    settings.kafka.ensure_topics(&topic_refs).await.context("creating the source, retry and dead-letter topics")?;
 
-    let client_id = format!("{}-consumer", settings.group);
-    let consumer: Arc<StreamConsumer> =
-        Arc::new(settings.kafka.consumer(&client_id, &settings.group).create().context("creating the consumer")?);
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribing")?;
-    let (stop_workers, stopping) = tokio::sync::watch::channel(false);
+    let metrics = metrics::ConsumerMetrics::register(&settings.registry).context("registering consumer metrics")?;
+    let partitions = Arc::new(worker::Partitions::default());
+    let context = RuntimeContext {
+        group: group.clone(),
+        partitions: partitions.clone(),
+        metrics: metrics.clone(),
+        revoke_grace: settings.revoke_grace,
+    };
+    let consumer: Arc<StreamConsumer<RuntimeContext>> = Arc::new(
+        settings
+            .kafka
+            .consumer(&format!("{group}-consumer"), &group)
+            .create_with_context(context)
+            .context("creating the consumer")?,
+    );
+    let subscribed: Vec<String> = settings.topics.iter().chain(retry_sources.keys()).cloned().collect();
+    consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>()).context("subscribing")?;
     let shared = Arc::new(worker::Shared {
         settings: settings.clone(),
         pool,
         codec,
         handler,
         consumer: consumer.clone(),
-        dlt: dlt::DeadLetters::new(&settings.kafka, &settings.group)?,
-        metrics: metrics::ConsumerMetrics::register(&settings.registry).context("registering consumer metrics")?,
-        stopping,
+        forwarder: dlt::Forwarder::new(&settings.kafka, &group)?,
+        metrics: metrics.clone(),
+        retry_sources,
+        in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
     });
-    tracing::info!(group = %settings.group, topics = ?settings.topics, "consumer started");
+    tracing::info!(%group, topics = ?subscribed, "consumer started");
 
-    let mut workers: HashMap<
-        (String, i32),
-        (mpsc::Sender<rdkafka::message::OwnedMessage>, tokio::task::JoinHandle<()>),
-    > = HashMap::new();
+    let mut slots: HashMap<(String, i32), Slot> = HashMap::new();
     let mut commit_tick = tokio::time::interval(settings.commit_interval);
     let mut lag_tick = tokio::time::interval(settings.lag_interval);
+    let mut unpark_tick = tokio::time::interval(Duration::from_millis(20));
+    unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lag_report: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     loop {
@@ -213,38 +293,58 @@ pub async fn run<H: Handler>(
             _ = lag_tick.tick() => {
                 // One report at a time, off the async threads (the broker calls block).
                 if lag_report.as_ref().is_none_or(|r| r.is_finished()) {
-                    let (consumer, shared, group) = (consumer.clone(), shared.clone(), settings.group.clone());
+                    let (consumer, metrics, group) = (consumer.clone(), metrics.clone(), group.clone());
                     lag_report = Some(tokio::task::spawn_blocking(move || {
-                        metrics::report_partitions(consumer.as_ref(), &shared.metrics, &group)
+                        metrics::report_partitions(consumer.as_ref(), &metrics, &group)
                     }));
                 }
             }
             _ = commit_tick.tick() => {
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
                     // NoOffset: nothing stored since the last commit.
-                    if !matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
+                    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
                         tracing::debug!(%error, "periodic commit failed; will retry");
                     }
                 }
             }
+            _ = unpark_tick.tick() => {
+                unpark(&consumer, &mut slots, settings.partition_queue);
+                // Workers of revoked partitions finish their record in hand and end.
+                slots.retain(|_, slot| !(slot.state.is_stopped() && slot.task.is_finished()));
+                let paused = slots.values().filter(|s| !s.parked.is_empty()).count();
+                metrics.paused_partitions.with_label_values(&[&group]).set(paused as i64);
+            }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let message = message.detach();
-                    let slot = (message.topic().to_string(), message.partition());
-                    let entry = workers.entry(slot.clone()).or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(settings.partition_queue);
-                        let task = tokio::spawn(worker::run_partition(shared.clone(), rx));
-                        (tx, task)
+                    let key = (message.topic().to_string(), message.partition());
+                    if slots.get(&key).is_some_and(|s| s.state.is_stopped() || s.sender.is_closed()) {
+                        // Revoked earlier and assigned to us again: a fresh worker.
+                        slots.remove(&key);
+                    }
+                    let slot = slots.entry(key).or_insert_with(|| {
+                        let (sender, records) = mpsc::channel(settings.partition_queue.max(1));
+                        let state = worker::PartitionState::new();
+                        partitions.insert(message.topic(), message.partition(), state.clone());
+                        let task = tokio::spawn(worker::run_partition(shared.clone(), state.clone(), records));
+                        Slot { sender, task, state, parked: VecDeque::new(), next_offset: -1 }
                     });
-                    // A full queue makes this wait: fetching stops until the partition catches up.
-                    // Shutdown still wins, even while a worker waits for a dependency that is down.
-                    let sent = tokio::select! {
-                        sent = entry.0.send(message) => sent.is_ok(),
-                        () = &mut shutdown => break,
-                    };
-                    if !sent {
-                        tracing::error!(?slot, "partition worker ended unexpectedly");
-                        workers.remove(&slot);
+                    if message.offset() < slot.next_offset {
+                        continue;
+                    }
+                    slot.next_offset = message.offset() + 1;
+                    if !slot.parked.is_empty() {
+                        slot.parked.push_back(message);
+                        continue;
+                    }
+                    if let Err(TrySendError::Full(message) | TrySendError::Closed(message)) = slot.sender.try_send(message) {
+                        // The worker is behind: stop fetching this partition rather than buffer
+                        // without limit, and keep polling so the group keeps us.
+                        let list = partition_list(message.topic(), message.partition());
+                        if let Err(error) = consumer.pause(&list) {
+                            tracing::debug!(%error, "pause failed (partition revoked?)");
+                        }
+                        slot.parked.push_back(message);
                     }
                 }
                 Err(error) => {
@@ -254,23 +354,54 @@ pub async fn run<H: Handler>(
             }
         }
     }
-    tracing::info!(group = %settings.group, "stopping: finishing in-flight records");
-    let _ = stop_workers.send(true);
-    for (_, (sender, task)) in workers.drain() {
-        drop(sender);
-        let _ = task.await;
+    tracing::info!(%group, "stopping: finishing in-flight records");
+    for slot in slots.values() {
+        slot.state.stop();
     }
-    // A synchronous commit blocks its thread, and waits long if the broker is gone: bound it.
-    let committing = tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync));
-    match tokio::time::timeout(Duration::from_secs(10), committing).await {
+    for (_, slot) in slots.drain() {
+        drop(slot.sender);
+        let _ = slot.task.await;
+    }
+    // A synchronous commit blocks its thread, without end if the broker is gone: bound it, on a
+    // thread of its own (a runtime waits for its blocking pool when it shuts down).
+    let (done, committed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
+    });
+    match tokio::time::timeout(Duration::from_secs(10), committed).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error)))
-            if matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Ok(Ok(Err(error))) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
         Ok(Ok(Err(error))) => {
             tracing::warn!(%error, "final commit failed; the next owner re-reads (dedupe makes it harmless)")
         }
         Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
     }
-    tracing::info!(group = %settings.group, "consumer stopped");
+    tracing::info!(%group, "consumer stopped");
     Ok(())
+}
+
+/// Moves parked records into their queues once the queue is at most half full, and resumes
+/// fetching for partitions with nothing parked any more.
+fn unpark(consumer: &StreamConsumer<RuntimeContext>, slots: &mut HashMap<(String, i32), Slot>, queue: usize) {
+    for ((topic, partition), slot) in slots.iter_mut().filter(|(_, s)| !s.parked.is_empty()) {
+        if slot.state.is_stopped() {
+            // Revoked: the pause ended with the assignment; parked records are the next owner's.
+            slot.parked.clear();
+            continue;
+        }
+        if slot.sender.capacity() < queue.max(2) / 2 {
+            continue;
+        }
+        while let Some(message) = slot.parked.pop_front() {
+            if let Err(TrySendError::Full(message) | TrySendError::Closed(message)) = slot.sender.try_send(message) {
+                slot.parked.push_front(message);
+                break;
+            }
+        }
+        if slot.parked.is_empty()
+            && let Err(error) = consumer.resume(&partition_list(topic, *partition))
+        {
+            tracing::debug!(%error, "resume failed (partition revoked?)");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, 
 
 #[derive(Clone)]
 pub struct ConsumerMetrics {
-    /// outcome: processed | deduped | retried | dead_lettered | waited_for_dependency
+    /// outcome: processed | deduped | skipped | retried | dead_lettered | waited_for_dependency
     pub records: IntCounterVec,
     pub handler_seconds: HistogramVec,
     pub in_flight: IntGaugeVec,
@@ -14,6 +14,12 @@ pub struct ConsumerMetrics {
     pub high_watermark: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
     pub lag: IntGaugeVec,
+    /// Partitions whose fetching is paused because their worker is behind.
+    pub paused_partitions: IntGaugeVec,
+    /// kind: assign | revoke
+    pub rebalances: IntCounterVec,
+    /// Time from revoke to committed offsets (finishing the records in hand).
+    pub revoke_seconds: HistogramVec,
 }
 
 impl ConsumerMetrics {
@@ -41,6 +47,22 @@ impl ConsumerMetrics {
         let committed_offset =
             partition_gauge("orderflow_consumer_committed_offset", "Offset this group committed, per partition")?;
         let lag = partition_gauge("orderflow_consumer_lag", "Messages not yet committed by this group, per partition")?;
+        let paused_partitions = IntGaugeVec::new(
+            Opts::new("orderflow_consumer_paused_partitions", "Partitions paused because their worker is behind"),
+            &["group"],
+        )?;
+        let rebalances = IntCounterVec::new(
+            Opts::new("orderflow_consumer_rebalances_total", "Partition assignments and revocations"),
+            &["group", "kind"],
+        )?;
+        let revoke_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "orderflow_consumer_revoke_seconds",
+                "Time a revocation took: finishing the records in hand and committing",
+            )
+            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["group"],
+        )?;
         // One registry per consumer: a second registration of these names fails loudly.
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
@@ -48,7 +70,20 @@ impl ConsumerMetrics {
         registry.register(Box::new(high_watermark.clone()))?;
         registry.register(Box::new(committed_offset.clone()))?;
         registry.register(Box::new(lag.clone()))?;
-        Ok(ConsumerMetrics { records, handler_seconds, in_flight, high_watermark, committed_offset, lag })
+        registry.register(Box::new(paused_partitions.clone()))?;
+        registry.register(Box::new(rebalances.clone()))?;
+        registry.register(Box::new(revoke_seconds.clone()))?;
+        Ok(ConsumerMetrics {
+            records,
+            handler_seconds,
+            in_flight,
+            high_watermark,
+            committed_offset,
+            lag,
+            paused_partitions,
+            rebalances,
+            revoke_seconds,
+        })
     }
 
     pub fn count(&self, group: &str, topic: &str, outcome: &str) {
@@ -58,7 +93,11 @@ impl ConsumerMetrics {
 
 /// Reads, for every assigned partition, the high watermark and the group's committed offset
 /// (blocking broker calls: run it off the async threads) and sets the partition gauges.
-pub fn report_partitions<C: rdkafka::consumer::Consumer>(consumer: &C, metrics: &ConsumerMetrics, group: &str) {
+pub fn report_partitions<X: rdkafka::consumer::ConsumerContext, C: rdkafka::consumer::Consumer<X>>(
+    consumer: &C,
+    metrics: &ConsumerMetrics,
+    group: &str,
+) {
     use std::time::Duration;
     let Ok(assignment) = consumer.assignment() else { return };
     // Short timeouts, and give up on the first failure: a broker that does not answer now will

@@ -1,51 +1,121 @@
 //! One partition's records, one at a time, in order: decode, dedupe + handle in a transaction,
-//! retry or dead-letter, then store the offset.
+//! forward to the retry topic or the DLT when not done, then store the offset.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use orderflow_schemas::EventCodec;
 use rand::Rng;
 use rdkafka::{
-    Message,
+    Message, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     message::{Headers, OwnedMessage},
 };
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
-use crate::{ConsumedEvent, ConsumerSettings, Failure, Handler, dlt};
+use crate::{
+    ConsumedEvent, ConsumerSettings, Failure, Handler,
+    context::RuntimeContext,
+    dlt::{Forwarder, Origin, Reason},
+};
 
 pub(crate) struct Shared<H> {
     pub settings: ConsumerSettings,
     pub pool: PgPool,
     pub codec: Arc<EventCodec>,
     pub handler: H,
-    pub consumer: Arc<StreamConsumer>,
-    pub dlt: dlt::DeadLetters,
+    pub consumer: Arc<StreamConsumer<RuntimeContext>>,
+    pub forwarder: Forwarder,
     pub metrics: crate::metrics::ConsumerMetrics,
-    /// Flips to true on shutdown: retry loops give up their record (it is not acknowledged).
-    pub stopping: watch::Receiver<bool>,
+    /// Retry topic → the source topic it retries.
+    pub retry_sources: HashMap<String, String>,
+    /// Bounds the records being handled at once across all partitions.
+    pub in_flight_limit: Semaphore,
 }
 
-pub(crate) async fn run_partition<H: Handler>(shared: Arc<Shared<H>>, mut records: mpsc::Receiver<OwnedMessage>) {
+/// One assigned partition's worker, as the rebalance callback and the fetch loop see it.
+pub(crate) struct PartitionState {
+    stop: watch::Sender<bool>,
+    busy: AtomicBool,
+}
+
+impl PartitionState {
+    pub fn new() -> Arc<Self> {
+        Arc::new(PartitionState { stop: watch::Sender::new(false), busy: AtomicBool::new(false) })
+    }
+
+    /// Revoked or shutting down: the record in hand finishes (a wait for a retry's due time or a
+    /// dependency is abandoned, unacknowledged), queued records are left for the next owner.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// The partitions this consumer works on, shared with the rebalance callback.
+#[derive(Default)]
+pub(crate) struct Partitions(Mutex<HashMap<(String, i32), Arc<PartitionState>>>);
+
+impl Partitions {
+    pub fn insert(&self, topic: &str, partition: i32, state: Arc<PartitionState>) {
+        self.0.lock().expect("partitions lock").insert((topic.to_string(), partition), state);
+    }
+
+    /// Removes and returns the states of the listed partitions.
+    pub fn take(&self, list: &TopicPartitionList) -> Vec<Arc<PartitionState>> {
+        let mut map = self.0.lock().expect("partitions lock");
+        list.elements().iter().filter_map(|e| map.remove(&(e.topic().to_string(), e.partition()))).collect()
+    }
+}
+
+pub(crate) async fn run_partition<H: Handler>(
+    shared: Arc<Shared<H>>,
+    state: Arc<PartitionState>,
+    mut records: mpsc::Receiver<OwnedMessage>,
+) {
+    let mut stop = state.stop.subscribe();
     while let Some(message) = records.recv().await {
-        if *shared.stopping.borrow() {
-            // Stopping: queued records stay unacknowledged for the next owner.
+        if state.is_stopped() {
+            // Queued records stay unacknowledged for the next owner.
             return;
         }
-        let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
-        in_flight.inc();
-        let finished = process(&shared, &message).await;
-        in_flight.dec();
+        state.busy.store(true, Ordering::Release);
+        let finished = match shared.in_flight_limit.acquire().await {
+            Ok(_permit) => {
+                let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
+                in_flight.inc();
+                let finished = process(&shared, &mut stop, &message).await;
+                in_flight.dec();
+                finished
+            }
+            Err(_) => false,
+        };
+        if finished {
+            // A revoked partition's callback waits for this before it commits.
+            if let Err(error) = shared.consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+                // Revoked and the grace period passed; the next owner re-reads (dedupe drops it).
+                tracing::debug!(%error, topic = message.topic(), partition = message.partition(), "offset not stored");
+            }
+        }
+        state.busy.store(false, Ordering::Release);
         if !finished {
-            // Abandoned on shutdown: not acknowledged, so the next owner handles it.
             return;
-        }
-        if let Err(error) = shared.consumer.store_offset(message.topic(), message.partition(), message.offset()) {
-            // The partition was revoked meanwhile; its next owner re-reads (dedupe drops it).
-            tracing::debug!(%error, topic = message.topic(), partition = message.partition(), "offset not stored");
         }
     }
 }
@@ -61,37 +131,56 @@ fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Exponential backoff with full jitter: a random wait in [0, min(cap, base * 2^attempt)].
+/// The ceiling of the wait before attempt `attempt + 1`: `min(cap, base * 2^attempt)`.
+pub fn backoff_ceiling(settings: &ConsumerSettings, attempt: u32) -> Duration {
+    settings.backoff_base.saturating_mul(1 << attempt.min(20)).min(settings.backoff_cap)
+}
+
+/// Exponential backoff with full jitter: a random wait in [0, ceiling].
 pub(crate) fn backoff(settings: &ConsumerSettings, attempt: u32) -> Duration {
-    let ceiling = settings.backoff_base.saturating_mul(1 << attempt.min(20)).min(settings.backoff_cap);
+    let ceiling = backoff_ceiling(settings, attempt);
     Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
 }
 
-/// Waits, unless shutdown comes first (then false).
-async fn pause<H>(shared: &Shared<H>, wait: Duration) -> bool {
-    let mut stopping = shared.stopping.clone();
-    if *stopping.borrow() {
+/// Waits, unless the partition is stopped first (then false).
+async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    if *stop.borrow() {
         return false;
     }
     tokio::select! {
         () = tokio::time::sleep(wait) => true,
-        _ = stopping.changed() => false,
+        _ = stop.wait_for(|stopped| *stopped) => false,
     }
 }
 
-/// Handles one record to a final state (done, duplicate or dead-lettered): true. False when it
-/// was abandoned because the consumer is stopping.
-async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool {
-    let first_failure = Utc::now();
+/// Handles one record to a final state for this partition (done, duplicate, forwarded to the
+/// retry topic or dead-lettered): true. False when it was abandoned because the partition
+/// stopped.
+async fn process<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>, message: &OwnedMessage) -> bool {
+    let group = shared.settings.group.as_str();
     let headers = headers_of(message);
-    let dead = |class: &'static str, reason: String, attempts: u32| async move {
-        dead_letter(shared, message, class, &reason, attempts, first_failure).await
+    let origin = Origin::of(message, &headers, shared.retry_sources.get(message.topic()).map(String::as_str));
+    let first_failure = origin.first_failure.unwrap_or_else(Utc::now);
+    if let Some(due) = origin.due_at {
+        // A retry record waits here until due; meanwhile only this retry partition is held.
+        let wait = (due - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() && !pause(stop, wait).await {
+            return false;
+        }
+    }
+    let dead = |class: String, reason: String, attempts: u32, stop: watch::Receiver<bool>| {
+        let origin = &origin;
+        async move {
+            let reason = Reason { class: &class, message: &reason, attempts, first_failure };
+            dead_letter(shared, stop, message, origin, reason).await
+        }
     };
     let Some(event_id) = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()) else {
-        return dead("missing_event_id", "the record has no valid event_id header".into(), 1).await;
+        let reason = "the record has no valid event_id header".into();
+        return dead("missing_event_id".into(), reason, 1, stop.clone()).await;
     };
     let Some(payload) = message.payload() else {
-        return dead("empty_payload", "the record has no value".into(), 1).await;
+        return dead("empty_payload".into(), "the record has no value".into(), 1, stop.clone()).await;
     };
     let mut attempt = 0;
     let decoded = loop {
@@ -100,38 +189,38 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
             Err(error) if error.is_retryable() => {
                 attempt += 1;
                 tracing::warn!(%error, "schema registry unavailable; retrying decode");
-                if !pause(shared, backoff(&shared.settings, attempt)).await {
+                if !pause(stop, backoff(&shared.settings, attempt)).await {
                     return false;
                 }
             }
-            Err(error) => return dead(error.class(), error.to_string(), 1).await,
+            Err(error) => return dead(error.class().into(), error.to_string(), 1, stop.clone()).await,
         }
     };
     if !shared.handler.handles(&decoded.event_type) {
-        shared.metrics.count(&shared.settings.group, message.topic(), "skipped");
+        shared.metrics.count(group, &origin.topic, "skipped");
         return true;
     }
+    let attempts = origin.attempts + 1;
     let event = ConsumedEvent {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
+        topic: origin.topic.clone(),
+        partition: origin.partition,
+        offset: origin.offset,
+        attempt: attempts,
         key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         event_id,
         headers,
         decoded,
     };
-    let mut attempts = 0;
+    let count = |outcome: &str| shared.metrics.count(group, &event.topic, outcome);
     let mut unavailable_streak = 0;
     loop {
-        attempts += 1;
         let started = std::time::Instant::now();
         let result = attempt_once(shared, &event).await;
         shared
             .metrics
             .handler_seconds
-            .with_label_values(&[&shared.settings.group, &event.topic])
+            .with_label_values(&[group, &event.topic])
             .observe(started.elapsed().as_secs_f64());
-        let count = |outcome: &str| shared.metrics.count(&shared.settings.group, &event.topic, outcome);
         match result {
             Ok(true) => {
                 count("processed");
@@ -141,26 +230,29 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> bool
                 count("deduped");
                 return true;
             }
-            Err(Failure::Dead { class, reason }) => {
-                return dead_letter(shared, message, &class, &reason, attempts, first_failure).await;
-            }
+            Err(Failure::Dead { class, reason }) => return dead(class, reason, attempts, stop.clone()).await,
             Err(Failure::Retry(reason)) if attempts >= shared.settings.max_attempts => {
-                return dead_letter(shared, message, "retries_exhausted", &reason, attempts, first_failure).await;
+                return dead("retries_exhausted".into(), reason, attempts, stop.clone()).await;
             }
             Err(Failure::Retry(reason)) => {
-                count("retried");
-                tracing::info!(group = %shared.settings.group, %event_id, attempts, %reason, "retrying");
-                if !pause(shared, backoff(&shared.settings, attempts)).await {
-                    return false;
+                let due_at = Utc::now() + backoff(&shared.settings, attempts);
+                tracing::info!(group, %event_id, attempts, %reason, %due_at, "retrying through the retry topic");
+                let sent = until_sent(shared, stop.clone(), || {
+                    shared.forwarder.retry(message, &origin, attempts, first_failure, due_at, &reason)
+                })
+                .await;
+                if sent {
+                    count("retried");
                 }
+                return sent;
             }
             Err(Failure::Unavailable(reason)) => {
-                // Not the record's fault: wait for the dependency without spending attempts.
-                attempts -= 1;
+                // Not the record's fault: wait for the dependency, holding this partition (it is
+                // paused once its queue fills) and spending no attempts.
                 unavailable_streak += 1;
                 count("waited_for_dependency");
-                tracing::warn!(group = %shared.settings.group, %event_id, %reason, "dependency unavailable; waiting");
-                if !pause(shared, backoff(&shared.settings, unavailable_streak)).await {
+                tracing::warn!(group, %event_id, %reason, "dependency unavailable; waiting");
+                if !pause(stop, backoff(&shared.settings, unavailable_streak)).await {
                     return false;
                 }
             }
@@ -193,27 +285,36 @@ async fn attempt_once<H: Handler>(shared: &Shared<H>, event: &ConsumedEvent) -> 
     Ok(true)
 }
 
-/// Sends the record to its DLT, retrying until the broker takes it (or shutdown).
 async fn dead_letter<H>(
     shared: &Shared<H>,
+    stop: watch::Receiver<bool>,
     message: &OwnedMessage,
-    class: &str,
-    reason: &str,
-    attempts: u32,
-    first_failure: chrono::DateTime<Utc>,
+    origin: &Origin,
+    reason: Reason<'_>,
 ) -> bool {
-    tracing::warn!(group = %shared.settings.group, topic = message.topic(), partition = message.partition(),
-        offset = message.offset(), class, reason, "dead-lettering record");
-    shared.metrics.count(&shared.settings.group, message.topic(), "dead_lettered");
+    tracing::warn!(group = %shared.settings.group, topic = %origin.topic, partition = origin.partition,
+        offset = origin.offset, class = reason.class, reason = reason.message, "dead-lettering record");
+    let sent = until_sent(shared, stop, || shared.forwarder.dead_letter(message, origin, reason)).await;
+    if sent {
+        shared.metrics.count(&shared.settings.group, &origin.topic, "dead_lettered");
+    }
+    sent
+}
+
+/// Sends until the broker acknowledges (true), with backoff, unless the partition stops first.
+async fn until_sent<H, F, Fut>(shared: &Shared<H>, mut stop: watch::Receiver<bool>, mut send: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let mut tries = 0;
     loop {
-        let sent = shared.dlt.send(message, dlt::Reason { class, message: reason, attempts, first_failure }).await;
-        match sent {
+        match send().await {
             Ok(()) => return true,
             Err(error) => {
                 tries += 1;
-                tracing::error!(error = format!("{error:#}"), "cannot write to the DLT; retrying");
-                if !pause(shared, backoff(&shared.settings, tries)).await {
+                tracing::error!(error = format!("{error:#}"), "cannot forward the record; retrying");
+                if !pause(&mut stop, backoff(&shared.settings, tries)).await {
                     return false;
                 }
             }

@@ -19,7 +19,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -143,6 +143,7 @@ async fn charge(
     }
     let (status, decline_code) = decide(&request.customer);
     let hash = Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()).to_vec();
+    let mut conn = pool.acquire().await?;
     let entry = LedgerEntry {
         idempotency_key: key,
         kind: "charge".into(),
@@ -155,7 +156,7 @@ async fn charge(
         reference: request.reference,
         charge_id: None,
     };
-    record(&pool, entry, &hash).await
+    record(&mut conn, entry, &hash).await
 }
 
 async fn refund(
@@ -165,15 +166,33 @@ async fn refund(
 ) -> Result<Response, ProviderError> {
     let key = key(&headers)?;
     let request: RefundRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-    let charge =
-        sqlx::query("SELECT amount_minor, currency, status FROM provider_ledger WHERE id = $1 AND kind = 'charge'")
-            .bind(request.charge_id)
-            .fetch_optional(&pool)
-            .await?
-            .ok_or_else(|| ProviderError::Invalid(format!("no charge {}", request.charge_id)))?;
+    // The charge row is locked while refunds are summed, so two refunds under different keys
+    // cannot together give back more than was charged.
+    let mut tx = pool.begin().await?;
+    let charge = sqlx::query(
+        "SELECT amount_minor, currency, status FROM provider_ledger WHERE id = $1 AND kind = 'charge' FOR UPDATE",
+    )
+    .bind(request.charge_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ProviderError::Invalid(format!("no charge {}", request.charge_id)))?;
     let (charged, currency, status): (i64, String, String) = (charge.get(0), charge.get(1), charge.get(2));
     if status != "approved" || request.amount_minor <= 0 || request.amount_minor > charged {
         return Err(ProviderError::Invalid("refund must be positive, at most the approved charge".into()));
+    }
+    let refunded: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM provider_ledger
+         WHERE kind = 'refund' AND charge_id = $1 AND idempotency_key <> $2",
+    )
+    .bind(request.charge_id)
+    .bind(&key)
+    .fetch_one(&mut *tx)
+    .await?;
+    if refunded + request.amount_minor > charged {
+        return Err(ProviderError::Invalid(format!(
+            "refund of {} exceeds what is left of the charge ({} of {charged} already refunded)",
+            request.amount_minor, refunded
+        )));
     }
     let hash = Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()).to_vec();
     let entry = LedgerEntry {
@@ -188,12 +207,14 @@ async fn refund(
         reference: request.reference,
         charge_id: Some(request.charge_id),
     };
-    record(&pool, entry, &hash).await
+    let answer = record(&mut tx, entry, &hash).await?;
+    tx.commit().await?;
+    Ok(answer)
 }
 
 /// Stores `entry` under its key unless the key exists: then the stored result (same request)
 /// or 422 (other request). Concurrent requests with one key meet at the primary key.
-async fn record(pool: &PgPool, entry: LedgerEntry, hash: &[u8]) -> Result<Response, ProviderError> {
+async fn record(conn: &mut PgConnection, entry: LedgerEntry, hash: &[u8]) -> Result<Response, ProviderError> {
     sqlx::query(
         "INSERT INTO provider_ledger (idempotency_key, kind, request_hash, id, status, decline_code, amount_minor, currency,
                                       customer, reference, charge_id)
@@ -210,9 +231,9 @@ async fn record(pool: &PgPool, entry: LedgerEntry, hash: &[u8]) -> Result<Respon
     .bind(&entry.customer)
     .bind(&entry.reference)
     .bind(entry.charge_id)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    let (stored, stored_hash) = find(pool, &entry.idempotency_key).await?.ok_or(ProviderError::NotFound)?;
+    let (stored, stored_hash) = find(conn, &entry.idempotency_key).await?.ok_or(ProviderError::NotFound)?;
     if stored_hash != hash || stored.kind != entry.kind {
         return Err(ProviderError::KeyReused);
     }
@@ -223,13 +244,13 @@ async fn record(pool: &PgPool, entry: LedgerEntry, hash: &[u8]) -> Result<Respon
     .into_response())
 }
 
-async fn find(pool: &PgPool, key: &str) -> Result<Option<(LedgerEntry, Vec<u8>)>, sqlx::Error> {
+async fn find(conn: &mut PgConnection, key: &str) -> Result<Option<(LedgerEntry, Vec<u8>)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT idempotency_key, kind, id, status, decline_code, amount_minor, currency, customer, reference, charge_id, request_hash
          FROM provider_ledger WHERE idempotency_key = $1",
     )
     .bind(key)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| (entry_of(&r), r.get(10))))
 }
@@ -250,7 +271,7 @@ fn entry_of(r: &sqlx::postgres::PgRow) -> LedgerEntry {
 }
 
 async fn entry_by_key(State(pool): State<PgPool>, Path(key): Path<String>) -> Result<Response, ProviderError> {
-    let (entry, _) = find(&pool, &key).await?.ok_or(ProviderError::NotFound)?;
+    let (entry, _) = find(&mut *pool.acquire().await?, &key).await?.ok_or(ProviderError::NotFound)?;
     Ok(Json(entry).into_response())
 }
 

@@ -1,0 +1,95 @@
+//! The `inventory` command line: the inventory consumer (group `inventory`), and its stock
+//! administration. (A library module, so the test suite can run the real binary's code as a
+//! process it can SIGKILL.)
+//!
+//! ```text
+//! inventory                         # consume orders, reserve stock for paid orders
+//! inventory stock set SKU-1=100 SKU-2=5
+//! inventory stock show
+//! ```
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{GROUP, InventoryHandler};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow_consumer_runtime::ConsumerSettings;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(name = "inventory", about = "Reserves stock for paid orders; seeds and shows stock")]
+struct Args {
+    #[arg(long, env = "ORDERFLOW_INVENTORY_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    kafka: orderflow_platform::kafka::KafkaArgs,
+    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9103")]
+    metrics_listen: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stock administration.
+    #[command(subcommand)]
+    Stock(StockCommand),
+}
+
+#[derive(Subcommand)]
+enum StockCommand {
+    /// Sets the available quantity of SKUs: `SKU=QUANTITY ...`.
+    Set {
+        #[arg(required = true, value_parser = parse_level)]
+        levels: Vec<(String, i32)>,
+    },
+    /// Prints every SKU and its available quantity.
+    Show,
+}
+
+fn parse_level(raw: &str) -> Result<(String, i32), String> {
+    let (sku, quantity) = raw.split_once('=').ok_or_else(|| format!("{raw:?} is not SKU=QUANTITY"))?;
+    let quantity: i32 = quantity.parse().map_err(|_| format!("{quantity:?} is not a whole number"))?;
+    if sku.is_empty() || quantity < 0 {
+        return Err(format!("{raw:?}: the SKU must be non-empty and the quantity zero or more"));
+    }
+    Ok((sku.to_string(), quantity))
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init("inventory");
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&args.database_url)
+        .await
+        .context("connecting to the inventory database")?;
+    crate::migrate(&pool).await?;
+    match args.command {
+        Some(Command::Stock(StockCommand::Set { levels })) => {
+            crate::set_stock(&pool, &levels).await?;
+            println!("set {} SKU(s)", levels.len());
+            Ok(())
+        }
+        Some(Command::Stock(StockCommand::Show)) => {
+            for (sku, available) in crate::stock_levels(&pool).await? {
+                println!("{sku}\t{available}");
+            }
+            Ok(())
+        }
+        None => {
+            let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+            let handler = InventoryHandler { codec: codec.clone() };
+            let settings = ConsumerSettings::new(GROUP, &["orders"], args.kafka.settings()?);
+            orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
+        }
+    }
+}

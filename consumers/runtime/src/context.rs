@@ -1,0 +1,78 @@
+//! The consumer's rebalance hooks. On revoke, before librdkafka gives the partitions away, the
+//! revoked partitions' workers are told to stop, the record each has in hand is given up to
+//! `revoke_grace` to finish, and the offsets stored so far are committed synchronously — so the
+//! next owner starts exactly after the last committed side effect instead of re-reading the
+//! last commit interval.
+
+use std::{sync::Arc, time::Instant};
+
+use rdkafka::{
+    ClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    types::RDKafkaErrorCode,
+};
+
+use crate::{metrics::ConsumerMetrics, worker::Partitions};
+
+pub struct RuntimeContext {
+    pub(crate) group: String,
+    pub(crate) partitions: Arc<Partitions>,
+    pub(crate) metrics: ConsumerMetrics,
+    pub(crate) revoke_grace: std::time::Duration,
+}
+
+impl ClientContext for RuntimeContext {}
+
+impl RuntimeContext {
+    /// Waits for the revoked workers' records in hand. This callback runs on the task that
+    /// polls the consumer; on a multi-threaded runtime the wait moves off the async threads so
+    /// the workers can finish. A single-threaded runtime cannot run them while we wait: there
+    /// the records in hand are abandoned (the next owner re-reads them; dedupe keeps that safe).
+    fn wait_for_in_flight(&self, states: &[Arc<crate::worker::PartitionState>]) {
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            return;
+        }
+        let deadline = Instant::now() + self.revoke_grace;
+        tokio::task::block_in_place(|| {
+            while states.iter().any(|s| s.is_busy()) && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+    }
+}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let started = Instant::now();
+        let states = self.partitions.take(revoked);
+        for state in &states {
+            state.stop();
+        }
+        self.wait_for_in_flight(&states);
+        let unfinished = states.iter().filter(|s| s.is_busy()).count();
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            Err(error) => tracing::warn!(%error, "commit on revoke failed; the next owner re-reads (dedupe drops it)"),
+        }
+        let took = started.elapsed();
+        self.metrics.rebalances.with_label_values(&[&self.group, "revoke"]).inc();
+        self.metrics.revoke_seconds.with_label_values(&[&self.group]).observe(took.as_secs_f64());
+        tracing::info!(group = %self.group, partitions = revoked.count(), unfinished, took_ms = took.as_millis() as u64,
+            "partitions revoked: in-flight records finished, offsets committed");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                self.metrics.rebalances.with_label_values(&[&self.group, "assign"]).inc();
+                tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Error(error) => tracing::warn!(group = %self.group, %error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `notification-simulator`: the email/SMS provider stand-in.
+
+use clap::Parser;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(name = "notification-simulator", about = "Simulated email/SMS provider with an idempotent ledger")]
+struct Args {
+    #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_LISTEN", default_value = "127.0.0.1:8091")]
+    listen: String,
+    #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_platform::telemetry::init("notification-simulator");
+    let args = Args::parse();
+    let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
+    orderflow_notification_simulator::migrate(&pool).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    orderflow_notification_simulator::run(listener, pool, orderflow_platform::shutdown::shutdown_signal()).await
+}

@@ -1,0 +1,197 @@
+//! A test bed for the consumer runtime itself: a broker, a registry, a database with the dedupe
+//! table and an `effects` table, and a handler whose behaviour each test scripts per event
+//! (fail n times, always fail, take a while). Each effect row is the side effect of one
+//! successful handling, so a doubled side effect shows as two rows.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use orderflow_consumer_runtime::{ConsumedEvent, ConsumerSettings, Failure, Handler};
+use orderflow_schemas::{
+    EventCodec,
+    events::{Event, Money, OrderLine, OrderPlaced},
+};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::FutureRecord,
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{Running, TestDatabase, broker::TestBroker, registry::TestRegistry};
+
+/// What the scripted handler does with one event.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// `Retry` this many times, then succeed.
+    FailTimes(u32),
+    /// Always `Retry`.
+    AlwaysRetry,
+    /// `Unavailable` this many times, then succeed.
+    UnavailableTimes(u32),
+    /// Succeed after holding the transaction this long.
+    Slow(Duration),
+}
+
+/// Handler calls of one event: when, and the runtime's attempt number.
+pub type Calls = Vec<(DateTime<Utc>, u32)>;
+
+#[derive(Default)]
+pub struct Script {
+    plans: Mutex<HashMap<Uuid, Plan>>,
+    /// Every handler call per event, with its time and the runtime's attempt number.
+    pub calls: Mutex<HashMap<Uuid, Calls>>,
+    /// The plan for events without one of their own.
+    default: Mutex<Option<Plan>>,
+}
+
+impl Script {
+    pub fn plan(&self, event_id: Uuid, plan: Plan) {
+        self.plans.lock().unwrap().insert(event_id, plan);
+    }
+
+    pub fn plan_all(&self, plan: Option<Plan>) {
+        *self.default.lock().unwrap() = plan;
+    }
+
+    pub fn calls(&self, event_id: Uuid) -> Calls {
+        self.calls.lock().unwrap().get(&event_id).cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+pub struct ScriptedHandler(pub Arc<Script>);
+
+impl Handler for ScriptedHandler {
+    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+        let calls = {
+            let mut all = self.0.calls.lock().unwrap();
+            let calls = all.entry(event.event_id).or_default();
+            calls.push((Utc::now(), event.attempt));
+            calls.len() as u32
+        };
+        let plan = self.0.plans.lock().unwrap().get(&event.event_id).copied().or(*self.0.default.lock().unwrap());
+        match plan {
+            Some(Plan::FailTimes(n)) if calls <= n => return Err(Failure::Retry(format!("scripted failure {calls}"))),
+            Some(Plan::AlwaysRetry) => return Err(Failure::Retry("scripted: always fails".into())),
+            Some(Plan::UnavailableTimes(n)) if calls <= n => {
+                return Err(Failure::Unavailable("scripted: dependency down".into()));
+            }
+            Some(Plan::Slow(wait)) => tokio::time::sleep(wait).await,
+            _ => {}
+        }
+        sqlx::query("INSERT INTO effects (event_id, attempt) VALUES ($1, $2)")
+            .bind(event.event_id)
+            .bind(event.attempt as i32)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+pub struct RuntimeBed {
+    pub broker: TestBroker,
+    pub registry: TestRegistry,
+    pub db: TestDatabase,
+    pub pool: PgPool,
+    pub codec: Arc<EventCodec>,
+    pub script: Arc<Script>,
+    pub topic: String,
+}
+
+impl RuntimeBed {
+    pub async fn spawn(partitions: i32) -> RuntimeBed {
+        let broker = TestBroker::spawn();
+        let topic = "orders".to_string();
+        broker.create_topic(&topic, partitions).await;
+        let registry = TestRegistry::spawn().await;
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_consumer_runtime::migrate(&pool).await.unwrap();
+        sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL, attempt int NOT NULL, at timestamptz DEFAULT clock_timestamp())")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        RuntimeBed { broker, registry, db, pool, codec, script: Arc::default(), topic }
+    }
+
+    /// Settings for the group `runtime-test` with short backoffs.
+    pub fn settings(&self) -> ConsumerSettings {
+        let mut settings = ConsumerSettings::new("runtime-test", &[&self.topic], self.broker.settings());
+        settings.backoff_base = Duration::from_millis(100);
+        settings.backoff_cap = Duration::from_secs(2);
+        settings.lag_interval = Duration::from_millis(200);
+        settings.commit_interval = Duration::from_millis(200);
+        settings
+    }
+
+    pub fn start(&self, settings: ConsumerSettings) -> Running {
+        let (pool, codec, handler) = (self.pool.clone(), self.codec.clone(), ScriptedHandler(self.script.clone()));
+        Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop))
+    }
+
+    /// Publishes `count` OrderPlaced events with `key` (one partition) and returns their ids.
+    pub async fn publish(&self, key: &str, count: usize) -> Vec<Uuid> {
+        self.publish_to(key, None, count).await
+    }
+
+    /// As [`Self::publish`], to a chosen partition.
+    pub async fn publish_to(&self, key: &str, partition: Option<i32>, count: usize) -> Vec<Uuid> {
+        let producer = self.broker.producer();
+        let mut ids = Vec::with_capacity(count);
+        let mut sends = Vec::with_capacity(count);
+        for i in 0..count {
+            let event = OrderPlaced {
+                order_id: Uuid::new_v4(),
+                customer_id: format!("c-{i}"),
+                lines: vec![OrderLine { sku: "SKU-1".into(), quantity: 1, unit_price_minor: 100 }],
+                total: Money { amount_minor: 100, currency: "EUR".into() },
+                placed_at: Utc::now(),
+                customer_email: None,
+            };
+            let payload = self.codec.encode_event(&event).await.unwrap();
+            let event_id = Uuid::now_v7();
+            ids.push(event_id);
+            let id = event_id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event_id", value: Some(&id) })
+                .insert(Header { key: "event_type", value: Some(OrderPlaced::NAME) });
+            let mut record = FutureRecord::to(&self.topic).key(key).payload(&payload).headers(headers);
+            record.partition = partition;
+            sends.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for send in sends {
+            send.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        ids
+    }
+
+    /// Effect rows of one event (1 = handled once).
+    pub async fn effects(&self, event_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// (distinct events with an effect, total effect rows).
+    pub async fn effect_totals(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(DISTINCT event_id), count(*) FROM effects").fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// A metric's value in a Prometheus text rendering (the first series whose line starts with
+/// `series`), or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

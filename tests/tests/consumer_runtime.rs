@@ -1,0 +1,182 @@
+//! The consumer runtime against a real broker and Postgres: non-blocking retries through the
+//! group's retry topic, exhausted retries to the DLT with every reason header, replay handled
+//! once, backpressure by pausing, and rebalances between two instances without a doubled side
+//! effect.
+
+use std::time::Duration;
+
+use orderflow_consumer_runtime::{backoff_ceiling, dlt_tools, retry_headers};
+use orderflow_tests::{
+    broker::header,
+    consumer::{Plan, RuntimeBed, metric},
+    intake::eventually,
+};
+use rdkafka::Message;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transient_failure_is_retried_through_the_retry_topic_without_blocking_its_partition() {
+    let bed = RuntimeBed::spawn(2).await;
+    let settings = bed.settings();
+    let registry = settings.registry.clone();
+    let ids = bed.publish("one-key", 2).await;
+    let (flaky, next) = (ids[0], ids[1]);
+    bed.script.plan(flaky, Plan::FailTimes(3));
+    let _consumer = bed.start(settings.clone());
+
+    // The record behind the failing one, on the same partition, is not held up by its retries.
+    eventually(WAIT, "the next record to be handled", || async { bed.effects(next).await == 1 }).await;
+    eventually(WAIT, "the flaky record to succeed on its fourth attempt", || async { bed.effects(flaky).await == 1 })
+        .await;
+    assert!(bed.script.calls(next)[0].0 < bed.script.calls(flaky)[3].0, "the next record went first");
+
+    // Three trips through orders.runtime-test.retry, each due within its growing ceiling and
+    // handled no earlier than due.
+    let retries = bed.broker.read("orders.runtime-test.retry", 3, WAIT).await;
+    let calls = bed.script.calls(flaky);
+    assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 2, 3, 4], "attempt numbers");
+    let mut ceilings = Vec::new();
+    for (n, retry) in retries.iter().enumerate() {
+        let attempts: u32 = header(retry, retry_headers::ATTEMPTS).unwrap().parse().unwrap();
+        assert_eq!(attempts, n as u32 + 1);
+        assert_eq!(header(retry, retry_headers::ORIGINAL_TOPIC).as_deref(), Some("orders"));
+        assert_eq!(header(retry, "event_id").unwrap(), flaky.to_string(), "original headers are kept");
+        assert_eq!(retry.key(), Some(&b"one-key"[..]), "the original key is kept");
+        let due: i64 = header(retry, retry_headers::DUE_AT_MS).unwrap().parse().unwrap();
+        let (failed_at, handled_at) = (calls[n].0.timestamp_millis(), calls[n + 1].0.timestamp_millis());
+        let ceiling = backoff_ceiling(&settings, attempts).as_millis() as i64;
+        assert!(due >= failed_at && due <= failed_at + ceiling + 50, "attempt {attempts}: due within its ceiling");
+        assert!(handled_at >= due, "attempt {} ran {} ms before due", attempts + 1, due - handled_at);
+        ceilings.push(ceiling);
+    }
+    assert!(ceilings.windows(2).all(|w| w[0] < w[1]), "the backoff ceilings grow: {ceilings:?}");
+
+    let text = orderflow_platform::metrics::render(&registry);
+    let series = |outcome: &str| {
+        format!(r#"orderflow_consumer_records_total{{group="runtime-test",outcome="{outcome}",topic="orders"}}"#)
+    };
+    assert_eq!(metric(&text, &series("retried")), 3.0, "{text}");
+    assert_eq!(metric(&text, &series("processed")), 2.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exhausted_retries_go_to_the_dlt_with_every_reason_and_a_replay_is_handled_once() {
+    let bed = RuntimeBed::spawn(2).await;
+    let mut settings = bed.settings();
+    settings.max_attempts = 3;
+    let ids = bed.publish("k", 1).await;
+    let doomed = ids[0];
+    bed.script.plan(doomed, Plan::AlwaysRetry);
+    let _consumer = bed.start(settings);
+
+    let kafka = bed.broker.settings();
+    let mut letters = Vec::new();
+    eventually(WAIT, "the record in the DLT", || {
+        letters = dlt_tools::read(&kafka, "orders.runtime-test.DLT").unwrap_or_default();
+        let found = !letters.is_empty();
+        async move { found }
+    })
+    .await;
+    let original = bed.broker.read("orders", 1, WAIT).await.remove(0);
+    let dead = &letters[0];
+    assert_eq!(dead.error_class, "retries_exhausted");
+    assert_eq!(dead.attempts.as_deref(), Some("3"));
+    assert_eq!(dead.original_topic.as_deref(), Some("orders"), "the source topic, not the retry topic");
+    assert_eq!(header(&dead.message, "dlt_original_partition"), Some(original.partition().to_string()));
+    assert_eq!(header(&dead.message, "dlt_original_offset"), Some(original.offset().to_string()));
+    assert_eq!(header(&dead.message, "dlt_consumer_group").as_deref(), Some("runtime-test"));
+    assert!(dead.error_message.contains("always fails"), "{}", dead.error_message);
+    let first = header(&dead.message, "dlt_first_failure_at").unwrap();
+    let last = header(&dead.message, "dlt_last_failure_at").unwrap();
+    assert!(first < last, "first failure {first} before last {last}");
+    assert_eq!(dead.message.payload(), original.payload(), "the original value is kept");
+    assert_eq!(dead.message.key(), original.key(), "the original key is kept");
+    assert_eq!(header(&dead.message, "event_type").as_deref(), Some("OrderPlaced"), "original headers are kept");
+    assert!(header(&dead.message, retry_headers::ATTEMPTS).is_none(), "no stale retry bookkeeping");
+    assert_eq!(bed.script.calls(doomed).len(), 3);
+    assert_eq!(bed.effects(doomed).await, 0);
+
+    // Fixed downstream: replay by event id, twice. Handled once; the second is a duplicate.
+    bed.script.plan(doomed, Plan::FailTimes(0));
+    let selection = dlt_tools::Selection { event_id: Some(doomed.to_string()), ..Default::default() };
+    assert_eq!(dlt_tools::replay(&kafka, "orders.runtime-test.DLT", &selection).await.unwrap(), 1);
+    eventually(WAIT, "the replayed record to be handled", || async { bed.effects(doomed).await == 1 }).await;
+    assert_eq!(dlt_tools::replay(&kafka, "orders.runtime-test.DLT", &selection).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bed.effects(doomed).await, 1, "a second replay changes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_partition_is_paused_instead_of_buffered_and_others_keep_moving() {
+    let bed = RuntimeBed::spawn(2).await;
+    let mut settings = bed.settings();
+    settings.partition_queue = 4;
+    let registry = settings.registry.clone();
+    let slow = bed.publish_to("slow", Some(0), 60).await;
+    for id in &slow {
+        bed.script.plan(*id, Plan::Slow(Duration::from_millis(50)));
+    }
+    let _consumer = bed.start(settings);
+    let fast = bed.publish_to("fast", Some(1), 20).await;
+    eventually(WAIT, "the fast partition's records", || async {
+        let mut done = 0;
+        for id in &fast {
+            done += bed.effects(*id).await;
+        }
+        done == 20
+    })
+    .await;
+    let paused_series = r#"orderflow_consumer_paused_partitions{group="runtime-test"}"#;
+    let text = orderflow_platform::metrics::render(&registry);
+    let handled_slow = futures::future::join_all(slow.iter().map(|id| bed.effects(*id))).await.iter().sum::<i64>();
+    assert!(handled_slow < 60, "the slow partition was still behind when the fast one finished");
+    assert_eq!(metric(&text, paused_series), 1.0, "the slow partition is paused: {text}");
+    let in_flight = metric(&text, r#"orderflow_consumer_in_flight{group="runtime-test"}"#);
+    assert!(in_flight <= 2.0, "one record per partition at a time: {in_flight}");
+
+    eventually(WAIT, "the slow partition to drain", || async {
+        futures::future::join_all(slow.iter().map(|id| bed.effects(*id))).await.iter().all(|n| *n == 1)
+    })
+    .await;
+    eventually(WAIT, "the partition to be resumed", || async {
+        metric(&orderflow_platform::metrics::render(&registry), paused_series) == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_rebalancing_under_load_never_double_a_side_effect() {
+    let bed = RuntimeBed::spawn(6).await;
+    bed.script.plan_all(Some(Plan::Slow(Duration::from_millis(2))));
+    let mut ids = Vec::new();
+    for k in 0..12 {
+        ids.extend(bed.publish(&format!("key-{k}"), 100).await);
+    }
+    let first_settings = bed.settings();
+    let first_registry = first_settings.registry.clone();
+    let first = bed.start(first_settings);
+    eventually(WAIT, "the first instance to be under way", || async { bed.effect_totals().await.0 >= 100 }).await;
+
+    // A second member joins (revoke + assign on the first), more load arrives, then the first
+    // leaves (its partitions move to the second).
+    let second = bed.start(bed.settings());
+    for k in 0..12 {
+        ids.extend(bed.publish(&format!("key-{k}"), 50).await);
+    }
+    eventually(WAIT, "both instances to share the work", || async { bed.effect_totals().await.0 >= 1000 }).await;
+    first.stop().await;
+    eventually(Duration::from_secs(120), "every record to be handled", || async {
+        bed.effect_totals().await.0 == ids.len() as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (distinct, rows) = bed.effect_totals().await;
+    assert_eq!((distinct, rows), (ids.len() as i64, ids.len() as i64), "every record handled exactly once");
+    let text = orderflow_platform::metrics::render(&first_registry);
+    assert!(
+        metric(&text, r#"orderflow_consumer_rebalances_total{group="runtime-test",kind="revoke"}"#) >= 1.0,
+        "the first instance saw its partitions revoked: {text}"
+    );
+    second.stop().await;
+}
