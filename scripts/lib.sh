@@ -16,6 +16,8 @@ export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_KAFKA_PORT:-19092}"
 export ORDERFLOW_API_PORT="${ORDERFLOW_API_PORT:-18080}"
 export ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_SIMULATOR_PORT:-18090}"
+export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_NOTIFY_SIMULATOR_PORT:-18091}"
+export ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_ANALYTICS_PORT:-18082}"
 # Database names are <prefix>_orders, <prefix>_payments, … (the benchmark uses its own).
 export ORDERFLOW_DB_PREFIX="${ORDERFLOW_DB_PREFIX:-orderflow}"
 STARTED_POSTGRES=0
@@ -213,7 +215,30 @@ start_stack() {
     ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" start_process relay-payments "$bin/outbox-relay"
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 22))" start_process order-service "$bin/order-service"
+
+    export ORDERFLOW_INVENTORY_DATABASE_URL ORDERFLOW_NOTIFICATIONS_DATABASE_URL ORDERFLOW_ANALYTICS_DATABASE_URL
+    ORDERFLOW_INVENTORY_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_inventory")"
+    ORDERFLOW_NOTIFICATIONS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notifications")"
+    ORDERFLOW_ANALYTICS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_analytics")"
+    export ORDERFLOW_NOTIFY_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT"
+    export ORDERFLOW_ANALYTICS_URL="http://127.0.0.1:$ORDERFLOW_ANALYTICS_PORT"
+    # First start only: stock for every SKU the demo orders (later runs keep what is left).
+    if [ -z "$("$bin/inventory" stock show)" ]; then
+        "$bin/inventory" stock set "${ORDERFLOW_DEMO_STOCK[@]}" >/dev/null
+    fi
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 23))" start_process inventory "$bin/inventory"
+    ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notify_simulator")" \
+    ORDERFLOW_NOTIFY_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT" \
+        start_service notification-simulator "$ORDERFLOW_NOTIFY_PROVIDER_URL/healthz" "$bin/notification-simulator"
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 24))" start_process notifications "$bin/notifications"
+    ORDERFLOW_ANALYTICS_LISTEN="127.0.0.1:$ORDERFLOW_ANALYTICS_PORT" \
+        start_service analytics "$ORDERFLOW_ANALYTICS_URL/healthz" "$bin/analytics"
 }
+
+# Opening stock for the demo's SKUs (tools/src/lib.rs): enough for minutes of orders, not for
+# ever, so a long demo shows shortages turning into cancellations and refunds.
+ORDERFLOW_DEMO_STOCK=(TEE-BLK-M=50000 TEE-WHT-L=50000 MUG-CLASSIC=50000 CAP-NAVY=50000 SOCK-3PK=50000
+    HOODIE-GRY-S=50000 BAG-TOTE=5000 PIN-ENAMEL=1000)
 
 # start_service NAME HEALTH_URL COMMAND...: runs COMMAND in the background (log and pid under
 # $ORDERFLOW_STATE_DIR/run), waits for HEALTH_URL. A healthy service already there is reused.

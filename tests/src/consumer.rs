@@ -27,7 +27,7 @@ use crate::{Running, TestDatabase, broker::TestBroker, registry::TestRegistry};
 /// What the scripted handler does with one event.
 #[derive(Debug, Clone, Copy)]
 pub enum Plan {
-    /// `Retry` this many times, then succeed.
+    /// `Retry` on the runtime's first `n` attempts, then succeed.
     FailTimes(u32),
     /// Always `Retry`.
     AlwaysRetry,
@@ -61,6 +61,14 @@ impl Script {
     pub fn calls(&self, event_id: Uuid) -> Calls {
         self.calls.lock().unwrap().get(&event_id).cloned().unwrap_or_default()
     }
+
+    /// The last call of each attempt (a batch that was rolled back and re-run one by one calls
+    /// the handler twice with the same attempt number).
+    pub fn attempts(&self, event_id: Uuid) -> Vec<(u32, DateTime<Utc>)> {
+        let by_attempt: std::collections::BTreeMap<u32, DateTime<Utc>> =
+            self.calls(event_id).into_iter().map(|(at, attempt)| (attempt, at)).collect();
+        by_attempt.into_iter().collect()
+    }
 }
 
 #[derive(Clone)]
@@ -76,7 +84,9 @@ impl Handler for ScriptedHandler {
         };
         let plan = self.0.plans.lock().unwrap().get(&event.event_id).copied().or(*self.0.default.lock().unwrap());
         match plan {
-            Some(Plan::FailTimes(n)) if calls <= n => return Err(Failure::Retry(format!("scripted failure {calls}"))),
+            Some(Plan::FailTimes(n)) if event.attempt <= n => {
+                return Err(Failure::Retry(format!("scripted failure on attempt {}", event.attempt)));
+            }
             Some(Plan::AlwaysRetry) => return Err(Failure::Retry("scripted: always fails".into())),
             Some(Plan::UnavailableTimes(n)) if calls <= n => {
                 return Err(Failure::Unavailable("scripted: dependency down".into()));

@@ -29,25 +29,25 @@ async fn a_transient_failure_is_retried_through_the_retry_topic_without_blocking
     eventually(WAIT, "the next record to be handled", || async { bed.effects(next).await == 1 }).await;
     eventually(WAIT, "the flaky record to succeed on its fourth attempt", || async { bed.effects(flaky).await == 1 })
         .await;
-    assert!(bed.script.calls(next)[0].0 < bed.script.calls(flaky)[3].0, "the next record went first");
+    let attempts = bed.script.attempts(flaky);
+    assert!(bed.script.calls(next).last().unwrap().0 < attempts[3].1, "the next record went first");
 
     // Three trips through orders.runtime-test.retry, each due within its growing ceiling and
     // handled no earlier than due.
     let retries = bed.broker.read("orders.runtime-test.retry", 3, WAIT).await;
-    let calls = bed.script.calls(flaky);
-    assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 2, 3, 4], "attempt numbers");
+    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [1, 2, 3, 4], "attempt numbers");
     let mut ceilings = Vec::new();
     for (n, retry) in retries.iter().enumerate() {
-        let attempts: u32 = header(retry, retry_headers::ATTEMPTS).unwrap().parse().unwrap();
-        assert_eq!(attempts, n as u32 + 1);
+        let made: u32 = header(retry, retry_headers::ATTEMPTS).unwrap().parse().unwrap();
+        assert_eq!(made, n as u32 + 1);
         assert_eq!(header(retry, retry_headers::ORIGINAL_TOPIC).as_deref(), Some("orders"));
         assert_eq!(header(retry, "event_id").unwrap(), flaky.to_string(), "original headers are kept");
         assert_eq!(retry.key(), Some(&b"one-key"[..]), "the original key is kept");
         let due: i64 = header(retry, retry_headers::DUE_AT_MS).unwrap().parse().unwrap();
-        let (failed_at, handled_at) = (calls[n].0.timestamp_millis(), calls[n + 1].0.timestamp_millis());
-        let ceiling = backoff_ceiling(&settings, attempts).as_millis() as i64;
-        assert!(due >= failed_at && due <= failed_at + ceiling + 50, "attempt {attempts}: due within its ceiling");
-        assert!(handled_at >= due, "attempt {} ran {} ms before due", attempts + 1, due - handled_at);
+        let (failed_at, handled_at) = (attempts[n].1.timestamp_millis(), attempts[n + 1].1.timestamp_millis());
+        let ceiling = backoff_ceiling(&settings, made).as_millis() as i64;
+        assert!(due >= failed_at && due <= failed_at + ceiling + 50, "attempt {made}: due within its ceiling");
+        assert!(handled_at >= due, "attempt {} ran {} ms before due", made + 1, due - handled_at);
         ceilings.push(ceiling);
     }
     assert!(ceilings.windows(2).all(|w| w[0] < w[1]), "the backoff ceilings grow: {ceilings:?}");
@@ -112,6 +112,7 @@ async fn a_slow_partition_is_paused_instead_of_buffered_and_others_keep_moving()
     let bed = RuntimeBed::spawn(2).await;
     let mut settings = bed.settings();
     settings.partition_queue = 4;
+    settings.batch_size = 1;
     let registry = settings.registry.clone();
     let slow = bed.publish_to("slow", Some(0), 60).await;
     for id in &slow {
@@ -131,7 +132,8 @@ async fn a_slow_partition_is_paused_instead_of_buffered_and_others_keep_moving()
     let text = orderflow_platform::metrics::render(&registry);
     let handled_slow = futures::future::join_all(slow.iter().map(|id| bed.effects(*id))).await.iter().sum::<i64>();
     assert!(handled_slow < 60, "the slow partition was still behind when the fast one finished");
-    assert_eq!(metric(&text, paused_series), 1.0, "the slow partition is paused: {text}");
+    let pauses = metric(&text, r#"orderflow_consumer_pauses_total{group="runtime-test"}"#);
+    assert!(pauses >= 1.0, "the slow partition was paused rather than buffered: {text}");
     let in_flight = metric(&text, r#"orderflow_consumer_in_flight{group="runtime-test"}"#);
     assert!(in_flight <= 2.0, "one record per partition at a time: {in_flight}");
 
@@ -179,4 +181,29 @@ async fn two_instances_rebalancing_under_load_never_double_a_side_effect() {
         "the first instance saw its partitions revoked: {text}"
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_inside_a_batch_costs_only_that_record_a_retry() {
+    let bed = RuntimeBed::spawn(2).await;
+    let settings = bed.settings();
+    let registry = settings.registry.clone();
+    // Queued before the consumer starts, so they arrive as batches.
+    let ids = bed.publish_to("batched", Some(0), 300).await;
+    for id in ids.iter().step_by(50) {
+        bed.script.plan(*id, Plan::FailTimes(1));
+    }
+    let _consumer = bed.start(settings);
+    eventually(WAIT, "every record handled", || async { bed.effect_totals().await.0 == 300 }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bed.effect_totals().await, (300, 300), "each record's side effect exactly once");
+    let text = orderflow_platform::metrics::render(&registry);
+    let series = |outcome: &str| {
+        format!(r#"orderflow_consumer_records_total{{group="runtime-test",outcome="{outcome}",topic="orders"}}"#)
+    };
+    assert_eq!(metric(&text, &series("retried")), 6.0, "{text}");
+    assert_eq!(metric(&text, &series("processed")), 300.0, "{text}");
+    let transactions =
+        metric(&text, r#"orderflow_consumer_handler_seconds_count{group="runtime-test",topic="orders"}"#);
+    assert!(transactions < 300.0, "records shared transactions ({transactions} for 300 records)");
 }

@@ -1,9 +1,12 @@
 //! Shared by the demo and the benchmark: sample orders and an order-api client.
 
+pub mod consumer_bench;
+
 use rand::{Rng, seq::IndexedRandom};
 use serde_json::{Value, json};
 
-const SKUS: [&str; 8] =
+/// The SKUs sample orders buy (`scripts/lib.sh` stocks each for the demo).
+pub const SKUS: [&str; 8] =
     ["TEE-BLK-M", "TEE-WHT-L", "MUG-CLASSIC", "CAP-NAVY", "SOCK-3PK", "HOODIE-GRY-S", "BAG-TOTE", "PIN-ENAMEL"];
 
 /// A plausible order; `decline_share` of them come from customers the simulator declines.

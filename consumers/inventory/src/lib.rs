@@ -109,6 +109,23 @@ impl Handler for InventoryHandler {
         event_type == OrderPaid::NAME
     }
 
+    /// Locks every SKU the batch touches, in SKU order, before any order takes stock: the
+    /// batches of two partitions then wait for each other instead of deadlocking.
+    async fn prepare_batch(&self, tx: &mut PgConnection, events: &[ConsumedEvent]) -> Result<(), Failure> {
+        let mut skus: Vec<String> = events
+            .iter()
+            .filter_map(|e| OrderPaid::from_avro(&e.decoded.value).ok())
+            .flat_map(|paid| paid.lines.into_iter().map(|l| l.sku))
+            .collect();
+        skus.sort();
+        skus.dedup();
+        sqlx::query("SELECT 1 FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
+            .bind(&skus)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         let paid =
             OrderPaid::from_avro(&event.decoded.value).map_err(|e| Failure::dead("invalid_event", e.to_string()))?;

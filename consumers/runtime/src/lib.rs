@@ -9,8 +9,11 @@
 //! transaction committed or that were forwarded (retry topic, DLT) with the broker's ack —
 //! periodically, on revoke (after the records in hand finish) and on shutdown.
 //!
-//! Records of one partition are handled in order, one at a time; partitions run concurrently,
-//! at most `max_in_flight` at once. A partition whose queue is full is paused (fetching stops,
+//! Records of one partition are handled in order; partitions run concurrently, at most
+//! `max_in_flight` at once. What a partition has queued (up to `batch_size`) is handled in one
+//! transaction — one dedupe insert, the handlers, one commit — and on any failure in the batch
+//! the batch is rolled back and handled record by record, so a failure is treated exactly as it
+//! would be alone. A partition whose queue is full is paused (fetching stops,
 //! polling goes on, so a slow handler never overruns `max.poll.interval.ms`) and resumed when
 //! its queue drains to half.
 //!
@@ -140,6 +143,19 @@ pub trait Handler: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         event: &'a ConsumedEvent,
     ) -> impl Future<Output = Result<(), Failure>> + Send + 'a;
+
+    /// Runs once at the start of a batch transaction, before `handle` is called for each event
+    /// (some of which may turn out to be duplicates). A handler whose events lock shared rows
+    /// takes those locks here, in a fixed order, so that two partitions' batches never
+    /// deadlock. An error sends the batch down the one-by-one path.
+    fn prepare_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [ConsumedEvent],
+    ) -> impl Future<Output = Result<(), Failure>> + Send + 'a {
+        let _ = (tx, events);
+        async { Ok(()) }
+    }
 }
 
 /// Everything a consumer needs to know about where and how to consume.
@@ -154,8 +170,11 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// Records queued per partition; when full, fetching for that partition pauses.
     pub partition_queue: usize,
-    /// Records handled at once across all partitions.
+    /// Partitions handled at once (each with its batch).
     pub max_in_flight: usize,
+    /// Most records of one partition handled in one transaction (taken from what is already
+    /// queued, so a quiet partition still goes one by one).
+    pub batch_size: usize,
     /// How long a revocation waits for the revoked partitions' records in hand.
     pub revoke_grace: Duration,
     /// Partitions of a source topic this consumer creates when it is missing.
@@ -178,6 +197,7 @@ impl ConsumerSettings {
             commit_interval: Duration::from_secs(1),
             partition_queue: 256,
             max_in_flight: 32,
+            batch_size: 100,
             revoke_grace: Duration::from_secs(10),
             topic_partitions: 12,
             registry: prometheus::Registry::new(),
@@ -344,6 +364,7 @@ pub async fn run<H: Handler>(
                         if let Err(error) = consumer.pause(&list) {
                             tracing::debug!(%error, "pause failed (partition revoked?)");
                         }
+                        metrics.pauses.with_label_values(&[&group]).inc();
                         slot.parked.push_back(message);
                     }
                 }

@@ -16,6 +16,8 @@ pub struct ConsumerMetrics {
     pub lag: IntGaugeVec,
     /// Partitions whose fetching is paused because their worker is behind.
     pub paused_partitions: IntGaugeVec,
+    /// Times a partition was paused (its queue was full).
+    pub pauses: IntCounterVec,
     /// kind: assign | revoke
     pub rebalances: IntCounterVec,
     /// Time from revoke to committed offsets (finishing the records in hand).
@@ -51,6 +53,13 @@ impl ConsumerMetrics {
             Opts::new("orderflow_consumer_paused_partitions", "Partitions paused because their worker is behind"),
             &["group"],
         )?;
+        let pauses = IntCounterVec::new(
+            Opts::new(
+                "orderflow_consumer_pauses_total",
+                "Times fetching of a partition was paused (its queue was full)",
+            ),
+            &["group"],
+        )?;
         let rebalances = IntCounterVec::new(
             Opts::new("orderflow_consumer_rebalances_total", "Partition assignments and revocations"),
             &["group", "kind"],
@@ -71,6 +80,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(committed_offset.clone()))?;
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(paused_partitions.clone()))?;
+        registry.register(Box::new(pauses.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(revoke_seconds.clone()))?;
         Ok(ConsumerMetrics {
@@ -81,6 +91,7 @@ impl ConsumerMetrics {
             committed_offset,
             lag,
             paused_partitions,
+            pauses,
             rebalances,
             revoke_seconds,
         })

@@ -90,34 +90,133 @@ pub(crate) async fn run_partition<H: Handler>(
     mut records: mpsc::Receiver<OwnedMessage>,
 ) {
     let mut stop = state.stop.subscribe();
-    while let Some(message) = records.recv().await {
+    let batch_size = shared.settings.batch_size.max(1);
+    while let Some(first) = records.recv().await {
         if state.is_stopped() {
             // Queued records stay unacknowledged for the next owner.
             return;
+        }
+        // What is already queued goes in one transaction; under light load that is one record.
+        let mut batch = vec![first];
+        while batch.len() < batch_size {
+            match records.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
         }
         state.busy.store(true, Ordering::Release);
         let finished = match shared.in_flight_limit.acquire().await {
             Ok(_permit) => {
                 let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
-                in_flight.inc();
-                let finished = process(&shared, &mut stop, &message).await;
-                in_flight.dec();
+                in_flight.add(batch.len() as i64);
+                let finished = process_batch(&shared, &mut stop, &batch).await;
+                in_flight.sub(batch.len() as i64);
                 finished
             }
-            Err(_) => false,
+            Err(_) => 0,
         };
-        if finished {
+        if let Some(last) = finished.checked_sub(1).map(|i| &batch[i]) {
             // A revoked partition's callback waits for this before it commits.
-            if let Err(error) = shared.consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+            if let Err(error) = shared.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
                 // Revoked and the grace period passed; the next owner re-reads (dedupe drops it).
-                tracing::debug!(%error, topic = message.topic(), partition = message.partition(), "offset not stored");
+                tracing::debug!(%error, topic = last.topic(), partition = last.partition(), "offset not stored");
             }
         }
         state.busy.store(false, Ordering::Release);
-        if !finished {
+        if finished < batch.len() {
             return;
         }
     }
+}
+
+/// Handles a batch of one partition's records, in order; returns how many reached a final
+/// state (all, unless the partition stopped). The fast path runs every record in one
+/// transaction (one dedupe insert, the handlers, one commit); any failure in it — a handler's
+/// `Retry`, `Dead` or `Unavailable`, poison, a registry hiccup — rolls it back and the batch is
+/// handled record by record, where each failure gets its own treatment. Side effects outside the
+/// database repeat on that second pass under the same idempotency keys, as on any redelivery.
+async fn process_batch<H: Handler>(
+    shared: &Shared<H>,
+    stop: &mut watch::Receiver<bool>,
+    batch: &[OwnedMessage],
+) -> usize {
+    if batch.len() > 1 && !shared.retry_sources.contains_key(batch[0].topic()) {
+        match fast_path(shared, batch).await {
+            Ok(()) => return batch.len(),
+            Err(reason) => tracing::debug!(group = %shared.settings.group, %reason, "batch falls back to one by one"),
+        }
+    }
+    for (done, message) in batch.iter().enumerate() {
+        if !process(shared, stop, message).await {
+            return done;
+        }
+    }
+    batch.len()
+}
+
+async fn fast_path<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Result<(), String> {
+    let group = shared.settings.group.as_str();
+    let mut events = Vec::with_capacity(batch.len());
+    let mut skipped: HashMap<&str, u64> = HashMap::new();
+    for message in batch {
+        let headers = headers_of(message);
+        let event_id = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()).ok_or("no event id")?;
+        let payload = message.payload().ok_or("no payload")?;
+        let decoded = shared.codec.decode(payload).await.map_err(|e| e.to_string())?;
+        if !shared.handler.handles(&decoded.event_type) {
+            *skipped.entry(message.topic()).or_default() += 1;
+            continue;
+        }
+        events.push(ConsumedEvent {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            attempt: 1,
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            event_id,
+            headers,
+            decoded,
+        });
+    }
+    let started = std::time::Instant::now();
+    let mut tx = shared.pool.begin().await.map_err(|e| e.to_string())?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
+    let claimed: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer_group, event_id, topic, kafka_partition, kafka_offset)
+         SELECT $1, id, $2, $3, o FROM unnest($4::uuid[], $5::bigint[]) AS t(id, o)
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(group)
+    .bind(batch[0].topic())
+    .bind(batch[0].partition())
+    .bind(&ids)
+    .bind(&offsets)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?
+    .into_iter()
+    .collect();
+    shared.handler.prepare_batch(&mut tx, &events).await.map_err(|e| e.to_string())?;
+    let mut handled = std::collections::HashSet::new();
+    for event in events.iter().filter(|e| claimed.contains(&e.event_id)) {
+        if handled.insert(event.event_id) {
+            shared.handler.handle(&mut tx, event).await.map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    shared
+        .metrics
+        .handler_seconds
+        .with_label_values(&[group, batch[0].topic()])
+        .observe(started.elapsed().as_secs_f64());
+    let topic = batch[0].topic();
+    shared.metrics.records.with_label_values(&[group, topic, "processed"]).inc_by(handled.len() as u64);
+    shared.metrics.records.with_label_values(&[group, topic, "deduped"]).inc_by((events.len() - handled.len()) as u64);
+    for (topic, n) in skipped {
+        shared.metrics.records.with_label_values(&[group, topic, "skipped"]).inc_by(n);
+    }
+    Ok(())
 }
 
 fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {

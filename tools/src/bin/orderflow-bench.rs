@@ -11,6 +11,9 @@
 //!    fast as the broker acknowledges them — the ceiling any relay on this broker can reach.
 //! 4. Relay: a scratch outbox seeded with N events is drained by one relay into the broker;
 //!    events/s from first claim to last acknowledgement, and its ratio to the broker baseline.
+//! 5. Consumers: inventory, notifications and analytics each consume the same seeded topic with
+//!    their real handler on a scratch database; handled records/s, against a plain consumer
+//!    reading the same records (see `orderflow_tools::consumer_bench`).
 
 use std::{
     process::Command,
@@ -50,8 +53,16 @@ struct Args {
     relay_batch: i64,
     #[arg(long, default_value_t = 4)]
     relay_concurrent_batches: usize,
+    /// Records produced for the consumer-group phase (half OrderPlaced, half OrderPaid).
+    #[arg(long, default_value_t = 40_000)]
+    consumer_events: usize,
+    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:18081")]
+    registry_url: String,
+    /// The email/SMS provider the notifications phase sends through.
+    #[arg(long, env = "ORDERFLOW_NOTIFY_PROVIDER_URL", default_value = "http://127.0.0.1:18091")]
+    notify_provider_url: String,
     /// Which measurements to run.
-    #[arg(long, value_delimiter = ',', default_value = "relay,intake")]
+    #[arg(long, value_delimiter = ',', default_value = "relay,intake,consumers")]
     phases: Vec<String>,
 }
 
@@ -240,5 +251,49 @@ async fn main() -> anyhow::Result<()> {
         println!("          the stack's relay drained it in:           {:>9.1} s", draining.elapsed().as_secs_f64());
         println!("intake / pgbench baseline  = {:.2}   (target >= 0.5)", accepted / pgbench_tps);
     }
+    if phase("consumers") {
+        consumers(&args).await?;
+    }
+    Ok(())
+}
+
+async fn consumers(args: &Args) -> anyhow::Result<()> {
+    use orderflow_tools::consumer_bench::{Setup, read_baseline, run_group, seed_topic};
+    let kafka = args.kafka.settings()?;
+    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+    let n = args.consumer_events;
+    let topic = seed_topic(&kafka, &codec, n).await?;
+    let read = read_baseline(&kafka, &topic, n).await?;
+    println!("baseline  plain consumer reading {n} records:       {read:>9.0} records/s");
+    let report = |group: &str, handled: f64, share: f64| {
+        println!(
+            "{group:<13} handled {handled:>7.0} events/s  = {:>7.0} records/s read   / read baseline = {:.2}   (target 5000 events/s)",
+            handled / share,
+            handled / share / read
+        );
+    };
+
+    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_inventory").await?;
+    orderflow_inventory::migrate(&pool).await?;
+    let skus: Vec<(String, i32)> = (0..50).map(|i| (format!("BENCH-{i}"), 10_000_000)).collect();
+    orderflow_inventory::set_stock(&pool, &skus).await?;
+    let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
+    let handler = orderflow_inventory::InventoryHandler { codec: codec.clone() };
+    let rate = run_group(setup, "bench-inventory", &topic, handler, (n / 2) as i64).await?;
+    report("inventory", rate, 0.5);
+
+    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
+    orderflow_notifications::migrate(&pool).await?;
+    let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
+    let provider = orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5));
+    let handler = orderflow_notifications::NotificationHandler { provider, pool: pool.clone() };
+    let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64).await?;
+    report("notifications", rate, 1.0);
+
+    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_analytics").await?;
+    orderflow_analytics::migrate(&pool).await?;
+    let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
+    let rate = run_group(setup, "bench-analytics", &topic, orderflow_analytics::AnalyticsHandler, n as i64).await?;
+    report("analytics", rate, 1.0);
     Ok(())
 }

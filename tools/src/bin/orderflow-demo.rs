@@ -28,12 +28,13 @@ struct Args {
     decline_share: f64,
 }
 
-async fn counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64, i64)> {
+async fn counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
     sqlx::query_as(
         "SELECT count(*) - (SELECT count(*) FROM outbox WHERE event_type = 'OrderPlaced'),
-                count(*) FILTER (WHERE status = 'PAID'),
+                count(*) FILTER (WHERE status IN ('PAID', 'CANCELLED', 'REFUNDED')),
                 count(*) FILTER (WHERE status = 'PAYMENT_FAILED'),
-                count(*) FILTER (WHERE status = 'PENDING_PAYMENT')
+                count(*) FILTER (WHERE status = 'PENDING_PAYMENT'),
+                count(*) FILTER (WHERE status = 'REFUNDED')
          FROM orders",
     )
     .fetch_one(pool)
@@ -78,8 +79,8 @@ async fn main() -> anyhow::Result<()> {
             _ = tick.tick() => {}
             _ = orderflow_platform::shutdown::shutdown_signal() => break,
         }
-        let (published, paid, declined, pending) = match counts(&pool).await {
-            Ok(c) => (c.0 - base.0, c.1 - base.1, c.2 - base.2, c.3),
+        let (published, paid, declined, pending, refunded) = match counts(&pool).await {
+            Ok(c) => (c.0 - base.0, c.1 - base.1, c.2 - base.2, c.3, c.4 - base.4),
             Err(e) => {
                 println!("{:>5.0}s  orders database unreachable: {e}", start.elapsed().as_secs_f64());
                 continue;
@@ -87,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let acc = accepted.load(Ordering::Relaxed);
         println!(
-            "{:>5.0}s  accepted {:>4}/s ({acc:>6})  published {:>4}/s ({published:>6})  paid {:>4}/s ({paid:>6})  declined {:>4}/s ({declined:>5})  pending {pending:>5}  refused {}",
+            "{:>5.0}s  accepted {:>4}/s ({acc:>6})  published {:>4}/s ({published:>6})  paid {:>4}/s ({paid:>6})  declined {:>4}/s ({declined:>5})  out of stock+refunded {refunded:>4}  pending {pending:>5}  refused {}",
             start.elapsed().as_secs_f64(),
             acc - last.0,
             published - last.1,

@@ -1,0 +1,151 @@
+//! The consumer-group benchmark (`orderflow-bench --phases consumers`): for inventory,
+//! notifications and analytics, N events are produced to a scratch topic first, then the
+//! service's real handler under the real runtime (in this process, on a scratch database)
+//! consumes them; events/s is N over the time from start to the last dedupe row. The baseline,
+//! taken in the same run on the same records, is a plain consumer that only reads them.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use chrono::Utc;
+use orderflow_consumer_runtime::{ConsumerSettings, Handler};
+use orderflow_platform::kafka::KafkaSettings;
+use orderflow_schemas::{
+    EventCodec,
+    events::{Event, Money, OrderLine, OrderPaid, OrderPlaced},
+};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What one group's run needs.
+pub struct Setup<'a> {
+    pub kafka: &'a KafkaSettings,
+    pub codec: Arc<EventCodec>,
+    pub pool: PgPool,
+}
+
+/// Produces `count` events (OrderPlaced then OrderPaid per order, so each group finds the events
+/// it handles) to a fresh 12-partition topic; returns its name.
+pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize) -> anyhow::Result<String> {
+    let topic = format!("bench-consumers-{}", Uuid::new_v4().simple());
+    kafka.ensure_topics(&[(&topic, 12)]).await?;
+    let producer: FutureProducer = kafka.producer("bench-seed", Duration::from_secs(120)).create()?;
+    let mut deliveries = Vec::with_capacity(count);
+    let mut i = 0usize;
+    while deliveries.len() < count {
+        let order_id = Uuid::new_v4();
+        let line = OrderLine { sku: format!("BENCH-{}", i % 50), quantity: 1, unit_price_minor: 1250 };
+        let total = Money { amount_minor: 1250, currency: "EUR".into() };
+        let placed = OrderPlaced {
+            order_id,
+            customer_id: format!("bench-{i}"),
+            lines: vec![line.clone()],
+            total: total.clone(),
+            placed_at: Utc::now(),
+            customer_email: Some(format!("bench-{i}@example.com")),
+        };
+        let paid = OrderPaid {
+            order_id,
+            payment_id: Uuid::new_v4(),
+            customer_id: placed.customer_id.clone(),
+            lines: vec![line],
+            amount: total,
+            paid_at: Utc::now(),
+        };
+        for (event_type, payload) in [
+            (OrderPlaced::NAME, codec.encode_event(&placed).await?),
+            (OrderPaid::NAME, codec.encode_event(&paid).await?),
+        ] {
+            let (id, key) = (Uuid::now_v7().to_string(), placed.key());
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event_id", value: Some(&id) })
+                .insert(Header { key: "event_type", value: Some(event_type) });
+            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => break deliveries.push(delivery),
+                    Err((_, returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    let acked = futures::future::join_all(deliveries).await.into_iter().filter(|d| matches!(d, Ok(Ok(_)))).count();
+    if acked < count {
+        bail!("the broker acknowledged {acked} of {count} seed records");
+    }
+    Ok(topic)
+}
+
+/// Reads every record of `topic` with a plain consumer: records/s.
+pub async fn read_baseline(kafka: &KafkaSettings, topic: &str, count: usize) -> anyhow::Result<f64> {
+    let group = format!("bench-read-{}", Uuid::new_v4().simple());
+    let consumer: StreamConsumer = kafka.consumer("bench-read", &group).create()?;
+    consumer.subscribe(&[topic])?;
+    let mut first: Option<Instant> = None;
+    let mut seen = 0;
+    while seen < count {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+        let _ = message.payload();
+        first.get_or_insert_with(Instant::now);
+        seen += 1;
+    }
+    Ok(seen as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64()))
+}
+
+/// Runs `handler` in group `group` over `topic` until `expected` records have a dedupe row (the
+/// records the handler takes; the others are read and skipped): handled records/s.
+pub async fn run_group<H: Handler>(
+    setup: Setup<'_>,
+    group: &str,
+    topic: &str,
+    handler: H,
+    expected: i64,
+) -> anyhow::Result<f64> {
+    let mut settings = ConsumerSettings::new(group, &[topic], setup.kafka.clone());
+    settings.lag_interval = Duration::from_secs(60);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (pool, codec) = (setup.pool.clone(), setup.codec.clone());
+    let consumer = tokio::spawn(orderflow_consumer_runtime::run(settings, pool, codec, handler, async move {
+        let _ = stopped.await;
+    }));
+    // The clock starts at the first handled record: joining the group is not throughput.
+    let handled = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events WHERE consumer_group = $1")
+            .bind(group)
+            .fetch_one(&setup.pool)
+            .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut started: Option<(Instant, i64)> = None;
+    loop {
+        let done = handled().await?;
+        if done > 0 && started.is_none() {
+            started = Some((Instant::now(), done));
+        }
+        if done >= expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{group}: {done} of {expected} handled in 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (started, before) = started.unwrap_or((Instant::now(), 0));
+    let elapsed = started.elapsed().as_secs_f64().max(0.001);
+    let _ = stop.send(());
+    consumer.await??;
+    Ok((expected - before) as f64 / elapsed)
+}
