@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The intake and relay benchmark on the local stack (everything co-located, as on a laptop):
-# prints accepted orders/s against a pgbench baseline of the same two inserts taken in the same
-# run, the outbox lag, and relay events/s. Extra arguments go to orderflow-bench
-# (e.g. --seconds 30 --concurrency 32 --relay-events 100000).
+# The benchmark on the local stack (everything co-located, as on a laptop): relay events/s
+# against a plain producer, accepted orders/s against a pgbench baseline of the same two inserts,
+# and events/s per consumer group (inventory, notifications, analytics) against a plain consumer
+# reading the same records — each baseline taken in the same run. Extra arguments go to
+# orderflow-bench (e.g. --phases consumers --consumer-events 100000, or --seconds 30).
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-release}"
 # Its own stack (ports, broker data, databases), so it never disturbs the demo's and starts clean.
 export ORDERFLOW_STATE_DIR="${ORDERFLOW_BENCH_STATE_DIR:-/var/tmp/orderflow-bench}"
 export ORDERFLOW_DB_PREFIX=orderflow_bench
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_BENCH_KAFKA_PORT:-29092}" ORDERFLOW_API_PORT="${ORDERFLOW_BENCH_API_PORT:-28080}"
 export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_BENCH_REGISTRY_PORT:-28081}" ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_BENCH_SIMULATOR_PORT:-28090}"
+export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_BENCH_NOTIFY_SIMULATOR_PORT:-28091}" ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_BENCH_ANALYTICS_PORT:-28082}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_apt_packages
@@ -17,7 +19,7 @@ build_workspace
 trap 'exit 130' INT TERM
 trap 'stop_started_services' EXIT
 ensure_postgres
-for db in orders payments registry simulator; do
+for db in orders payments registry simulator inventory notifications analytics notify_simulator; do
     psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
 done
 port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"

@@ -227,6 +227,8 @@ start_stack() {
         "$bin/inventory" stock set "${ORDERFLOW_DEMO_STOCK[@]}" >/dev/null
     fi
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 23))" start_process inventory "$bin/inventory"
+    # inventory's outbox (InventoryShortage) needs its relay like the other two.
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_INVENTORY_DATABASE_URL" start_process relay-inventory "$bin/outbox-relay"
     ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notify_simulator")" \
     ORDERFLOW_NOTIFY_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT" \
         start_service notification-simulator "$ORDERFLOW_NOTIFY_PROVIDER_URL/healthz" "$bin/notification-simulator"
