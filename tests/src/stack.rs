@@ -166,7 +166,7 @@ impl TestStack {
         orderflow_notifications::migrate(&pool).await.unwrap();
         let handler = orderflow_notifications::NotificationHandler {
             provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout),
-            pool: pool.clone(),
+            intents: db.pool().await,
         };
         let settings = self.consumer_settings(orderflow_notifications::GROUP, &["orders"]);
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));

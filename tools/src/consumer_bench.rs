@@ -38,7 +38,12 @@ pub struct Setup<'a> {
 pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize) -> anyhow::Result<String> {
     let topic = format!("bench-consumers-{}", Uuid::new_v4().simple());
     kafka.ensure_topics(&[(&topic, 12)]).await?;
-    let producer: FutureProducer = kafka.producer("bench-seed", Duration::from_secs(120)).create()?;
+    // Large batches, as the outbox relay writes them (thousands of rows per claim).
+    let producer: FutureProducer = kafka
+        .producer("bench-seed", Duration::from_secs(120))
+        .set("linger.ms", "100")
+        .set("batch.size", "1000000")
+        .create()?;
     let mut deliveries = Vec::with_capacity(count);
     let mut i = 0usize;
     while deliveries.len() < count {
@@ -89,11 +94,15 @@ pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize)
     Ok(topic)
 }
 
-/// Reads every record of `topic` with a plain consumer: records/s.
+/// Reads every record of `topic` with a plain consumer (assigned partitions, no group): records/s.
 pub async fn read_baseline(kafka: &KafkaSettings, topic: &str, count: usize) -> anyhow::Result<f64> {
     let group = format!("bench-read-{}", Uuid::new_v4().simple());
     let consumer: StreamConsumer = kafka.consumer("bench-read", &group).create()?;
-    consumer.subscribe(&[topic])?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..12 {
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
     let mut first: Option<Instant> = None;
     let mut seen = 0;
     while seen < count {

@@ -92,8 +92,11 @@ impl NotificationClient {
 
 pub struct NotificationHandler {
     pub provider: NotificationClient,
-    /// For committing intents outside the consumer's transaction.
-    pub pool: PgPool,
+    /// For committing intents outside the consumer's transaction. It must be a pool of its own,
+    /// not the consumer's: a handler holds a consumer connection (its transaction) while it
+    /// writes the intent, and with one shared pool every connection could be held by a handler
+    /// waiting for another one.
+    pub intents: PgPool,
 }
 
 /// The message kind and the order an event is about, for the events that notify.
@@ -145,7 +148,7 @@ impl NotificationHandler {
         .bind(channel)
         .bind(&recipient)
         .bind(&key)
-        .execute(&self.pool)
+        .execute(&self.intents)
         .await?;
         let (status, channel, recipient, key): (String, String, String, String) = sqlx::query_as(
             "SELECT status, channel, recipient, idempotency_key FROM notifications

@@ -71,7 +71,7 @@ async fn scratch_database(admin: &str, name: &str) -> anyhow::Result<(String, Pg
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&pool).await?;
     sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&pool).await?;
     let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin, |(base, _)| base));
-    let db = PgPoolOptions::new().max_connections(8).connect(&url).await?;
+    let db = PgPoolOptions::new().max_connections(20).connect(&url).await?;
     Ok((url, db))
 }
 
@@ -282,11 +282,12 @@ async fn consumers(args: &Args) -> anyhow::Result<()> {
     let rate = run_group(setup, "bench-inventory", &topic, handler, (n / 2) as i64).await?;
     report("inventory", rate, 0.5);
 
-    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
+    let (notifications_url, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
     orderflow_notifications::migrate(&pool).await?;
     let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
     let provider = orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5));
-    let handler = orderflow_notifications::NotificationHandler { provider, pool: pool.clone() };
+    let intents = PgPoolOptions::new().max_connections(4).connect(&notifications_url).await?;
+    let handler = orderflow_notifications::NotificationHandler { provider, intents };
     let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64).await?;
     report("notifications", rate, 1.0);
 
