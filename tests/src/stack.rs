@@ -39,6 +39,11 @@ impl TestSimulator {
     pub async fn ledger(&self) -> Vec<LedgerEntry> {
         reqwest::get(format!("{}/ledger", self.url)).await.unwrap().json().await.unwrap()
     }
+
+    /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`; the answer is returned.
+    pub async fn faults(&self, faults: Value) -> reqwest::Response {
+        reqwest::Client::new().put(format!("{}/admin/faults", self.url)).json(&faults).send().await.unwrap()
+    }
 }
 
 /// The email/SMS provider stand-in on its own database.

@@ -5,8 +5,16 @@
 //!
 //! Declines are decided by the customer: ids starting `decline` are declined (`card_declined`),
 //! `nofunds` → `insufficient_funds`. Everything else is approved.
+//!
+//! Faults and a rate limit are switched at runtime: see [`faults`].
 
-use std::future::Future;
+pub mod faults;
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::{
@@ -76,6 +84,14 @@ enum ProviderError {
     NotFound,
     #[error("internal error")]
     Internal(#[from] sqlx::Error),
+    #[error("service unavailable (simulated)")]
+    Unavailable,
+    #[error("unsupported API version; this provider speaks {API_VERSION}")]
+    ApiVersionMismatch,
+    #[error("internal error after processing (simulated)")]
+    AfterProcessing,
+    #[error("rate limit exceeded")]
+    RateLimited(u64),
 }
 
 impl IntoResponse for ProviderError {
@@ -84,6 +100,14 @@ impl IntoResponse for ProviderError {
             ProviderError::MissingKey | ProviderError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ProviderError::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ProviderError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ProviderError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ProviderError::ApiVersionMismatch => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
+            ProviderError::AfterProcessing => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ProviderError::RateLimited(seconds) => {
+                let body = json!({ "error": { "code": "rate_limited", "message": self.to_string() } });
+                let headers = [("retry-after", seconds.to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
+            }
             ProviderError::Internal(e) => {
                 tracing::error!(error = %e, "ledger failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -112,14 +136,68 @@ fn decide(customer: &str) -> (&'static str, Option<&'static str>) {
     }
 }
 
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    faults: Arc<Mutex<faults::FaultState>>,
+}
+
 pub fn router(pool: PgPool) -> Router {
+    let state = AppState { pool, faults: Arc::default() };
     Router::new()
         .route("/v1/charges", post(charge))
         .route("/v1/charges/{key}", get(entry_by_key))
         .route("/v1/refunds", post(refund))
         .route("/ledger", get(ledger))
+        .route("/admin/faults", get(get_faults).put(set_faults))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .with_state(pool)
+        .with_state(state)
+}
+
+async fn get_faults(State(state): State<AppState>) -> Json<faults::Faults> {
+    Json(state.faults.lock().expect("faults lock").faults)
+}
+
+async fn set_faults(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ProviderError> {
+    let faults: faults::Faults = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+    faults.validate().map_err(ProviderError::Invalid)?;
+    *state.faults.lock().expect("faults lock") = faults::FaultState::new(faults);
+    tracing::info!(?faults, "faults switched");
+    Ok(Json(faults).into_response())
+}
+
+/// Serves a charge or refund through the configured faults.
+async fn with_faults(
+    state: &AppState,
+    serve: impl Future<Output = Result<Response, ProviderError>>,
+) -> Result<Response, ProviderError> {
+    use faults::{FaultMode, Plan};
+    let (plan, delay) = {
+        let mut faults = state.faults.lock().expect("faults lock");
+        (faults.plan(), Duration::from_millis(faults.faults.delay_ms))
+    };
+    let (mode, hang_after) = match plan {
+        Plan::RateLimited(seconds) => return Err(ProviderError::RateLimited(seconds)),
+        Plan::Serve { mode, hang_after } => (mode, hang_after),
+    };
+    match mode {
+        FaultMode::Unavailable => return Err(ProviderError::Unavailable),
+        FaultMode::ApiVersionMismatch => return Err(ProviderError::ApiVersionMismatch),
+        FaultMode::Latency => tokio::time::sleep(delay).await,
+        _ => {}
+    }
+    let answer = serve.await?;
+    if let Some(hang) = hang_after {
+        tokio::time::sleep(hang).await;
+    }
+    match mode {
+        FaultMode::FailAfterCharge => Err(ProviderError::AfterProcessing),
+        FaultMode::ErrorPayload => {
+            let body = json!({ "error": { "code": "processing_error", "message": "simulated error payload" } });
+            Ok((StatusCode::OK, Json(body)).into_response())
+        }
+        _ => Ok(answer),
+    }
 }
 
 pub async fn run(
@@ -132,10 +210,14 @@ pub async fn run(
 }
 
 async fn charge(
-    State(pool): State<PgPool>,
+    State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ProviderError> {
+    with_faults(&state, charge_now(&state.pool, headers, body)).await
+}
+
+async fn charge_now(pool: &PgPool, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ProviderError> {
     let key = key(&headers)?;
     let request: ChargeRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
     if request.amount_minor <= 0 || request.currency.len() != 3 {
@@ -160,10 +242,14 @@ async fn charge(
 }
 
 async fn refund(
-    State(pool): State<PgPool>,
+    State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ProviderError> {
+    with_faults(&state, refund_now(&state.pool, headers, body)).await
+}
+
+async fn refund_now(pool: &PgPool, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ProviderError> {
     let key = key(&headers)?;
     let request: RefundRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
     // The charge row is locked while refunds are summed, so two refunds under different keys
@@ -270,17 +356,18 @@ fn entry_of(r: &sqlx::postgres::PgRow) -> LedgerEntry {
     }
 }
 
-async fn entry_by_key(State(pool): State<PgPool>, Path(key): Path<String>) -> Result<Response, ProviderError> {
-    let (entry, _) = find(&mut *pool.acquire().await?, &key).await?.ok_or(ProviderError::NotFound)?;
+async fn entry_by_key(State(state): State<AppState>, Path(key): Path<String>) -> Result<Response, ProviderError> {
+    let (entry, _) = find(&mut *state.pool.acquire().await?, &key).await?.ok_or(ProviderError::NotFound)?;
     Ok(Json(entry).into_response())
 }
 
-async fn ledger(State(pool): State<PgPool>) -> Result<Response, ProviderError> {
+async fn ledger(State(state): State<AppState>) -> Result<Response, ProviderError> {
+    let pool = &state.pool;
     let rows = sqlx::query(
         "SELECT idempotency_key, kind, id, status, decline_code, amount_minor, currency, customer, reference, charge_id
          FROM provider_ledger ORDER BY created_at, idempotency_key",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     Ok(Json(rows.iter().map(entry_of).collect::<Vec<_>>()).into_response())
 }

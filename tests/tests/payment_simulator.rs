@@ -1,0 +1,114 @@
+//! The payment-provider simulator's faults, each checked against its ledger: what the caller
+//! sees, and whether the charge happened.
+
+use std::time::{Duration, Instant};
+
+use orderflow_tests::stack::TestSimulator;
+use serde_json::{Value, json};
+
+fn charge_body(customer: &str) -> Value {
+    json!({ "amount_minor": 1250, "currency": "EUR", "customer": customer, "reference": "order-x" })
+}
+
+async fn charge(
+    sim: &TestSimulator,
+    key: &str,
+    timeout: Duration,
+) -> Result<(u16, Value, Option<String>), reqwest::Error> {
+    let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
+    let response = client
+        .post(format!("{}/v1/charges", sim.url))
+        .header("Idempotency-Key", key)
+        .json(&charge_body("cust-1"))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    Ok((status, response.json().await.unwrap_or(Value::Null), retry_after))
+}
+
+async fn charged(sim: &TestSimulator, key: &str) -> usize {
+    sim.ledger().await.iter().filter(|e| e.idempotency_key == key).count()
+}
+
+const SHORT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn each_fault_mode_answers_as_documented_and_the_ledger_says_whether_money_moved() {
+    let sim = TestSimulator::spawn().await;
+
+    assert_eq!(sim.faults(json!({"mode": "unavailable"})).await.status(), 200);
+    let (status, _, _) = charge(&sim, "k-unavailable", SHORT).await.unwrap();
+    assert_eq!((status, charged(&sim, "k-unavailable").await), (503, 0));
+
+    sim.faults(json!({"mode": "api_version_mismatch"})).await;
+    let (status, body, _) = charge(&sim, "k-version", SHORT).await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("api_version_mismatch")));
+    assert_eq!(charged(&sim, "k-version").await, 0);
+
+    sim.faults(json!({"mode": "fail_after_charge"})).await;
+    let (status, _, _) = charge(&sim, "k-500", SHORT).await.unwrap();
+    assert_eq!((status, charged(&sim, "k-500").await), (500, 1), "a 500 that charged");
+
+    sim.faults(json!({"mode": "error_payload"})).await;
+    let (status, body, _) = charge(&sim, "k-payload", SHORT).await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (200, Some("processing_error")));
+    assert_eq!(charged(&sim, "k-payload").await, 1, "a 200 with an error body that charged");
+
+    sim.faults(json!({"mode": "latency", "delay_ms": 300})).await;
+    let started = Instant::now();
+    let (status, _, _) = charge(&sim, "k-slow", SHORT).await.unwrap();
+    assert!(status == 200 && started.elapsed() >= Duration::from_millis(300));
+
+    sim.faults(json!({"mode": "hang", "delay_ms": 2000})).await;
+    let timed_out = charge(&sim, "k-hang", Duration::from_millis(300)).await;
+    assert!(timed_out.is_err_and(|e| e.is_timeout()), "the client gives up");
+    assert_eq!(charged(&sim, "k-hang").await, 1, "the charge happened behind the hang");
+
+    // Back to normal: the same keys give the stored results, never a second charge.
+    sim.faults(json!({"mode": "none"})).await;
+    for key in ["k-500", "k-payload", "k-hang"] {
+        let (status, body, _) = charge(&sim, key, SHORT).await.unwrap();
+        assert_eq!((status, body["status"].as_str()), (200, Some("approved")), "{key}");
+        assert_eq!(charged(&sim, key).await, 1, "{key}");
+    }
+    let (status, _, _) = charge(&sim, "k-unavailable", SHORT).await.unwrap();
+    assert_eq!((status, charged(&sim, "k-unavailable").await), (200, 1));
+}
+
+#[tokio::test]
+async fn transient_timeouts_follow_the_seed_and_the_rate_limit_answers_429_with_retry_after() {
+    let sim = TestSimulator::spawn().await;
+    let pattern = |run: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.faults(json!({"transient_timeout_pct": 30.0, "delay_ms": 1000, "seed": 7})).await;
+            let mut timeouts = Vec::new();
+            for i in 0..20 {
+                let outcome = charge(sim, &format!("{run}-{i}"), Duration::from_millis(250)).await;
+                timeouts.push(outcome.is_err());
+            }
+            timeouts
+        }
+    };
+    let first = pattern("a").await;
+    let second = pattern("b").await;
+    assert_eq!(first, second, "the same seed, the same requests time out");
+    let share = first.iter().filter(|t| **t).count();
+    assert!((2..=12).contains(&share), "about 30% of 20 time out, got {share}");
+
+    let bad = sim.faults(json!({"transient_timeout_pct": 150.0, "delay_ms": 10})).await;
+    assert_eq!(bad.status(), 400, "an impossible share is refused");
+    sim.faults(json!({"rate_limit_per_sec": 5})).await;
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let key = format!("rl-{i}");
+        let sim = &sim;
+        async move { charge(sim, &key, SHORT).await.unwrap() }
+    }))
+    .await;
+    let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(limited.len() >= 7, "at most 5 of 12 in one second get through: {answers:?}");
+    assert!(limited.iter().all(|a| a.2.as_deref() == Some("1")), "Retry-After: 1");
+    let keys_charged = sim.ledger().await.iter().filter(|e| e.idempotency_key.starts_with("rl-")).count();
+    assert_eq!(keys_charged, 12 - limited.len(), "a 429 charges nothing");
+}
