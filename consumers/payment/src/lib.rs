@@ -136,6 +136,12 @@ fn provider_failure(e: ChargeError) -> Failure {
         ChargeError::Ambiguous(m) => Failure::Unavailable(format!("provider: {m}")),
         ChargeError::RateLimited(_) => Failure::Unavailable("provider rate limit".into()),
         ChargeError::Rejected(m) => Failure::dead("provider_rejected", m),
+        ChargeError::Misconfigured(m) => {
+            // Every order would fail the same way: wait (the partition pauses) instead of
+            // dead-lettering the whole stream; the log says what to fix.
+            tracing::error!(reason = %m, "the payment provider refuses our configuration; waiting for a fix");
+            Failure::Unavailable(format!("provider misconfigured: {m}"))
+        }
     }
 }
 

@@ -25,6 +25,10 @@ pub enum ChargeError {
     /// A 4xx that retrying cannot fix (our request is wrong, or the key was reused).
     #[error("provider rejected the request: {0}")]
     Rejected(String),
+    /// The provider refuses how we call it (API version, credentials): no order is at fault
+    /// and none can succeed until an operator fixes the configuration.
+    #[error("provider refuses our configuration: {0}")]
+    Misconfigured(String),
 }
 
 #[derive(Clone)]
@@ -103,6 +107,10 @@ impl PaymentProviderClient {
         let text = response.text().await.map_err(|e| ChargeError::Ambiguous(e.to_string()))?;
         if status.is_server_error() {
             return Err(ChargeError::Ambiguous(format!("{status}: {text}")));
+        }
+        let misconfigured = matches!(status.as_u16(), 401 | 403) || text.contains("\"api_version_mismatch\"");
+        if misconfigured {
+            return Err(ChargeError::Misconfigured(format!("{status}: {text}")));
         }
         if !status.is_success() {
             return Err(ChargeError::Rejected(format!("{status}: {text}")));
