@@ -186,13 +186,18 @@ async fn two_instances_rebalancing_under_load_never_double_a_side_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_inside_a_batch_costs_only_that_record_a_retry() {
     let bed = RuntimeBed::spawn(2).await;
-    let settings = bed.settings();
+    let mut settings = bed.settings();
+    // A failed batch is re-run one by one: batches of 10 keep that to 10 records each time.
+    settings.batch_size = 10;
     let registry = settings.registry.clone();
     // Queued before the consumer starts, so they arrive as batches.
     let ids = bed.publish_to("batched", Some(0), 300).await;
     for id in ids.iter().step_by(50) {
         bed.script.plan(*id, Plan::FailTimes(1));
     }
+    // Handlers that take a moment, so records queue up behind the one in hand even when the
+    // broker delivers slowly (a busy machine): batches form.
+    bed.script.plan_all(Some(Plan::Slow(Duration::from_millis(5))));
     let _consumer = bed.start(settings);
     eventually(WAIT, "every record handled", || async { bed.effect_totals().await.0 == 300 }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

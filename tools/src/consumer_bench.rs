@@ -74,16 +74,8 @@ pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize)
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "event_id", value: Some(&id) })
                 .insert(Header { key: "event_type", value: Some(event_type) });
-            let mut record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break deliveries.push(delivery),
-                    Err((_, returned)) => {
-                        record = returned;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                }
-            }
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload[..]).headers(headers);
+            deliveries.push(crate::send_queued(&producer, record).await);
         }
         i += 1;
     }

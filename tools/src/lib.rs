@@ -28,6 +28,23 @@ pub fn sample_order(rng: &mut impl Rng, decline_share: f64) -> Value {
     json!({ "customer_id": customer, "customer_email": format!("{customer}@example.com"), "currency": "EUR", "items": lines })
 }
 
+/// Hands `record` to the producer, waiting while its local queue is full; the returned future
+/// resolves with the broker's acknowledgement.
+pub async fn send_queued(
+    producer: &rdkafka::producer::FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, String, [u8]>,
+) -> rdkafka::producer::DeliveryFuture {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((_, returned)) => {
+                record = returned;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    }
+}
+
 /// Posts one order with a fresh Idempotency-Key; returns the HTTP status (0 when no answer).
 pub async fn post_order(http: &reqwest::Client, api: &str, body: &Value) -> u16 {
     http.post(format!("{api}/orders"))

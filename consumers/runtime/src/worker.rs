@@ -178,6 +178,16 @@ async fn fast_path<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Re
             decoded,
         });
     }
+    let count_skipped = || {
+        for (topic, n) in &skipped {
+            shared.metrics.records.with_label_values(&[group, topic, "skipped"]).inc_by(*n);
+        }
+    };
+    if events.is_empty() {
+        // Nothing this service handles (common: one topic carries every lifecycle event).
+        count_skipped();
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let mut tx = shared.pool.begin().await.map_err(|e| e.to_string())?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
@@ -213,9 +223,7 @@ async fn fast_path<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Re
     let topic = batch[0].topic();
     shared.metrics.records.with_label_values(&[group, topic, "processed"]).inc_by(handled.len() as u64);
     shared.metrics.records.with_label_values(&[group, topic, "deduped"]).inc_by((events.len() - handled.len()) as u64);
-    for (topic, n) in skipped {
-        shared.metrics.records.with_label_values(&[group, topic, "skipped"]).inc_by(n);
-    }
+    count_skipped();
     Ok(())
 }
 

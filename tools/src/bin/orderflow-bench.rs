@@ -157,21 +157,13 @@ async fn broker_baseline(args: &Args) -> anyhow::Result<f64> {
     let topic = format!("bench-baseline-{}", uuid::Uuid::new_v4().simple());
     kafka.ensure_topics(&[(&topic, 12)]).await?;
     let producer: FutureProducer = kafka.producer("bench-baseline", Duration::from_secs(120)).create()?;
-    let payload = vec![0u8; 180];
+    let payload = [0u8; 180];
     let start = Instant::now();
     let mut deliveries = Vec::with_capacity(args.relay_events as usize);
     for _ in 0..args.relay_events {
         let key = uuid::Uuid::new_v4().to_string();
-        let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break deliveries.push(delivery),
-                Err((_, returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        }
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload[..]);
+        deliveries.push(orderflow_tools::send_queued(&producer, record).await);
     }
     let acked = futures::future::join_all(deliveries).await.into_iter().filter(|d| matches!(d, Ok(Ok(_)))).count();
     let elapsed = start.elapsed().as_secs_f64();
