@@ -10,19 +10,11 @@ export ORDERFLOW_STATE_DIR="${ORDERFLOW_BENCH_STATE_DIR:-/var/tmp/orderflow-benc
 export ORDERFLOW_DB_PREFIX=orderflow_bench
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_BENCH_KAFKA_PORT:-29092}" ORDERFLOW_API_PORT="${ORDERFLOW_BENCH_API_PORT:-28080}"
 export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_BENCH_REGISTRY_PORT:-28081}" ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_BENCH_SIMULATOR_PORT:-28090}"
+export ORDERFLOW_SIMULATOR_ADMIN_PORT="${ORDERFLOW_BENCH_SIMULATOR_ADMIN_PORT:-28089}"
 export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_BENCH_NOTIFY_SIMULATOR_PORT:-28091}" ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_BENCH_ANALYTICS_PORT:-28082}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ensure_apt_packages
-ensure_tansu
-build_workspace
 trap 'exit 130' INT TERM
 trap 'stop_started_services' EXIT
-ensure_postgres
-for db in orders payments registry simulator inventory notifications analytics notify_simulator; do
-    psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
-done
-port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
-ensure_broker
-start_stack
+start_fresh_stack
 "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-bench" --admin-url "$ORDERFLOW_PG_ADMIN_URL" "$@"

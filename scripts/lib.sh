@@ -16,6 +16,7 @@ export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_KAFKA_PORT:-19092}"
 export ORDERFLOW_API_PORT="${ORDERFLOW_API_PORT:-18080}"
 export ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_SIMULATOR_PORT:-18090}"
+export ORDERFLOW_SIMULATOR_ADMIN_PORT="${ORDERFLOW_SIMULATOR_ADMIN_PORT:-18089}"
 export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_NOTIFY_SIMULATOR_PORT:-18091}"
 export ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_ANALYTICS_PORT:-18082}"
 # Database names are <prefix>_orders, <prefix>_payments, … (the benchmark uses its own).
@@ -192,12 +193,30 @@ ensure_broker() {
     die "the broker did not start"
 }
 
+# The bench's and the drill's own stack, from empty: installs what is missing, builds, drops
+# the $ORDERFLOW_DB_PREFIX databases and the broker's data (unless a broker already runs on the
+# port), then starts every service. The caller sets the EXIT trap that stops them.
+start_fresh_stack() {
+    ensure_apt_packages
+    ensure_tansu
+    build_workspace
+    ensure_postgres
+    local db
+    for db in orders payments registry simulator inventory notifications analytics notify_simulator; do
+        psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
+    done
+    port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
+    ensure_broker
+    start_stack
+}
+
 # Every orderflow service, each on its own database; exports the URLs the tools need.
 start_stack() {
     local bin="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE"
     export ORDERFLOW_REGISTRY_URL="http://127.0.0.1:$ORDERFLOW_REGISTRY_PORT"
     export ORDERFLOW_API_URL="http://127.0.0.1:$ORDERFLOW_API_PORT"
     export ORDERFLOW_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_PORT"
+    export ORDERFLOW_PROVIDER_ADMIN_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_ADMIN_PORT"
     export ORDERFLOW_ORDERS_DATABASE_URL ORDERFLOW_PAYMENTS_DATABASE_URL
     ORDERFLOW_ORDERS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_orders")"
     ORDERFLOW_PAYMENTS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_payments")"
@@ -208,12 +227,16 @@ start_stack() {
     (cd "$ROOT" && "$bin/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
     ORDERFLOW_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_simulator")" \
     ORDERFLOW_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_PORT" \
+    ORDERFLOW_SIMULATOR_ADMIN_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_ADMIN_PORT" \
         start_service payment-simulator "$ORDERFLOW_PROVIDER_URL/healthz" "$bin/payment-simulator"
     ORDERFLOW_API_LISTEN="127.0.0.1:$ORDERFLOW_API_PORT" \
         start_service order-api "$ORDERFLOW_API_URL/readyz" "$bin/order-api"
     ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" start_process relay-orders "$bin/outbox-relay"
     ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" start_process relay-payments "$bin/outbox-relay"
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
+    # The drill starts its own payment instances.
+    if [ "${ORDERFLOW_START_PAYMENT:-1}" = 1 ]; then
+        ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
+    fi
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 22))" start_process order-service "$bin/order-service"
 
     export ORDERFLOW_INVENTORY_DATABASE_URL ORDERFLOW_NOTIFICATIONS_DATABASE_URL ORDERFLOW_ANALYTICS_DATABASE_URL
@@ -239,8 +262,12 @@ start_stack() {
 
 # Opening stock for the demo's SKUs (tools/src/lib.rs): enough for minutes of orders, not for
 # ever, so a long demo shows shortages turning into cancellations and refunds.
+# ORDERFLOW_STOCK_EACH=N gives every SKU N instead (the drill: payments, not shortages).
 ORDERFLOW_DEMO_STOCK=(TEE-BLK-M=50000 TEE-WHT-L=50000 MUG-CLASSIC=50000 CAP-NAVY=50000 SOCK-3PK=50000
     HOODIE-GRY-S=50000 BAG-TOTE=5000 PIN-ENAMEL=1000)
+if [ -n "${ORDERFLOW_STOCK_EACH:-}" ]; then
+    ORDERFLOW_DEMO_STOCK=("${ORDERFLOW_DEMO_STOCK[@]/=*/=$ORDERFLOW_STOCK_EACH}")
+fi
 
 # start_service NAME HEALTH_URL COMMAND...: runs COMMAND in the background (log and pid under
 # $ORDERFLOW_STATE_DIR/run), waits for HEALTH_URL. A healthy service already there is reused.

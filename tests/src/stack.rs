@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use orderflow_consumer_runtime::ConsumerSettings;
-use orderflow_payment::{PaymentHandler, PaymentProviderClient};
+use orderflow_payment::{PaymentHandler, PaymentProviderClient, ProviderSettings};
 use orderflow_payment_simulator::LedgerEntry;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -19,6 +19,8 @@ use crate::{
 
 pub struct TestSimulator {
     pub url: String,
+    /// The admin port: faults, ledger and stats, up even while the API port is `down`.
+    pub admin_url: String,
     pub pool: PgPool,
     _db: TestDatabase,
     _running: Running,
@@ -30,19 +32,26 @@ impl TestSimulator {
         let pool = db.pool().await;
         orderflow_payment_simulator::migrate(&pool).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let p = pool.clone();
-        let running = Running::spawn(move |stop| orderflow_payment_simulator::run(listener, p, stop));
-        TestSimulator { url, pool, _db: db, _running: running }
+        let running = Running::spawn(move |stop| orderflow_payment_simulator::run(listener, Some(admin), p, stop));
+        TestSimulator { url, admin_url, pool, _db: db, _running: running }
     }
 
     pub async fn ledger(&self) -> Vec<LedgerEntry> {
-        reqwest::get(format!("{}/ledger", self.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/ledger", self.admin_url)).await.unwrap().json().await.unwrap()
+    }
+
+    /// What the provider saw: requests, 429s, requests per second.
+    pub async fn stats(&self) -> orderflow_payment_simulator::faults::Stats {
+        reqwest::get(format!("{}/admin/stats", self.admin_url)).await.unwrap().json().await.unwrap()
     }
 
     /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`; the answer is returned.
     pub async fn faults(&self, faults: Value) -> reqwest::Response {
-        reqwest::Client::new().put(format!("{}/admin/faults", self.url)).json(&faults).send().await.unwrap()
+        reqwest::Client::new().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap()
     }
 }
 
@@ -114,6 +123,21 @@ impl TestStack {
 
     /// Every service but the inventory consumer (a test runs that as a process).
     pub async fn spawn_without_inventory() -> TestStack {
+        let mut stack = Self::spawn_without_consumers().await;
+        let provider = stack.provider_settings();
+        stack.start_payment(provider).await;
+        stack
+    }
+
+    /// Every service but payment (started by the test, as many instances as it wants).
+    pub async fn spawn_without_payment() -> TestStack {
+        let mut stack = Self::spawn_without_consumers().await;
+        stack.start_inventory();
+        stack
+    }
+
+    /// The broker, databases, API, relays, simulator and order-service.
+    async fn spawn_without_consumers() -> TestStack {
         let broker = TestBroker::spawn();
         broker.create_topic("orders", 12).await;
         broker.create_topic("payments", 12).await;
@@ -145,7 +169,6 @@ impl TestStack {
         stack.relays.push(TestRelay::spawn(&stack.api.pool, &stack.broker, quick_relay()));
         stack.relays.push(TestRelay::spawn(&stack.payments, &stack.broker, quick_relay()));
         stack.relays.push(TestRelay::spawn(&stack.inventory, &stack.broker, quick_relay()));
-        stack.start_payment();
         stack.start_order_service();
         // Plenty of what `sample_order` buys, so only tests that want a shortage get one.
         stack.stock(&[("SKU-1", 1_000_000), ("SKU-2", 1_000_000)]).await;
@@ -228,17 +251,38 @@ impl TestStack {
         settings
     }
 
-    pub fn start_payment(&mut self) {
+    /// The payment client as the stack's tests run it: a 2 s attempt timeout, a breaker that
+    /// probes after 200 ms (at most 2 s), no rate limit.
+    pub fn provider_settings(&self) -> ProviderSettings {
+        let mut provider = ProviderSettings::new(&self.simulator.url);
+        provider.attempt_timeout = Duration::from_secs(2);
+        provider.deadline = Duration::from_secs(6);
+        provider.breaker.open_for = Duration::from_millis(200);
+        provider.breaker.max_open_for = Duration::from_secs(2);
+        provider
+    }
+
+    /// Starts a payment instance; its metrics are under `payment` (the first), then
+    /// `payment#2`, `payment#3`…
+    pub async fn start_payment(&mut self, provider: ProviderSettings) -> String {
         let codec = self.codec();
-        let handler = PaymentHandler {
-            provider: PaymentProviderClient::new(&self.simulator.url, Duration::from_secs(2)),
-            codec: codec.clone(),
-        };
         let settings = self.consumer_settings(orderflow_payment::GROUP, &["orders"]);
-        self.metrics.push((orderflow_payment::GROUP.into(), settings.registry.clone()));
+        let limits = match provider.rate_limit_per_sec {
+            Some(_) => Some(self.payments_db.pool().await),
+            None => None,
+        };
+        let client = PaymentProviderClient::new(provider, &settings.registry, limits).await.unwrap();
+        let handler = PaymentHandler { provider: client, codec: codec.clone() };
+        let instances = self.metrics.iter().filter(|(g, _)| g.starts_with(orderflow_payment::GROUP)).count();
+        let name = match instances {
+            0 => orderflow_payment::GROUP.to_string(),
+            n => format!("{}#{}", orderflow_payment::GROUP, n + 1),
+        };
+        self.metrics.push((name.clone(), settings.registry.clone()));
         let pool = self.payments.clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
+        name
     }
 
     pub fn start_order_service(&mut self) {

@@ -1,52 +1,196 @@
-//! The payment path through every provider fault the simulator injects: once the fault clears,
-//! every order is PAID and charged exactly once per the provider's ledger, and nothing was
-//! dead-lettered.
+//! The payment path through every provider fault the simulator injects (seed 000 §6–§7): once
+//! the fault clears, every order is PAID or PAYMENT_FAILED, charged exactly once per the
+//! provider's ledger (a declined order never approved), every refund given once, nothing
+//! dead-lettered; an outage opens the circuit breaker (the provider sees a trickle, not a
+//! storm) and it closes again; the provider's rate limit holds with two payment instances.
 
 use std::time::Duration;
 
 use orderflow_tests::{intake::eventually, stack::TestStack};
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(90);
+const WAIT: Duration = Duration::from_secs(120);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_provider_fault_ends_with_each_order_paid_and_charged_once() {
-    let stack = TestStack::spawn().await;
-    // The stack's payment client gives up after 2 s; `hang` holds answers for 3 s.
-    let faults = [
+/// Every fault mode. The stack's client gives up on a request after 2 s; `hang` and the
+/// transient timeouts hold answers for 3 s.
+fn every_fault() -> Vec<Value> {
+    vec![
+        json!({"mode": "down"}),
         json!({"mode": "unavailable"}),
         json!({"mode": "latency", "delay_ms": 300}),
         json!({"mode": "hang", "delay_ms": 3000}),
         json!({"mode": "fail_after_charge"}),
         json!({"mode": "error_payload"}),
+        json!({"mode": "reset_after_charge"}),
         json!({"mode": "api_version_mismatch"}),
         json!({"transient_timeout_pct": 50, "delay_ms": 3000, "seed": 3}),
         json!({"rate_limit_per_sec": 1}),
-    ];
-    let mut orders: Vec<Uuid> = Vec::new();
-    for (n, fault) in faults.iter().enumerate() {
+    ]
+}
+
+fn order(customer: &str, sku: &str) -> Value {
+    json!({
+        "customer_id": customer,
+        "currency": "EUR",
+        "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1250}]
+    })
+}
+
+async fn place(stack: &TestStack, key: &str, body: &Value) -> Uuid {
+    let response = stack.api.post_order(Some(key), body).await;
+    assert_eq!(response.status(), 202, "{key}");
+    let body: Value = response.json().await.unwrap();
+    body["order_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn place_all(stack: &TestStack, orders: impl Iterator<Item = (String, Value)>) -> Vec<Uuid> {
+    futures::future::join_all(orders.map(|(key, body)| async move { place(stack, &key, &body).await })).await
+}
+
+fn assert_nothing_dead_lettered(stack: &TestStack) {
+    let metrics = stack.metrics_text("payment");
+    assert!(!metrics.contains(r#"outcome="dead_lettered""#), "nothing dead-lettered: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_provider_fault_ends_with_each_order_charged_once_and_no_charge_for_a_declined_one() {
+    let stack = TestStack::spawn().await;
+    let mut paid: Vec<Uuid> = Vec::new();
+    let mut declined: Vec<Uuid> = Vec::new();
+    for (n, fault) in every_fault().iter().enumerate() {
         let response = stack.simulator.faults(fault.clone()).await;
         assert_eq!(response.status(), 200, "{fault}");
-        let keys: Vec<String> = (0..3).map(|i| format!("fault-{n}-{i}")).collect();
-        let placed: Vec<Uuid> = futures::future::join_all(keys.iter().map(|k| stack.api.place(k))).await;
+        let orders = (0..3).map(|i| (format!("fault-{n}-{i}"), order(&format!("cust-{n}-{i}"), "SKU-1")));
+        let placed = place_all(&stack, orders).await;
+        let refused = place(&stack, &format!("fault-{n}-declined"), &order(&format!("decline-{n}"), "SKU-1")).await;
         // Let the payment service meet the fault, then clear it.
         tokio::time::sleep(Duration::from_secs(3)).await;
         stack.simulator.faults(json!({"mode": "none"})).await;
         for order in &placed {
             stack.wait_for_status(*order, "PAID", WAIT).await;
         }
-        orders.extend(placed);
+        stack.wait_for_status(refused, "PAYMENT_FAILED", WAIT).await;
+        paid.extend(placed);
+        declined.push(refused);
     }
     let ledger = stack.simulator.ledger().await;
-    for order in &orders {
+    let entry = |order: &Uuid| {
         let key = orderflow_payment::charge_key(*order);
-        let charges = ledger.iter().filter(|e| e.idempotency_key == key).count();
-        assert_eq!(charges, 1, "order {order} charged once");
+        let entries: Vec<_> = ledger.iter().filter(|e| e.idempotency_key == key).collect();
+        assert_eq!(entries.len(), 1, "order {order}: one ledger entry under its key");
+        entries[0].clone()
+    };
+    for order in &paid {
+        assert_eq!(entry(order).status, "approved");
     }
-    assert_eq!(ledger.iter().filter(|e| e.kind == "charge").count(), orders.len(), "no other charge");
-    eventually(WAIT, "payment metrics", || async { !stack.metrics_text("payment").is_empty() }).await;
+    for order in &declined {
+        assert_eq!(entry(order).status, "declined", "a declined order is never charged");
+    }
+    let charges = ledger.iter().filter(|e| e.kind == "charge").count();
+    assert_eq!(charges, paid.len() + declined.len(), "no charge under any other key");
+    let references: std::collections::HashSet<_> = ledger.iter().map(|e| e.reference.clone()).collect();
+    assert_eq!(references.len(), charges, "no order charged under two keys");
+    assert_nothing_dead_lettered(&stack);
     let metrics = stack.metrics_text("payment");
-    assert!(!metrics.contains(r#"outcome="dead_lettered""#), "nothing dead-lettered: {metrics}");
     assert!(metrics.contains(r#"outcome="waited_for_dependency""#), "the faults were met: {metrics}");
+    assert!(metrics.contains(r#"operation="lookup",outcome="found""#), "ambiguous outcomes read the ledger: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_meets_every_fault_and_is_given_back_once() {
+    let stack = TestStack::spawn().await;
+    stack.stock(&[("GONE", 0)]).await;
+    let mut refunded = Vec::new();
+    for (n, fault) in every_fault().iter().enumerate() {
+        // Charges go through; the refund the shortage triggers meets the fault.
+        let mut fault = fault.clone();
+        fault["scope"] = json!("refunds");
+        let response = stack.simulator.faults(fault.clone()).await;
+        assert_eq!(response.status(), 200, "{fault}");
+        let orders = (0..2).map(|i| (format!("refund-{n}-{i}"), order(&format!("cust-{n}-{i}"), "GONE")));
+        let placed = place_all(&stack, orders).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stack.simulator.faults(json!({"mode": "none"})).await;
+        for order in &placed {
+            stack.wait_for_status(*order, "REFUNDED", WAIT).await;
+        }
+        refunded.extend(placed);
+    }
+    let ledger = stack.simulator.ledger().await;
+    for order in &refunded {
+        let charge = ledger.iter().find(|e| e.idempotency_key == orderflow_payment::charge_key(*order)).unwrap();
+        let refunds: Vec<_> = ledger.iter().filter(|e| e.kind == "refund" && e.charge_id == Some(charge.id)).collect();
+        assert_eq!(refunds.len(), 1, "order {order}: one refund");
+        assert_eq!(refunds[0].idempotency_key, orderflow_payment::refund_key(*order));
+        assert_eq!(refunds[0].amount_minor, charge.amount_minor);
+    }
+    assert_eq!(ledger.iter().filter(|e| e.kind == "refund").count(), refunded.len());
+    assert_nothing_dead_lettered(&stack);
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_opens_the_breaker_so_the_provider_sees_a_trickle_and_it_closes_after() {
+    let stack = TestStack::spawn().await;
+    stack.simulator.faults(json!({"mode": "unavailable"})).await;
+    let orders = (0..30).map(|i| (format!("outage-{i}"), order(&format!("cust-{i}"), "SKU-1")));
+    let placed = place_all(&stack, orders).await;
+    eventually(WAIT, "the breaker opens", || async {
+        gauge(&stack.metrics_text("payment"), "orderflow_provider_breaker_state") == Some(2.0)
+    })
+    .await;
+    // While it is open (probing after 200 ms, doubling to 2 s), 30 waiting orders on 12
+    // partitions cost the provider a few probes, not a retry storm.
+    let before = stack.simulator.stats().await.requests;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = stack.simulator.stats().await.requests - before;
+    assert!(during <= 20, "{during} requests in 4 s of outage");
+    stack.simulator.faults(json!({"mode": "none"})).await;
+    for order in &placed {
+        stack.wait_for_status(*order, "PAID", WAIT).await;
+    }
+    let metrics = stack.metrics_text("payment");
+    assert_eq!(gauge(&metrics, "orderflow_provider_breaker_state"), Some(0.0), "closed again: {metrics}");
+    assert!(metrics.contains(r#"orderflow_provider_breaker_transitions_total{to="open"}"#));
+    assert!(metrics.contains(r#"orderflow_provider_breaker_transitions_total{to="closed"}"#));
+    let ledger = stack.simulator.ledger().await;
+    assert_eq!(ledger.len(), placed.len(), "each order charged once");
+    assert_nothing_dead_lettered(&stack);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_payment_instances_share_the_provider_limit_and_never_exceed_it() {
+    let mut stack = TestStack::spawn_without_payment().await;
+    const LIMIT: u32 = 20;
+    stack.simulator.faults(json!({"rate_limit_per_sec": LIMIT})).await;
+    for _ in 0..2 {
+        let mut provider = stack.provider_settings();
+        provider.rate_limit_per_sec = Some(f64::from(LIMIT));
+        stack.start_payment(provider).await;
+    }
+    let orders = (0..120).map(|i| (format!("limit-{i}"), order(&format!("cust-{i}"), "SKU-1")));
+    let placed = place_all(&stack, orders).await;
+    for order in &placed {
+        stack.wait_for_status(*order, "PAID", WAIT).await;
+    }
+    let stats = stack.simulator.stats().await;
+    assert_eq!(stats.rate_limited, 0, "the provider never had to refuse a request: {stats:?}");
+    assert!(stats.peak_per_second() <= u64::from(LIMIT), "{stats:?}");
+    assert_eq!(stack.simulator.ledger().await.len(), placed.len());
+    // Both instances charged (the bucket is shared, not one instance's).
+    for name in ["payment", "payment#2"] {
+        let metrics = stack.metrics_text(name);
+        assert!(
+            metrics.contains(r#"orderflow_provider_requests_total{operation="charge",outcome="approved"}"#),
+            "{name}"
+        );
+        assert_eq!(gauge(&metrics, "orderflow_provider_rate_limit_per_second"), Some(f64::from(LIMIT)));
+    }
 }

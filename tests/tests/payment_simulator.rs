@@ -112,3 +112,56 @@ async fn transient_timeouts_follow_the_seed_and_the_rate_limit_answers_429_with_
     let keys_charged = sim.ledger().await.iter().filter(|e| e.idempotency_key.starts_with("rl-")).count();
     assert_eq!(keys_charged, 12 - limited.len(), "a 429 charges nothing");
 }
+
+#[tokio::test]
+async fn down_refuses_connections_and_a_reset_after_the_charge_leaves_the_charge_in_the_ledger() {
+    let sim = TestSimulator::spawn().await;
+    // A client with a pooled keep-alive connection, as the payment service has.
+    let (status, _, _) = charge(&sim, "k-before", SHORT).await.unwrap();
+    assert_eq!(status, 200);
+
+    assert_eq!(sim.faults(json!({"mode": "down"})).await.status(), 200);
+    let refused = charge(&sim, "k-down", SHORT).await.expect_err("the port is closed");
+    assert!(refused.is_connect(), "connection refused, not a timeout: {refused:?}");
+    assert_eq!(charged(&sim, "k-down").await, 0);
+    sim.faults(json!({"mode": "none"})).await;
+    let (status, _, _) = charge(&sim, "k-after-down", SHORT).await.unwrap();
+    assert_eq!(status, 200, "the port is open again");
+
+    sim.faults(json!({"mode": "reset_after_charge"})).await;
+    let reset = charge(&sim, "k-reset", SHORT).await.expect_err("no answer");
+    assert!(!reset.is_timeout(), "a reset, not a timeout: {reset:?}");
+    assert_eq!(charged(&sim, "k-reset").await, 1, "the charge happened before the reset");
+
+    // Scope: a refund-only fault leaves charges alone.
+    sim.faults(json!({"mode": "unavailable", "scope": "refunds"})).await;
+    let (status, _, _) = charge(&sim, "k-scoped", SHORT).await.unwrap();
+    assert_eq!(status, 200);
+
+    let stats = sim.stats().await;
+    assert_eq!(stats.requests, 4, "every request that reached the API (not the refused one): {stats:?}");
+    assert_eq!(stats.rate_limited, 0);
+}
+
+#[tokio::test]
+async fn down_needs_an_admin_port_to_come_back_and_unknown_modes_are_refused() {
+    let db = orderflow_tests::TestDatabase::create().await;
+    let pool = db.pool().await;
+    orderflow_payment_simulator::migrate(&pool).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let _running =
+        orderflow_tests::Running::spawn(move |stop| orderflow_payment_simulator::run(listener, None, pool, stop));
+    let put = |faults: Value| {
+        let url = url.clone();
+        async move { reqwest::Client::new().put(format!("{url}/admin/faults")).json(&faults).send().await.unwrap() }
+    };
+    let response = put(json!({"mode": "down"})).await;
+    assert_eq!(response.status(), 400, "without an admin port nothing could switch `down` back");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("--admin-listen"), "{body}");
+    let response = put(json!({"mode": "bogus"})).await;
+    assert_eq!(response.status(), 400, "an unknown mode is a clear error");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown variant"), "{body}");
+}

@@ -1,6 +1,7 @@
 //! Shared by the demo and the benchmark: sample orders and an order-api client.
 
 pub mod consumer_bench;
+pub mod drill;
 
 use rand::{Rng, seq::IndexedRandom};
 use serde_json::{Value, json};

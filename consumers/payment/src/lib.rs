@@ -7,9 +7,12 @@
 //! with an idempotency key derived from the order (`order-<id>-charge`): a crash after the
 //! charge and before the commit redelivers the event, the retry gets the provider's stored
 //! result for that key, and the customer is charged once. An ambiguous answer (timeout, 5xx) is
-//! retried with the same key, never with a new one.
+//! resolved by reading the provider's ledger under the same key, or retried later with the same
+//! key — never with a new one. Breaker, adaptive window, shared rate limit and retry budget: see
+//! [`resilience`].
 
 pub mod provider;
+pub mod resilience;
 
 use std::sync::Arc;
 
@@ -24,7 +27,7 @@ use orderflow_schemas::{
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use provider::{ChargeError, ChargeOutcome, PaymentProviderClient};
+pub use provider::{ChargeError, ChargeOutcome, PaymentProviderClient, ProviderSettings};
 
 pub const GROUP: &str = "payment";
 
@@ -134,7 +137,10 @@ impl PaymentHandler {
 fn provider_failure(e: ChargeError) -> Failure {
     match e {
         ChargeError::Ambiguous(m) => Failure::Unavailable(format!("provider: {m}")),
-        ChargeError::RateLimited(_) => Failure::Unavailable("provider rate limit".into()),
+        ChargeError::RateLimited(wait) => Failure::Backpressure { reason: "provider rate limit (429)".into(), wait },
+        ChargeError::HeldBack { reason, wait } => {
+            Failure::Backpressure { reason: format!("provider call held back: {reason}"), wait }
+        }
         ChargeError::Rejected(m) => Failure::dead("provider_rejected", m),
         ChargeError::Misconfigured(m) => {
             // Every order would fail the same way: wait (the partition pauses) instead of

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
 use orderflow_consumer_runtime::ConsumerSettings;
-use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient};
+use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -21,9 +21,25 @@ struct Args {
     metrics_listen: String,
     #[arg(long, env = "ORDERFLOW_PROVIDER_URL", default_value = "http://127.0.0.1:8090")]
     provider_url: String,
-    /// Per-attempt timeout of a provider call.
+    /// Per-attempt timeout of a provider request.
     #[arg(long, env = "ORDERFLOW_PROVIDER_TIMEOUT_MS", default_value_t = 5000)]
     provider_timeout_ms: u64,
+    /// Overall deadline of one provider call (waits for a token, the request, the ledger read).
+    #[arg(long, env = "ORDERFLOW_PROVIDER_DEADLINE_MS", default_value_t = 15000)]
+    provider_deadline_ms: u64,
+    /// The provider's request limit per second, shared by every payment instance through a
+    /// token bucket in the payments database. Unset: no limit.
+    #[arg(long, env = "ORDERFLOW_PROVIDER_RATE_LIMIT")]
+    provider_rate_limit: Option<f64>,
+    /// Failures in a row that open the circuit breaker.
+    #[arg(long, env = "ORDERFLOW_PROVIDER_BREAKER_FAILURES", default_value_t = 5)]
+    breaker_failures: u32,
+    /// The most provider calls one instance has in flight (the adaptive window's ceiling).
+    #[arg(long, env = "ORDERFLOW_PROVIDER_MAX_WINDOW", default_value_t = 64)]
+    provider_max_window: usize,
+    /// Retries allowed as a share of first requests.
+    #[arg(long, env = "ORDERFLOW_PROVIDER_RETRY_RATIO", default_value_t = 0.1)]
+    retry_ratio: f64,
 }
 
 #[tokio::main]
@@ -34,10 +50,20 @@ async fn main() -> anyhow::Result<()> {
     orderflow_payment::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
+    let settings = ConsumerSettings::new(GROUP, &["orders"], kafka);
+    let mut provider = ProviderSettings::new(&args.provider_url);
+    provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
+    provider.deadline = Duration::from_millis(args.provider_deadline_ms);
+    provider.rate_limit_per_sec = args.provider_rate_limit;
+    provider.breaker.failure_threshold = args.breaker_failures.max(1);
+    provider.max_window = args.provider_max_window;
+    provider.retry_ratio = args.retry_ratio;
+    // The shared bucket is taken while the handler's transaction holds a connection: a pool of
+    // its own, so the two never wait for each other.
+    let limits = PgPoolOptions::new().max_connections(2).connect(&args.database_url).await?;
     let handler = PaymentHandler {
-        provider: PaymentProviderClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms)),
+        provider: PaymentProviderClient::new(provider, &settings.registry, Some(limits)).await?,
         codec: codec.clone(),
     };
-    let settings = ConsumerSettings::new(GROUP, &["orders"], kafka);
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -31,7 +31,8 @@
 //! Ordering trade-off: while a record is in the retry topic, later records with the same key
 //! are handled before it. Handlers must therefore accept events of one order out of order
 //! (every orderflow handler checks the order's state and version, never the arrival order).
-//! `Unavailable` keeps order, because it holds the partition.
+//! `Unavailable` keeps order, because it holds the partition. `Backpressure` is the same wait,
+//! for as long as the dependency asks (`Retry-After`, an open circuit breaker).
 
 mod context;
 mod dlt;
@@ -103,6 +104,11 @@ pub enum Failure {
     /// A dependency is down: try again, with capped backoff, for as long as it takes.
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+    /// The dependency asks for a pause of at least `wait` (a 429's `Retry-After`, an open
+    /// circuit breaker, a spent retry budget): wait that long (plus up to 10% jitter) and try
+    /// again, spending no attempts.
+    #[error("dependency asks to wait {wait:?}: {reason}")]
+    Backpressure { reason: String, wait: Duration },
     /// Permanent: dead-letter now with this reason.
     #[error("dead-letter: {class}: {reason}")]
     Dead { class: String, reason: String },

@@ -363,6 +363,14 @@ async fn process<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool
                     return false;
                 }
             }
+            Err(Failure::Backpressure { reason, wait }) => {
+                count("waited_for_dependency");
+                tracing::debug!(group, %event_id, %reason, ?wait, "dependency asks to wait");
+                let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
+                if !pause(stop, wait + jitter).await {
+                    return false;
+                }
+            }
         }
     }
 }

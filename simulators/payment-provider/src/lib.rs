@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
 use uuid::Uuid;
 
 pub const API_VERSION: &str = "2026-01";
@@ -140,16 +143,21 @@ fn decide(customer: &str) -> (&'static str, Option<&'static str>) {
 struct AppState {
     pool: PgPool,
     faults: Arc<Mutex<faults::FaultState>>,
+    /// True while the API port is closed (`down`).
+    down: Arc<watch::Sender<bool>>,
+    /// Whether an admin port exists to switch `down` back.
+    has_admin: bool,
 }
 
-pub fn router(pool: PgPool) -> Router {
-    let state = AppState { pool, faults: Arc::default() };
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/charges", post(charge))
         .route("/v1/charges/{key}", get(entry_by_key))
         .route("/v1/refunds", post(refund))
+        .route("/v1/refunds/{key}", get(entry_by_key))
         .route("/ledger", get(ledger))
         .route("/admin/faults", get(get_faults).put(set_faults))
+        .route("/admin/stats", get(get_stats).delete(reset_stats))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .with_state(state)
 }
@@ -161,20 +169,42 @@ async fn get_faults(State(state): State<AppState>) -> Json<faults::Faults> {
 async fn set_faults(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ProviderError> {
     let faults: faults::Faults = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
     faults.validate().map_err(ProviderError::Invalid)?;
-    *state.faults.lock().expect("faults lock") = faults::FaultState::new(faults);
+    let down = faults.mode == faults::FaultMode::Down;
+    if down && !state.has_admin {
+        return Err(ProviderError::Invalid(
+            "mode down closes the API port: start the simulator with --admin-listen to switch it back".into(),
+        ));
+    }
+    state.faults.lock().expect("faults lock").switch(faults);
+    state.down.send_replace(down);
     tracing::info!(?faults, "faults switched");
     Ok(Json(faults).into_response())
 }
 
+async fn get_stats(State(state): State<AppState>) -> Json<faults::Stats> {
+    Json(state.faults.lock().expect("faults lock").stats.clone())
+}
+
+async fn reset_stats(State(state): State<AppState>) -> StatusCode {
+    state.faults.lock().expect("faults lock").stats = faults::Stats::default();
+    StatusCode::NO_CONTENT
+}
+
+/// Resets the connection a request came on (`reset_after_charge`).
+#[derive(Clone)]
+struct ConnectionReset(Arc<Notify>);
+
 /// Serves a charge or refund through the configured faults.
 async fn with_faults(
     state: &AppState,
+    refund: bool,
+    reset: Option<ConnectionReset>,
     serve: impl Future<Output = Result<Response, ProviderError>>,
 ) -> Result<Response, ProviderError> {
     use faults::{FaultMode, Plan};
     let (plan, delay) = {
         let mut faults = state.faults.lock().expect("faults lock");
-        (faults.plan(), Duration::from_millis(faults.faults.delay_ms))
+        (faults.plan(refund), Duration::from_millis(faults.faults.delay_ms))
     };
     let (mode, hang_after) = match plan {
         Plan::RateLimited(seconds) => return Err(ProviderError::RateLimited(seconds)),
@@ -192,6 +222,14 @@ async fn with_faults(
     }
     match mode {
         FaultMode::FailAfterCharge => Err(ProviderError::AfterProcessing),
+        FaultMode::ResetAfterCharge => match reset {
+            Some(ConnectionReset(reset)) => {
+                reset.notify_one();
+                // The connection is gone before this answer could be written.
+                std::future::pending().await
+            }
+            None => Err(ProviderError::AfterProcessing),
+        },
         FaultMode::ErrorPayload => {
             let body = json!({ "error": { "code": "processing_error", "message": "simulated error payload" } });
             Ok((StatusCode::OK, Json(body)).into_response())
@@ -200,21 +238,120 @@ async fn with_faults(
     }
 }
 
+/// Serves the API on `api` and, when given, the same routes on `admin` — a port that stays up
+/// when the fault `down` closes the API port.
 pub async fn run(
-    listener: TcpListener,
+    api: TcpListener,
+    admin: Option<TcpListener>,
     pool: PgPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "payment simulator listening");
-    axum::serve(listener, router(pool)).with_graceful_shutdown(shutdown).await.context("serving the simulator")
+    let state = AppState {
+        pool,
+        faults: Arc::default(),
+        down: Arc::new(watch::Sender::new(false)),
+        has_admin: admin.is_some(),
+    };
+    tracing::info!(api = %api.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "payment simulator listening");
+    let (stop, stopped) = watch::channel(false);
+    let app = router(state.clone());
+    let admin = admin.map(|admin| {
+        let mut stopped = stopped.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            axum::serve(admin, app).with_graceful_shutdown(shutdown).await
+        })
+    });
+    let served = tokio::spawn(serve_api(api, app, state.down.subscribe(), stopped));
+    shutdown.await;
+    stop.send_replace(true);
+    served.await.context("the API loop")??;
+    if let Some(admin) = admin {
+        admin.await.context("the admin server")??;
+    }
+    Ok(())
+}
+
+/// The API's accept loop: `down` closes the listening socket (new connections are refused)
+/// and resets every open connection; `up` binds the same address again.
+async fn serve_api(
+    mut listener: TcpListener,
+    app: Router,
+    mut down: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    loop {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        connections.spawn(serve_connection(stream, app.clone()));
+                    }
+                    Err(error) => tracing::warn!(%error, "accept failed"),
+                },
+                _ = down.wait_for(|d| *d) => break,
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
+            }
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        connections.abort_all();
+        tracing::warn!(%addr, "API port closed (fault: down)");
+        tokio::select! {
+            _ = down.wait_for(|d| !*d) => {}
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+        listener = rebind(addr).await?;
+        tracing::info!(%addr, "API port open again");
+    }
+}
+
+async fn rebind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) if tries < 50 => {
+                tries += 1;
+                tracing::warn!(%error, %addr, "cannot bind the API port yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error).context("binding the API port again"),
+        }
+    }
+}
+
+/// One HTTP/1 connection. Closing with a zero linger sends a reset, not a FIN, so an aborted
+/// connection (`down`, `reset_after_charge`) is a reset for the client.
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    let reset = Arc::new(Notify::new());
+    let app = app.layer(axum::Extension(ConnectionReset(reset.clone())));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended");
+            }
+        }
+        () = reset.notified() => tracing::info!("connection reset after the charge (fault)"),
+    }
 }
 
 async fn charge(
     State(state): State<AppState>,
+    reset: Option<axum::Extension<ConnectionReset>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ProviderError> {
-    with_faults(&state, charge_now(&state.pool, headers, body)).await
+    with_faults(&state, false, reset.map(|r| r.0), charge_now(&state.pool, headers, body)).await
 }
 
 async fn charge_now(pool: &PgPool, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ProviderError> {
@@ -243,10 +380,11 @@ async fn charge_now(pool: &PgPool, headers: HeaderMap, body: axum::body::Bytes) 
 
 async fn refund(
     State(state): State<AppState>,
+    reset: Option<axum::Extension<ConnectionReset>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ProviderError> {
-    with_faults(&state, refund_now(&state.pool, headers, body)).await
+    with_faults(&state, true, reset.map(|r| r.0), refund_now(&state.pool, headers, body)).await
 }
 
 async fn refund_now(pool: &PgPool, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ProviderError> {
@@ -356,7 +494,22 @@ fn entry_of(r: &sqlx::postgres::PgRow) -> LedgerEntry {
     }
 }
 
+/// A ledger read by key: counted against the rate limit, and failing with the provider when it
+/// is unavailable (or slow).
 async fn entry_by_key(State(state): State<AppState>, Path(key): Path<String>) -> Result<Response, ProviderError> {
+    let (limited, mode, delay) = {
+        let mut faults = state.faults.lock().expect("faults lock");
+        let mode = if faults.faults.scope == faults::Scope::All { faults.faults.mode } else { faults::FaultMode::None };
+        (faults.admit(), mode, Duration::from_millis(faults.faults.delay_ms))
+    };
+    if let Some(seconds) = limited {
+        return Err(ProviderError::RateLimited(seconds));
+    }
+    match mode {
+        faults::FaultMode::Unavailable => return Err(ProviderError::Unavailable),
+        faults::FaultMode::Latency => tokio::time::sleep(delay).await,
+        _ => {}
+    }
     let (entry, _) = find(&mut *state.pool.acquire().await?, &key).await?.ok_or(ProviderError::NotFound)?;
     Ok(Json(entry).into_response())
 }
