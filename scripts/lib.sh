@@ -179,7 +179,7 @@ ensure_broker() {
     mkdir -p "$dir"
     log "starting the tansu broker on $ORDERFLOW_KAFKA_BOOTSTRAP (data: $dir/tansu.db)"
     (cd "$dir" && setsid nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-        --storage-engine sqlite://tansu.db >"$dir/broker.log" 2>&1 &)
+        --storage-engine "${ORDERFLOW_TANSU_STORAGE:-sqlite://tansu.db}" >"$dir/broker.log" 2>&1 &)
     for _ in $(seq 100); do
         if port_open "$ORDERFLOW_KAFKA_PORT"; then
             # setsid may fork, so find the broker by its command line rather than by $!.

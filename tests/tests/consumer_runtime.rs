@@ -148,6 +148,44 @@ async fn a_slow_partition_is_paused_instead_of_buffered_and_others_keep_moving()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_paused_when_revoked_is_fetched_again_when_assigned_back() {
+    // librdkafka keeps an application pause across revoke and assign: without a resume on
+    // assignment, a partition paused (its queue full) when a member joined stays paused for good.
+    let bed = RuntimeBed::spawn(2).await;
+    bed.script.plan_all(Some(Plan::Slow(Duration::from_millis(200))));
+    let mut ids = bed.publish_to("p0", Some(0), 100).await;
+    ids.extend(bed.publish_to("p1", Some(1), 100).await);
+    let settings = || {
+        let mut settings = bed.settings();
+        settings.partition_queue = 2;
+        settings.batch_size = 1;
+        settings
+    };
+    let first_settings = settings();
+    let first_registry = first_settings.registry.clone();
+    let _first = bed.start(first_settings);
+    eventually(WAIT, "a partition paused in the first instance", || async {
+        let text = orderflow_platform::metrics::render(&first_registry);
+        metric(&text, r#"orderflow_consumer_paused_partitions{group="runtime-test"}"#) >= 1.0
+    })
+    .await;
+    // A second member joins (everything is revoked and re-assigned), then leaves (its
+    // partitions come back to the first).
+    let second = bed.start(settings());
+    eventually(WAIT, "the second member takes a partition", || async {
+        let text = orderflow_platform::metrics::render(&first_registry);
+        metric(&text, r#"orderflow_consumer_rebalances_total{group="runtime-test",kind="assign"}"#) >= 2.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.stop().await;
+    eventually(Duration::from_secs(120), "every record handled", || async {
+        bed.effect_totals().await.0 == ids.len() as i64
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_rebalancing_under_load_never_double_a_side_effect() {
     let bed = RuntimeBed::spawn(6).await;
     bed.script.plan_all(Some(Plan::Slow(Duration::from_millis(2))));

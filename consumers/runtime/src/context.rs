@@ -65,9 +65,16 @@ impl ConsumerContext for RuntimeContext {
             "partitions revoked: in-flight records finished, offsets committed");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => {
+                // librdkafka keeps an application pause on a partition across revoke and assign
+                // (only its own pause is cleared): a partition we paused while its queue was full
+                // and that comes back to us would never be fetched again. Nothing is parked for
+                // a new assignment, so every assigned partition starts resumed.
+                if let Err(error) = consumer.resume(assigned) {
+                    tracing::warn!(group = %self.group, %error, "could not resume the assigned partitions");
+                }
                 self.metrics.rebalances.with_label_values(&[&self.group, "assign"]).inc();
                 tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");
             }

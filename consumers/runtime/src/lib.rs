@@ -28,6 +28,12 @@
 //!   backoff for as long as it takes, spending no attempts: the partition pauses rather than
 //!   burning retries into the DLT.
 //!
+//! Offsets are checked as they arrive: a record past the next expected offset means the client
+//! skipped some; the runtime seeks back for them once, and if the broker serves the same gap
+//! again it moves on with an error log and `orderflow_consumer_offset_gaps_total{resolution=
+//! "accepted"}` (on orderflow's topics — no compaction, no transactions — that is loss by the
+//! broker; the drill caught tansu 0.6.0's object storage doing it).
+//!
 //! Ordering trade-off: while a record is in the retry topic, later records with the same key
 //! are handled before it. Handlers must therefore accept events of one order out of order
 //! (every orderflow handler checks the order's state and version, never the arrival order).
@@ -249,6 +255,9 @@ struct Slot {
     parked: VecDeque<OwnedMessage>,
     /// The next offset this slot accepts; anything below was already taken.
     next_offset: i64,
+    /// The offset last sought back to after a gap: a gap that shows up again right after is
+    /// real (compaction, transaction markers) and accepted.
+    rewound_to: Option<i64>,
 }
 
 fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
@@ -353,10 +362,35 @@ pub async fn run<H: Handler>(
                         let state = worker::PartitionState::new();
                         partitions.insert(message.topic(), message.partition(), state.clone());
                         let task = tokio::spawn(worker::run_partition(shared.clone(), state.clone(), records));
-                        Slot { sender, task, state, parked: VecDeque::new(), next_offset: -1 }
+                        Slot { sender, task, state, parked: VecDeque::new(), next_offset: -1, rewound_to: None }
                     });
                     if message.offset() < slot.next_offset {
                         continue;
+                    }
+                    if slot.next_offset >= 0 && message.offset() > slot.next_offset {
+                        let skipped = (message.offset() - slot.next_offset) as u64;
+                        if slot.rewound_to != Some(slot.next_offset) {
+                            // The client handed us a record past the next one. Go back for the
+                            // records in between rather than let a later commit pass them.
+                            metrics.offset_gaps.with_label_values(&[&group, "refetched"]).inc_by(skipped);
+                            tracing::warn!(%group, topic = message.topic(), partition = message.partition(),
+                                expected = slot.next_offset, got = message.offset(), "offset gap; seeking back");
+                            slot.rewound_to = Some(slot.next_offset);
+                            let target = rdkafka::Offset::Offset(slot.next_offset);
+                            match consumer.seek(message.topic(), message.partition(), target, Duration::from_secs(2)) {
+                                Ok(()) => continue,
+                                Err(error) => tracing::warn!(%error, "seek back failed"),
+                            }
+                        }
+                        // The broker serves the same gap again: it has no records there (a
+                        // compacted topic, transaction markers — or a broker that lost them:
+                        // tansu 0.6.0's object storage skips the rest of a batch when a fetch
+                        // starts inside it). Moving on is the only way forward; it is counted
+                        // and logged as an error, because on orderflow's topics it means loss.
+                        metrics.offset_gaps.with_label_values(&[&group, "accepted"]).inc_by(skipped);
+                        tracing::error!(%group, topic = message.topic(), partition = message.partition(),
+                            from = slot.next_offset, to = message.offset() - 1,
+                            "the broker has no records at these offsets; moving past them");
                     }
                     slot.next_offset = message.offset() + 1;
                     if !slot.parked.is_empty() {

@@ -18,6 +18,10 @@ pub struct ConsumerMetrics {
     pub paused_partitions: IntGaugeVec,
     /// Times a partition was paused (its queue was full).
     pub pauses: IntCounterVec,
+    /// Offsets the client skipped (a fetched offset past the next expected one), by
+    /// resolution: `refetched` (the runtime sought back for them) or `accepted` (the broker
+    /// served the same gap again: it has no records there). Both should stay 0.
+    pub offset_gaps: IntCounterVec,
     /// kind: assign | revoke
     pub rebalances: IntCounterVec,
     /// Time from revoke to committed offsets (finishing the records in hand).
@@ -60,6 +64,13 @@ impl ConsumerMetrics {
             ),
             &["group"],
         )?;
+        let offset_gaps = IntCounterVec::new(
+            Opts::new(
+                "orderflow_consumer_offset_gaps_total",
+                "Offsets the client skipped over, by resolution (refetched, accepted)",
+            ),
+            &["group", "resolution"],
+        )?;
         let rebalances = IntCounterVec::new(
             Opts::new("orderflow_consumer_rebalances_total", "Partition assignments and revocations"),
             &["group", "kind"],
@@ -81,6 +92,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(paused_partitions.clone()))?;
         registry.register(Box::new(pauses.clone()))?;
+        registry.register(Box::new(offset_gaps.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(revoke_seconds.clone()))?;
         Ok(ConsumerMetrics {
@@ -92,6 +104,7 @@ impl ConsumerMetrics {
             lag,
             paused_partitions,
             pauses,
+            offset_gaps,
             rebalances,
             revoke_seconds,
         })

@@ -48,6 +48,10 @@ struct Args {
     /// Orders posted at once while filling the backlog.
     #[arg(long, default_value_t = 64)]
     intake_concurrency: usize,
+    /// Orders per second while filling the backlog (checkout traffic during the outage; the
+    /// local tansu broker falls over when flooded faster than it can store).
+    #[arg(long, default_value_t = 300.0)]
+    intake_rate: f64,
     /// Instance i serves its metrics on this port + i.
     #[arg(long, default_value_t = 28300)]
     metrics_port: u16,
@@ -76,6 +80,15 @@ impl Drop for Instances {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // ctrl-c or SIGTERM ends the drill through the same path as an error: the instances it
+    // started are stopped (Instances' drop), never left running against the next drill.
+    tokio::select! {
+        result = drill(args) => result,
+        () = orderflow_platform::shutdown::shutdown_signal() => anyhow::bail!("interrupted"),
+    }
+}
+
+async fn drill(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.limit >= 1.0 && args.instances >= 1 && args.orders >= 1,
         "orders, instances and limit must be positive"
@@ -108,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("starting {}", args.payment_bin.display()))?;
         children.push(child);
     }
-    let instances = Instances(children);
+    let mut instances = Instances(children);
     let started = Instant::now();
     let start_second = chrono::Utc::now().timestamp();
 
@@ -117,6 +130,14 @@ async fn main() -> anyhow::Result<()> {
     let mut drained: Option<Duration> = None;
     let pending = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, child) in instances.0.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "payment instance {i} exited ({status}); see {}",
+                    args.log_dir.join(format!("payment-{i}.log")).display()
+                );
+            }
+        }
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING_PAYMENT'").fetch_one(&pool).await?;
         let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&payments).await?;
@@ -171,11 +192,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Posts the orders, `intake_concurrency` at a time, each retried until accepted.
+/// Posts the orders at `intake_rate`, at most `intake_concurrency` at a time, each retried
+/// until accepted.
 async fn fill_backlog(args: &Args, http: &reqwest::Client) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut done = 0u64;
-    let mut posts = futures::stream::iter(0..args.orders)
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.intake_rate.max(1.0)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let paced = futures::stream::unfold((0, tick), |(i, mut tick)| async move {
+        if i >= args.orders {
+            return None;
+        }
+        tick.tick().await;
+        Some((i, (i + 1, tick)))
+    });
+    let posts = paced
         .map(|_| async {
             let body = orderflow_tools::sample_order(&mut rand::rng(), 0.02);
             let key = uuid::Uuid::new_v4().to_string();
@@ -191,6 +222,7 @@ async fn fill_backlog(args: &Args, http: &reqwest::Client) -> anyhow::Result<()>
             anyhow::bail!("the API did not accept an order after 20 tries")
         })
         .buffer_unordered(args.intake_concurrency);
+    tokio::pin!(posts);
     let mut last = Instant::now();
     while let Some(result) = posts.next().await {
         result?;
