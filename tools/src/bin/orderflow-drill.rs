@@ -126,7 +126,7 @@ async fn drill(args: Args) -> anyhow::Result<()> {
     let start_second = chrono::Utc::now().timestamp();
 
     println!("3/3 draining");
-    let mut last_requests = 0;
+    let (mut last_requests, mut last_at) = (0, Instant::now());
     let mut drained: Option<Duration> = None;
     let pending = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -154,13 +154,14 @@ async fn drill(args: Args) -> anyhow::Result<()> {
             }
         }
         println!(
-            "  t={:>5.0}s  payments {paid:>6}/{accepted}  settled {:>6}  pending {pending:>6}  provider {:>4} req/s (429s {})  window {windows:.0}  breakers not closed {open}",
+            "  t={:>5.0}s  payments {paid:>6}/{accepted}  settled {:>6}  pending {pending:>6}  provider {:>4.0} req/s (429s {})  window {windows:.0}  breakers not closed {open}",
             started.elapsed().as_secs_f64(),
             accepted - pending,
-            stats.requests - last_requests,
+            // Per second since the last line (a line takes a little over a second).
+            (stats.requests - last_requests) as f64 / last_at.elapsed().as_secs_f64(),
             stats.rate_limited,
         );
-        last_requests = stats.requests;
+        (last_requests, last_at) = (stats.requests, Instant::now());
         if pending == 0 || started.elapsed() > Duration::from_secs(args.timeout_secs) {
             break pending;
         }
