@@ -175,6 +175,13 @@ async fn two_payment_instances_share_the_provider_limit_and_never_exceed_it() {
         provider.rate_limit_per_sec = Some(f64::from(LIMIT));
         stack.start_payment(provider).await;
     }
+    // Both members hold partitions of `orders` before the load arrives.
+    eventually(WAIT, "both instances assigned", || async {
+        ["payment", "payment#2"]
+            .iter()
+            .all(|name| stack.metrics_text(name).contains(r#"orderflow_consumer_lag{group="payment",partition="#))
+    })
+    .await;
     let orders = (0..120).map(|i| (format!("limit-{i}"), order(&format!("cust-{i}"), "SKU-1")));
     let placed = place_all(&stack, orders).await;
     for order in &placed {
