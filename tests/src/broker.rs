@@ -19,6 +19,8 @@ pub struct TestBroker {
     pub bootstrap: String,
     port: u16,
     dir: PathBuf,
+    /// tansu's `--storage-engine`: SQLite by default (durable, so tests can restart it).
+    storage: String,
     child: Option<Child>,
 }
 
@@ -28,10 +30,17 @@ fn free_port() -> u16 {
 
 impl TestBroker {
     pub fn spawn() -> TestBroker {
+        Self::spawn_with_storage("sqlite://tansu.db")
+    }
+
+    /// A broker on another of tansu's storage engines (`memory://tansu/`: object storage in
+    /// memory, which serves whole stored batches only).
+    pub fn spawn_with_storage(storage: &str) -> TestBroker {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("orderflow-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = TestBroker { bootstrap: format!("127.0.0.1:{port}"), port, dir, child: None };
+        let mut broker =
+            TestBroker { bootstrap: format!("127.0.0.1:{port}"), port, dir, storage: storage.into(), child: None };
         broker.start();
         broker
     }
@@ -49,7 +58,7 @@ impl TestBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "sqlite://tansu.db",
+                &self.storage,
             ])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
@@ -88,6 +97,21 @@ impl TestBroker {
 
     pub fn producer(&self) -> FutureProducer {
         self.settings().producer("test-producer", Duration::from_secs(10)).create().unwrap()
+    }
+
+    /// A producer that waits `linger` to fill a batch, so records sent together share one.
+    pub fn batching_producer(&self, linger: Duration) -> FutureProducer {
+        let mut config = self.settings().producer("test-producer", Duration::from_secs(10));
+        config.set("linger.ms", linger.as_millis().to_string());
+        config.create().unwrap()
+    }
+
+    /// Commits `offset` (the next to read) for `group` on one partition, as a member that left.
+    pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
+        let consumer: rdkafka::consumer::BaseConsumer = self.settings().consumer("test-committer", group).create().unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset)).unwrap();
+        consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
     }
 
     /// Reads `topic` from the beginning with a fresh group until `count` records arrived.

@@ -115,7 +115,10 @@ pub struct RuntimeBed {
 
 impl RuntimeBed {
     pub async fn spawn(partitions: i32) -> RuntimeBed {
-        let broker = TestBroker::spawn();
+        Self::spawn_on(TestBroker::spawn(), partitions).await
+    }
+
+    pub async fn spawn_on(broker: TestBroker, partitions: i32) -> RuntimeBed {
         let topic = "orders".to_string();
         broker.create_topic(&topic, partitions).await;
         let registry = TestRegistry::spawn().await;
@@ -152,7 +155,17 @@ impl RuntimeBed {
 
     /// As [`Self::publish`], to a chosen partition.
     pub async fn publish_to(&self, key: &str, partition: Option<i32>, count: usize) -> Vec<Uuid> {
-        let producer = self.broker.producer();
+        self.publish_with(&self.broker.producer(), key, partition, count).await
+    }
+
+    /// As [`Self::publish_to`], through `producer`.
+    pub async fn publish_with(
+        &self,
+        producer: &rdkafka::producer::FutureProducer,
+        key: &str,
+        partition: Option<i32>,
+        count: usize,
+    ) -> Vec<Uuid> {
         let mut ids = Vec::with_capacity(count);
         let mut sends = Vec::with_capacity(count);
         for i in 0..count {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_consumer_runtime::{backoff_ceiling, dlt_tools, retry_headers};
 use orderflow_tests::{
-    broker::header,
+    broker::{TestBroker, header},
     consumer::{Plan, RuntimeBed, metric},
     intake::eventually,
 };
@@ -183,6 +183,40 @@ async fn a_partition_paused_when_revoked_is_fetched_again_when_assigned_back() {
         bed.effect_totals().await.0 == ids.len() as i64
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_that_serves_only_whole_batches_loses_nothing_from_inside_a_batch() {
+    // tansu's object storage answers a fetch that starts inside a stored batch with the next
+    // batch. A group committed inside a batch, and every fetch after a pause, start there.
+    let bed = RuntimeBed::spawn_on(TestBroker::spawn_with_storage("memory://tansu/"), 1).await;
+    let producer = bed.broker.batching_producer(Duration::from_millis(200));
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.extend(bed.publish_with(&producer, "one-key", Some(0), 60).await);
+    }
+    bed.broker.commit("runtime-test", "orders", 0, 25);
+    bed.script.plan_all(Some(Plan::Slow(Duration::from_millis(5))));
+    let mut settings = bed.settings();
+    // A small queue: the partition pauses, and every resume fetches from inside a batch.
+    settings.partition_queue = 4;
+    settings.batch_size = 2;
+    let registry = settings.registry.clone();
+    let _consumer = bed.start(settings);
+
+    eventually(WAIT, "every record from the committed offset on handled", || async {
+        bed.effect_totals().await.0 == (ids.len() - 25) as i64
+    })
+    .await;
+    for (offset, id) in ids.iter().enumerate() {
+        assert_eq!(bed.effects(*id).await, i64::from(offset >= 25), "record at offset {offset}");
+    }
+    let text = orderflow_platform::metrics::render(&registry);
+    let gaps = |resolution: &str| {
+        metric(&text, &format!(r#"orderflow_consumer_offset_gaps_total{{group="runtime-test",resolution="{resolution}"}}"#))
+    };
+    assert!(gaps("refetched") > 0.0, "the broker skipped records and the runtime fetched them again: {text}");
+    assert_eq!(gaps("accepted"), 0.0, "no gap was passed over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,6 +14,9 @@ use rdkafka::{
 
 use crate::{metrics::ConsumerMetrics, worker::Partitions};
 
+/// How long an assignment waits for the group's committed offsets.
+const COMMITTED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct RuntimeContext {
     pub(crate) group: String,
     pub(crate) partitions: Arc<Partitions>,
@@ -74,6 +77,13 @@ impl ConsumerContext for RuntimeContext {
                 // a new assignment, so every assigned partition starts resumed.
                 if let Err(error) = consumer.resume(assigned) {
                     tracing::warn!(group = %self.group, %error, "could not resume the assigned partitions");
+                }
+                // Where each partition starts, so the offset guard sees a first fetch that skips
+                // records (a broker serving the batch after a committed offset inside one).
+                match consumer.committed_offsets((*assigned).clone(), COMMITTED_LOOKUP_TIMEOUT) {
+                    Ok(committed) => self.partitions.set_starts(&committed),
+                    Err(error) => tracing::warn!(group = %self.group, %error,
+                        "could not read the committed offsets; the first record of each partition sets its start"),
                 }
                 self.metrics.rebalances.with_label_values(&[&self.group, "assign"]).inc();
                 tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");

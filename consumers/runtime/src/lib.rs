@@ -28,11 +28,12 @@
 //!   backoff for as long as it takes, spending no attempts: the partition pauses rather than
 //!   burning retries into the DLT.
 //!
-//! Offsets are checked as they arrive: a record past the next expected offset means the client
-//! skipped some; the runtime seeks back for them once, and if the broker serves the same gap
-//! again it moves on with an error log and `orderflow_consumer_offset_gaps_total{resolution=
-//! "accepted"}` (on orderflow's topics — no compaction, no transactions — that is loss by the
-//! broker; the drill caught tansu 0.6.0's object storage doing it).
+//! Offsets are checked as they arrive, from the committed offset on (see [`offset_guard`]): a
+//! record past the next expected offset means the client skipped some, and the runtime seeks
+//! back for them — further back each time the broker serves the same gap (tansu 0.6.0's object
+//! storage answers a fetch that starts inside a batch with the next batch). Only a gap that
+//! stays however far back the fetch starts is passed, with an error log and
+//! `orderflow_consumer_offset_gaps_total{resolution="accepted"}`.
 //!
 //! Ordering trade-off: while a record is in the retry topic, later records with the same key
 //! are handled before it. Handlers must therefore accept events of one order out of order
@@ -44,6 +45,7 @@ mod context;
 mod dlt;
 pub mod dlt_tools;
 pub mod metrics;
+mod offset_guard;
 mod worker;
 
 use std::{
@@ -253,11 +255,11 @@ struct Slot {
     /// Records fetched while the queue was full; fetching for the partition is paused until
     /// they fit (librdkafka drops what it prefetched and resumes after the last one we took).
     parked: VecDeque<OwnedMessage>,
-    /// The next offset this slot accepts; anything below was already taken.
-    next_offset: i64,
-    /// The offset last sought back to after a gap: a gap that shows up again right after is
-    /// real (compaction, transaction markers) and accepted.
-    rewound_to: Option<i64>,
+    /// Which offset comes next; gaps are fetched again.
+    offsets: offset_guard::OffsetGuard,
+    /// When a record last arrived or the partition was last sought: a partition with records
+    /// ahead and nothing arriving for [`STALL_AFTER`] is fetched again from further back.
+    last_activity: std::time::Instant,
 }
 
 fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
@@ -319,6 +321,7 @@ pub async fn run<H: Handler>(
     let mut commit_tick = tokio::time::interval(settings.commit_interval);
     let mut lag_tick = tokio::time::interval(settings.lag_interval);
     let mut unpark_tick = tokio::time::interval(Duration::from_millis(20));
+    let mut stall_tick = tokio::time::interval(STALL_AFTER);
     unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lag_report: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
@@ -342,6 +345,7 @@ pub async fn run<H: Handler>(
                     }
                 }
             }
+            _ = stall_tick.tick() => refetch_stalled(&consumer, &mut slots, &metrics, &group),
             _ = unpark_tick.tick() => {
                 unpark(&consumer, &mut slots, settings.partition_queue);
                 // Workers of revoked partitions finish their record in hand and end.
@@ -362,37 +366,45 @@ pub async fn run<H: Handler>(
                         let state = worker::PartitionState::new();
                         partitions.insert(message.topic(), message.partition(), state.clone());
                         let task = tokio::spawn(worker::run_partition(shared.clone(), state.clone(), records));
-                        Slot { sender, task, state, parked: VecDeque::new(), next_offset: -1, rewound_to: None }
+                        let committed = partitions.take_start(message.topic(), message.partition());
+                        Slot {
+                            sender,
+                            task,
+                            state,
+                            parked: VecDeque::new(),
+                            offsets: offset_guard::OffsetGuard::starting_at(committed),
+                            last_activity: std::time::Instant::now(),
+                        }
                     });
-                    if message.offset() < slot.next_offset {
-                        continue;
-                    }
-                    if slot.next_offset >= 0 && message.offset() > slot.next_offset {
-                        let skipped = (message.offset() - slot.next_offset) as u64;
-                        if slot.rewound_to != Some(slot.next_offset) {
+                    slot.last_activity = std::time::Instant::now();
+                    match slot.offsets.arrive(message.offset()) {
+                        offset_guard::Arrival::Take => {}
+                        offset_guard::Arrival::AlreadyTaken => continue,
+                        offset_guard::Arrival::SeekBack { to, skipped, first_time } => {
                             // The client handed us a record past the next one. Go back for the
                             // records in between rather than let a later commit pass them.
-                            metrics.offset_gaps.with_label_values(&[&group, "refetched"]).inc_by(skipped);
-                            tracing::warn!(%group, topic = message.topic(), partition = message.partition(),
-                                expected = slot.next_offset, got = message.offset(), "offset gap; seeking back");
-                            slot.rewound_to = Some(slot.next_offset);
-                            let target = rdkafka::Offset::Offset(slot.next_offset);
-                            match consumer.seek(message.topic(), message.partition(), target, Duration::from_secs(2)) {
-                                Ok(()) => continue,
-                                Err(error) => tracing::warn!(%error, "seek back failed"),
+                            if first_time {
+                                metrics.offset_gaps.with_label_values(&[&group, "refetched"]).inc_by(skipped);
+                                tracing::warn!(%group, topic = message.topic(), partition = message.partition(),
+                                    expected = to, got = message.offset(), "offset gap; seeking back");
+                            } else {
+                                tracing::debug!(%group, topic = message.topic(), partition = message.partition(),
+                                    seek_to = to, got = message.offset(), "the same gap again; seeking further back");
                             }
+                            let target = rdkafka::Offset::Offset(to);
+                            if let Err(error) = consumer.seek(message.topic(), message.partition(), target, Duration::from_secs(2)) {
+                                tracing::warn!(%error, "seek back failed; the next record past the gap tries again");
+                            }
+                            continue;
                         }
-                        // The broker serves the same gap again: it has no records there (a
-                        // compacted topic, transaction markers — or a broker that lost them:
-                        // tansu 0.6.0's object storage skips the rest of a batch when a fetch
-                        // starts inside it). Moving on is the only way forward; it is counted
-                        // and logged as an error, because on orderflow's topics it means loss.
-                        metrics.offset_gaps.with_label_values(&[&group, "accepted"]).inc_by(skipped);
-                        tracing::error!(%group, topic = message.topic(), partition = message.partition(),
-                            from = slot.next_offset, to = message.offset() - 1,
-                            "the broker has no records at these offsets; moving past them");
+                        offset_guard::Arrival::GapAccepted { from, skipped } => {
+                            // On orderflow's topics (no compaction, no transactions) this is loss
+                            // by the broker: counted and logged as an error.
+                            metrics.offset_gaps.with_label_values(&[&group, "accepted"]).inc_by(skipped);
+                            tracing::error!(%group, topic = message.topic(), partition = message.partition(),
+                                from, to = message.offset() - 1, "the broker has no records at these offsets; moving past them");
+                        }
                     }
-                    slot.next_offset = message.offset() + 1;
                     if !slot.parked.is_empty() {
                         slot.parked.push_back(message);
                         continue;
@@ -426,8 +438,9 @@ pub async fn run<H: Handler>(
     // A synchronous commit blocks its thread, without end if the broker is gone: bound it, on a
     // thread of its own (a runtime waits for its blocking pool when it shuts down).
     let (done, committed) = tokio::sync::oneshot::channel();
+    let committer = consumer.clone();
     std::thread::spawn(move || {
-        let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
+        let _ = done.send(committer.commit_consumer_state(CommitMode::Sync));
     });
     match tokio::time::timeout(Duration::from_secs(10), committed).await {
         Ok(Ok(Ok(()))) => {}
@@ -437,12 +450,62 @@ pub async fn run<H: Handler>(
         }
         Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
     }
+    // Closing the consumer leaves the group, and with the broker gone librdkafka can wait for it
+    // a long time. Let every other holder go first (the lag report gives up on its first failed
+    // request), then close on a thread of its own: neither the caller nor the runtime's
+    // shutdown waits for it.
+    if let Some(report) = lag_report {
+        let _ = report.await;
+    }
+    drop(shared);
+    std::thread::spawn(move || drop(consumer));
     tracing::info!(%group, "consumer stopped");
     Ok(())
 }
 
+/// How long a partition with records ahead may see nothing arrive before it is fetched again.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// Partitions whose worker has nothing to do, with records on the broker past the next offset
+/// (per the last lag report) and nothing arriving: the fetch started somewhere the broker serves
+/// nothing from (inside the last batch, on tansu's object storage). Fetched again from further
+/// back, searched like a gap.
+fn refetch_stalled(
+    consumer: &StreamConsumer<RuntimeContext>,
+    slots: &mut HashMap<(String, i32), Slot>,
+    metrics: &metrics::ConsumerMetrics,
+    group: &str,
+) {
+    for ((topic, partition), slot) in slots.iter_mut() {
+        let idle = slot.parked.is_empty()
+            && slot.sender.capacity() == slot.sender.max_capacity()
+            && !slot.state.is_busy()
+            && !slot.state.is_stopped();
+        let Some(next) = slot.offsets.next_offset() else { continue };
+        if !idle || slot.last_activity.elapsed() < STALL_AFTER {
+            continue;
+        }
+        let high = metrics.high_watermark.with_label_values(&[group, topic, &partition.to_string()]).get();
+        if high <= next {
+            continue;
+        }
+        slot.last_activity = std::time::Instant::now();
+        match slot.offsets.stalled() {
+            Some(to) => {
+                tracing::debug!(%group, topic, partition, next, high, seek_to = to, "records ahead but none arrive; fetching again");
+                if let Err(error) = consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2)) {
+                    tracing::warn!(%error, "seek failed; trying again later");
+                }
+            }
+            None => tracing::error!(%group, topic, partition, next, high,
+                "the broker has records past this offset but serves none of them, however far back the fetch starts"),
+        }
+    }
+}
+
 /// Moves parked records into their queues once the queue is at most half full, and resumes
-/// fetching for partitions with nothing parked any more.
+/// fetching for partitions with nothing parked any more (from the start of the batch holding
+/// the next offset, on a broker that serves whole batches only).
 fn unpark(consumer: &StreamConsumer<RuntimeContext>, slots: &mut HashMap<(String, i32), Slot>, queue: usize) {
     for ((topic, partition), slot) in slots.iter_mut().filter(|(_, s)| !s.parked.is_empty()) {
         if slot.state.is_stopped() {
@@ -459,10 +522,15 @@ fn unpark(consumer: &StreamConsumer<RuntimeContext>, slots: &mut HashMap<(String
                 break;
             }
         }
-        if slot.parked.is_empty()
-            && let Err(error) = consumer.resume(&partition_list(topic, *partition))
-        {
-            tracing::debug!(%error, "resume failed (partition revoked?)");
+        if slot.parked.is_empty() {
+            if let Err(error) = consumer.resume(&partition_list(topic, *partition)) {
+                tracing::debug!(%error, "resume failed (partition revoked?)");
+            } else if let Some(to) = slot.offsets.resume_at() {
+                slot.last_activity = std::time::Instant::now();
+                if let Err(error) = consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2)) {
+                    tracing::debug!(%error, "seek on resume failed; the gap check fetches the batch again");
+                }
+            }
         }
     }
 }

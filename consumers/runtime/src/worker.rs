@@ -68,19 +68,40 @@ impl PartitionState {
     }
 }
 
-/// The partitions this consumer works on, shared with the rebalance callback.
+/// The partitions this consumer works on, shared with the rebalance callback: each worker's
+/// state, and the committed offset each newly assigned partition starts from.
 #[derive(Default)]
-pub(crate) struct Partitions(Mutex<HashMap<(String, i32), Arc<PartitionState>>>);
+pub(crate) struct Partitions {
+    states: Mutex<HashMap<(String, i32), Arc<PartitionState>>>,
+    starts: Mutex<HashMap<(String, i32), i64>>,
+}
 
 impl Partitions {
     pub fn insert(&self, topic: &str, partition: i32, state: Arc<PartitionState>) {
-        self.0.lock().expect("partitions lock").insert((topic.to_string(), partition), state);
+        self.states.lock().expect("partitions lock").insert((topic.to_string(), partition), state);
     }
 
     /// Removes and returns the states of the listed partitions.
     pub fn take(&self, list: &TopicPartitionList) -> Vec<Arc<PartitionState>> {
-        let mut map = self.0.lock().expect("partitions lock");
+        let mut map = self.states.lock().expect("partitions lock");
         list.elements().iter().filter_map(|e| map.remove(&(e.topic().to_string(), e.partition()))).collect()
+    }
+
+    /// Records where newly assigned partitions start (their committed offsets).
+    pub fn set_starts(&self, committed: &TopicPartitionList) {
+        let mut starts = self.starts.lock().expect("partitions lock");
+        for element in committed.elements() {
+            let key = (element.topic().to_string(), element.partition());
+            match element.offset() {
+                rdkafka::Offset::Offset(offset) => starts.insert(key, offset),
+                _ => starts.remove(&key),
+            };
+        }
+    }
+
+    /// The committed offset a partition's first record after its assignment should have.
+    pub fn take_start(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.starts.lock().expect("partitions lock").remove(&(topic.to_string(), partition))
     }
 }
 

@@ -4,12 +4,20 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+/// The share of the provider's limit the bucket refills per second. The drain after downtime
+/// runs at this share of the limit, so the drill's target (the backlog drained within 1.1 × the
+/// time the limit allows) needs more than 91%.
+pub const REFILL_SHARE: f64 = 0.96;
+/// The share of the limit the bucket holds at most (its burst).
+pub const BURST_SHARE: f64 = 0.02;
+
 /// The provider's rate limit as a token bucket in Postgres, shared by all instances. The
-/// bucket refills at 92% of the limit and holds at most 4% of it: a one-second window sees at
-/// most 96% of the limit in grants, and the last 4% absorbs requests that reach the provider
-/// later than their grant (scheduling on a busy host) and so bunch up in its next window. The
-/// burst matters too: a bucket of one token loses every grant no poller happens to be waiting
-/// for at that instant (the drill measured 65 requests/s against a limit of 200 that way).
+/// bucket refills at [`REFILL_SHARE`] of the limit and holds at most [`BURST_SHARE`] of it: a
+/// one-second window sees at most 98% of the limit in grants, and the last 2% absorbs requests
+/// that reach the provider later than their grant (scheduling on a busy host) and so bunch up
+/// in its next window. The burst matters too: a bucket of one token loses every grant no poller
+/// happens to be waiting for at that instant (the drill measured 65 requests/s against a limit
+/// of 200 that way).
 pub struct SharedRateLimit {
     pool: PgPool,
     name: String,
@@ -22,7 +30,7 @@ impl SharedRateLimit {
     /// Creates or re-sizes the bucket `name` (the latest deploy's limit wins).
     pub async fn new(pool: PgPool, name: &str, limit_per_sec: f64) -> anyhow::Result<Self> {
         anyhow::ensure!(limit_per_sec >= 1.0, "the provider rate limit must be at least 1 request/s");
-        let (rate, burst) = (limit_per_sec * 0.92, (limit_per_sec * 0.04).max(1.0));
+        let (rate, burst) = (limit_per_sec * REFILL_SHARE, (limit_per_sec * BURST_SHARE).max(1.0));
         sqlx::query(
             "INSERT INTO provider_rate_buckets (name, rate_per_sec, burst, tokens, refilled_at)
              VALUES ($1, $2, $3, 0, clock_timestamp())
