@@ -33,7 +33,8 @@ as_root() {
 
 # Debian packages the build and the local stack need.
 ensure_apt_packages() {
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates python3)
+    # prometheus: promtool checks the alert rules, and the dashboards are tested on a live server.
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates python3 prometheus)
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -231,8 +232,10 @@ start_stack() {
         start_service payment-simulator "$ORDERFLOW_PROVIDER_URL/healthz" "$bin/payment-simulator"
     ORDERFLOW_API_LISTEN="127.0.0.1:$ORDERFLOW_API_PORT" \
         start_service order-api "$ORDERFLOW_API_URL/readyz" "$bin/order-api"
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" start_process relay-orders "$bin/outbox-relay"
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" start_process relay-payments "$bin/outbox-relay"
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=orders \
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 25))" start_process relay-orders "$bin/outbox-relay"
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=payments \
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 26))" start_process relay-payments "$bin/outbox-relay"
     # The drill starts its own payment instances.
     if [ "${ORDERFLOW_START_PAYMENT:-1}" = 1 ]; then
         ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
@@ -251,13 +254,18 @@ start_stack() {
     fi
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 23))" start_process inventory "$bin/inventory"
     # inventory's outbox (InventoryShortage) needs its relay like the other two.
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_INVENTORY_DATABASE_URL" start_process relay-inventory "$bin/outbox-relay"
+    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_INVENTORY_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=inventory \
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 27))" start_process relay-inventory "$bin/outbox-relay"
     ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notify_simulator")" \
     ORDERFLOW_NOTIFY_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT" \
         start_service notification-simulator "$ORDERFLOW_NOTIFY_PROVIDER_URL/healthz" "$bin/notification-simulator"
     ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 24))" start_process notifications "$bin/notifications"
     ORDERFLOW_ANALYTICS_LISTEN="127.0.0.1:$ORDERFLOW_ANALYTICS_PORT" \
         start_service analytics "$ORDERFLOW_ANALYTICS_URL/healthz" "$bin/analytics"
+    # Lag per group and partition, read from the broker (demo: :18108/metrics).
+    export ORDERFLOW_LAG_EXPORTER_URL="http://127.0.0.1:$((ORDERFLOW_API_PORT + 28))"
+    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 28))" \
+        start_service lag-exporter "$ORDERFLOW_LAG_EXPORTER_URL/healthz" "$bin/lag-exporter"
 }
 
 # Opening stock for the demo's SKUs (tools/src/lib.rs): enough for minutes of orders, not for

@@ -1,7 +1,9 @@
 //! Plumbing every orderflow service shares, so each binary stays a thin `main`:
-//! one way to stop ([`shutdown`]), one way to log ([`telemetry`]).
+//! one way to stop ([`shutdown`]), one way to log and trace ([`telemetry`], [`trace`]).
 
+pub mod http_metrics;
 pub mod kafka;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

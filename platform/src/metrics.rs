@@ -18,17 +18,20 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
+/// `/metrics` alone, for a service with its own health endpoints.
+pub fn metrics_route(registry: Registry) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&registry)).into_response() }
+        }),
+    )
+}
+
 /// `/metrics` and `/healthz`, to serve alone or merged into a service's own routes.
 pub fn router(registry: Registry) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&registry)).into_response() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
+    metrics_route(registry).route("/healthz", get(|| async { "ok" }))
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.

@@ -43,11 +43,18 @@ pub struct ApiSettings {
     /// Requests per second per client, and the burst allowed above it.
     pub client_rate: f64,
     pub client_burst: f64,
+    /// Where the API's metrics are registered; served on `/metrics` beside the API.
+    pub registry: prometheus::Registry,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        ApiSettings { max_body_bytes: 64 * 1024, client_rate: 1000.0, client_burst: 2000.0 }
+        ApiSettings {
+            max_body_bytes: 64 * 1024,
+            client_rate: 1000.0,
+            client_burst: 2000.0,
+            registry: prometheus::Registry::new(),
+        }
     }
 }
 
@@ -70,6 +77,9 @@ pub async fn run_api(
     settings: ApiSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let http_metrics = orderflow_platform::http_metrics::HttpMetrics::register(&settings.registry, "order-api")
+        .context("registering the HTTP metrics")?;
+    let metrics_routes = orderflow_platform::metrics::metrics_route(settings.registry.clone());
     let state = Arc::new(AppState {
         pool,
         codec,
@@ -79,7 +89,9 @@ pub async fn run_api(
         accepted: AtomicU64::new(0),
     });
     tokio::spawn(warm_up_schemas(state.clone()));
-    let app = routes::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = http_metrics
+        .layer(routes::router(state).merge(metrics_routes))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     tracing::info!(addr = %listener.local_addr()?, "order-api listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

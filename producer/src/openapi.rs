@@ -79,9 +79,10 @@ pub fn document() -> Value {
                 "order_id": { "type": "string", "format": "uuid" }, "customer_id": { "type": "string" },
                 "customer_email": { "type": ["string", "null"] }, "currency": { "type": "string" },
                 "items": { "type": "array" }, "total_minor": { "type": "integer" },
-                "status": { "type": "string", "enum": ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED", "CANCELLED"] },
+                "status": { "type": "string", "enum": ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED", "CANCELLED", "REFUNDED"] },
                 "version": { "type": "integer" }, "created_at": { "type": "string", "format": "date-time" },
                 "updated_at": { "type": "string", "format": "date-time" },
+                "trace_id": { "type": ["string", "null"], "description": "The trace the order was accepted in (W3C trace id, 32 hex digits); every event about the order continues it" },
                 "history": { "type": "array", "items": { "type": "object", "properties": {
                     "version": { "type": "integer" }, "status": { "type": "string" }, "reason": { "type": ["string", "null"] },
                     "at": { "type": "string", "format": "date-time" } } } } } },

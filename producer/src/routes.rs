@@ -15,6 +15,7 @@ use orderflow_outbox::OutboxEvent;
 use orderflow_schemas::events::{Money, OrderPlaced};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -61,9 +62,29 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     valid.then(|| value.to_ascii_lowercase())
 }
 
+/// `POST /orders` in its own span: a child of the caller's `traceparent`, or a new trace. The
+/// order and its OrderPlaced event carry this span's traceparent, so every consumer continues it.
 async fn create_order(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!(
+        "order intake",
+        otel.name = "POST /orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/orders",
+        trace_id = tracing::field::Empty,
+    );
+    orderflow_platform::trace::continue_trace(&span, traceparent(&headers).as_deref());
+    accept_order(state, peer, headers, body).instrument(span).await
+}
+
+async fn accept_order(
+    state: Arc<AppState>,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -98,7 +119,7 @@ async fn create_order(
         customer_email: request.customer_email.clone(),
     };
     let payload = state.codec.encode_event(&placed).await.map_err(|e| ApiError::Unavailable(e.into()))?;
-    let trace = traceparent(&headers);
+    let trace = orderflow_platform::trace::traceparent_of(&tracing::Span::current()).or_else(|| traceparent(&headers));
     let placed_event = OutboxEvent::of(&placed, payload, trace.as_deref());
     let order = NewOrder {
         order_id,

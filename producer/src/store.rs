@@ -104,12 +104,16 @@ pub struct OrderView {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The trace the order was accepted in (every event about it continues it): a support
+    /// engineer's way from an order to its trace.
+    pub trace_id: Option<String>,
     pub history: Vec<StatusChange>,
 }
 
 pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
     let Some(row) = sqlx::query(
-        "SELECT customer_id, customer_email, currency, lines, total_minor, status, version, created_at, updated_at
+        "SELECT customer_id, customer_email, currency, lines, total_minor, status, version, created_at, updated_at,
+                traceparent
          FROM orders WHERE order_id = $1",
     )
     .bind(order_id)
@@ -143,6 +147,11 @@ pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, Ap
         version: row.get(6),
         created_at,
         updated_at: row.get(8),
+        trace_id: row
+            .get::<Option<String>, _>(9)
+            .as_deref()
+            .and_then(orderflow_platform::trace::trace_id_of)
+            .map(str::to_string),
         history,
     }))
 }

@@ -108,7 +108,8 @@ impl TestBroker {
 
     /// Commits `offset` (the next to read) for `group` on one partition, as a member that left.
     pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
-        let consumer: rdkafka::consumer::BaseConsumer = self.settings().consumer("test-committer", group).create().unwrap();
+        let consumer: rdkafka::consumer::BaseConsumer =
+            self.settings().consumer("test-committer", group).create().unwrap();
         let mut list = rdkafka::TopicPartitionList::new();
         list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset)).unwrap();
         consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();

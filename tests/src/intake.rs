@@ -73,17 +73,35 @@ pub fn sample_order(customer: &str) -> Value {
 }
 
 /// An in-process relay over `pool` into `broker`, stopped on drop.
-pub struct TestRelay(Running);
+/// A relay in process, with its metrics (the outbox's backlog sampled every 100 ms).
+pub struct TestRelay {
+    running: Running,
+    pub registry: prometheus::Registry,
+}
 
 impl TestRelay {
     pub fn spawn(pool: &PgPool, broker: &TestBroker, settings: RelaySettings) -> TestRelay {
+        Self::spawn_named(pool, broker, settings, "outbox")
+    }
+
+    /// As [`Self::spawn`], labelling its metrics `outbox="<name>"`.
+    pub fn spawn_named(pool: &PgPool, broker: &TestBroker, settings: RelaySettings, name: &str) -> TestRelay {
         let producer = broker.settings().producer("test-relay", Duration::from_secs(5));
-        let relay = OutboxRelay::new(pool.clone(), producer, settings);
-        TestRelay(Running::spawn(move |stop| relay.run(stop)))
+        let registry = prometheus::Registry::new();
+        let metrics = orderflow_outbox::RelayMetrics::register(&registry, name).unwrap();
+        let relay = OutboxRelay::new(pool.clone(), producer, settings).with_metrics(metrics.clone());
+        let pool = pool.clone();
+        let running = Running::spawn(move |stop| async move {
+            tokio::select! {
+                result = relay.run(stop) => result,
+                () = metrics.sample_backlog(pool, Duration::from_millis(100)) => Ok(()),
+            }
+        });
+        TestRelay { running, registry }
     }
 
     pub async fn stop(self) {
-        self.0.stop().await
+        self.running.stop().await
     }
 }
 

@@ -166,9 +166,9 @@ impl TestStack {
             analytics: None,
             analytics_url: None,
         };
-        stack.relays.push(TestRelay::spawn(&stack.api.pool, &stack.broker, quick_relay()));
-        stack.relays.push(TestRelay::spawn(&stack.payments, &stack.broker, quick_relay()));
-        stack.relays.push(TestRelay::spawn(&stack.inventory, &stack.broker, quick_relay()));
+        stack.relays.push(TestRelay::spawn_named(&stack.api.pool, &stack.broker, quick_relay(), "orders"));
+        stack.relays.push(TestRelay::spawn_named(&stack.payments, &stack.broker, quick_relay(), "payments"));
+        stack.relays.push(TestRelay::spawn_named(&stack.inventory, &stack.broker, quick_relay(), "inventory"));
         stack.start_order_service();
         // Plenty of what `sample_order` buys, so only tests that want a shortage get one.
         stack.stock(&[("SKU-1", 1_000_000), ("SKU-2", 1_000_000)]).await;
@@ -287,8 +287,8 @@ impl TestStack {
 
     pub fn start_order_service(&mut self) {
         let codec = self.codec();
-        let handler = orderflow_order_service::OrderStatusHandler { codec: codec.clone() };
         let settings = self.consumer_settings(orderflow_order_service::GROUP, &orderflow_order_service::TOPICS);
+        let handler = orderflow_order_service::OrderStatusHandler::new(codec.clone(), &settings.registry).unwrap();
         self.metrics.push((orderflow_order_service::GROUP.into(), settings.registry.clone()));
         let pool = self.api.pool.clone();
         self.parts

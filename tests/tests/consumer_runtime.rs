@@ -213,7 +213,10 @@ async fn a_broker_that_serves_only_whole_batches_loses_nothing_from_inside_a_bat
     }
     let text = orderflow_platform::metrics::render(&registry);
     let gaps = |resolution: &str| {
-        metric(&text, &format!(r#"orderflow_consumer_offset_gaps_total{{group="runtime-test",resolution="{resolution}"}}"#))
+        metric(
+            &text,
+            &format!(r#"orderflow_consumer_offset_gaps_total{{group="runtime-test",resolution="{resolution}"}}"#),
+        )
     };
     assert!(gaps("refetched") > 0.0, "the broker skipped records and the runtime fetched them again: {text}");
     assert_eq!(gaps("accepted"), 0.0, "no gap was passed over");

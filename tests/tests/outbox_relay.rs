@@ -141,6 +141,7 @@ async fn a_relay_killed_mid_batch_loses_nothing_once_restarted() {
             .env("ORDERFLOW_KAFKA_BOOTSTRAP", &broker.bootstrap)
             .env("ORDERFLOW_RELAY_BATCH", "250")
             .env("ORDERFLOW_RELAY_POLL_MS", "50")
+            .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

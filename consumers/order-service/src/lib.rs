@@ -38,6 +38,22 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 pub struct OrderStatusHandler {
     pub codec: Arc<EventCodec>,
+    /// From `POST /orders` accepting the order to the order becoming PAID.
+    accept_to_paid: prometheus::Histogram,
+}
+
+impl OrderStatusHandler {
+    pub fn new(codec: Arc<EventCodec>, registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let accept_to_paid = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "orderflow_order_accept_to_paid_seconds",
+                "From the order's acceptance (202) to its PAID status, end to end through Kafka and the provider",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]),
+        )?;
+        registry.register(Box::new(accept_to_paid.clone()))?;
+        Ok(OrderStatusHandler { codec, accept_to_paid })
+    }
 }
 
 struct CurrentOrder {
@@ -45,10 +61,11 @@ struct CurrentOrder {
     version: i32,
     customer_id: String,
     lines: Vec<OrderLine>,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 async fn load(tx: &mut PgConnection, order_id: Uuid) -> Result<CurrentOrder, Failure> {
-    let row = sqlx::query("SELECT status, version, customer_id, lines FROM orders WHERE order_id = $1")
+    let row = sqlx::query("SELECT status, version, customer_id, lines, created_at FROM orders WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(&mut *tx)
         .await?
@@ -59,6 +76,7 @@ async fn load(tx: &mut PgConnection, order_id: Uuid) -> Result<CurrentOrder, Fai
         version: row.get(1),
         customer_id: row.get(2),
         lines: serde_json::from_value(lines).map_err(|e| Failure::dead("corrupt_order", e.to_string()))?,
+        created_at: row.get(4),
     })
 }
 
@@ -147,6 +165,8 @@ impl Handler for OrderStatusHandler {
         if event.event_type() == PaymentAuthorized::NAME {
             let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
             let Some(order) = settle(tx, paid.order_id, pending, PAID, None).await? else { return Ok(()) };
+            let waited = (chrono::Utc::now() - order.created_at).to_std().unwrap_or_default();
+            self.accept_to_paid.observe(waited.as_secs_f64());
             let announcement = OrderPaid {
                 order_id: paid.order_id,
                 payment_id: paid.payment_id,

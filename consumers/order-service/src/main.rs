@@ -30,6 +30,6 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
     let settings = ConsumerSettings::new(GROUP, &orderflow_order_service::TOPICS, kafka);
-    let handler = OrderStatusHandler { codec: codec.clone() };
+    let handler = OrderStatusHandler::new(codec.clone(), &settings.registry)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -18,6 +18,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Reg
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::resilience::{Breaker, BreakerSettings, Resilience, RetryBudget, SharedRateLimit, Window};
 
@@ -150,6 +151,10 @@ impl ProviderMetrics {
         registry.register(Box::new(metrics.rate_limit.clone()))?;
         registry.register(Box::new(metrics.retries.clone()))?;
         registry.register(Box::new(metrics.held_back.clone()))?;
+        // At 0 from the start, so a rate over them reads "nothing held back", not "no data".
+        for reason in ["breaker_open", "retry_budget", "window", "rate_limit"] {
+            metrics.held_back.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 }
@@ -335,12 +340,21 @@ impl PaymentProviderClient {
     async fn lookup(&self, key: &str, deadline: Instant) -> Result<Option<Answer>, ChargeError> {
         self.token(deadline).await?;
         let started = Instant::now();
-        let response = self
+        let span = tracing::info_span!(
+            "provider request",
+            otel.name = "provider lookup",
+            otel.kind = "client",
+            http.request.method = "GET",
+            operation = "lookup",
+        );
+        let mut request = self
             .http
             .get(format!("{}/v1/charges/{key}", self.settings.base_url))
-            .timeout(self.attempt_timeout(deadline))
-            .send()
-            .await;
+            .timeout(self.attempt_timeout(deadline));
+        if let Some(traceparent) = orderflow_platform::trace::traceparent_of(&span) {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().instrument(span).await;
         let (outcome, result) = match response {
             Ok(r) if r.status() == 404 => ("not_found", Ok(None)),
             Ok(r) if r.status().is_success() => match r.json::<Answer>().await {
@@ -362,7 +376,18 @@ impl PaymentProviderClient {
         deadline: Instant,
     ) -> Result<Answer, ChargeError> {
         let started = Instant::now();
-        let result = self.post(op, key, body, deadline).await;
+        // One span per request the provider sees, a child of the record's span; the provider
+        // gets its traceparent.
+        let span = tracing::info_span!(
+            "provider request",
+            otel.name = format!("provider {}", op.name()),
+            otel.kind = "client",
+            http.request.method = "POST",
+            operation = op.name(),
+            outcome = tracing::field::Empty,
+        );
+        let traceparent = orderflow_platform::trace::traceparent_of(&span);
+        let result = self.post(op, key, body, deadline, traceparent).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(answer) => match answer.status.as_str() {
                 "approved" | "declined" | "refunded" => answer.status.as_str(),
@@ -374,6 +399,7 @@ impl PaymentProviderClient {
             Err(ChargeError::Misconfigured(_)) => "misconfigured",
             Err(ChargeError::HeldBack { .. }) => "held_back",
         };
+        span.record("outcome", outcome);
         self.observe(op.name(), outcome, started);
         result
     }
@@ -384,16 +410,18 @@ impl PaymentProviderClient {
         idempotency_key: &str,
         body: &serde_json::Value,
         deadline: Instant,
+        traceparent: Option<String>,
     ) -> Result<Answer, ChargeError> {
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}{}", self.settings.base_url, op.path()))
             .header("Idempotency-Key", idempotency_key)
             .timeout(self.attempt_timeout(deadline))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| ChargeError::Ambiguous(format!("{e:#}")))?;
+            .json(body);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.map_err(|e| ChargeError::Ambiguous(format!("{e:#}")))?;
         let status = response.status();
         if status.as_u16() == 429 {
             let wait = response

@@ -93,3 +93,32 @@ impl ConsumerContext for RuntimeContext {
         }
     }
 }
+
+/// A shared handle on the consumer whose drops never block the caller. Closing a consumer
+/// leaves the group, and its revoke callback commits synchronously — which, with the broker
+/// gone, can wait for ever. Every handle is therefore released on a thread of its own, so
+/// neither a task, a blocking-pool job nor a runtime shutting down ever waits on the close.
+#[derive(Clone)]
+pub(crate) struct ConsumerHandle(Option<std::sync::Arc<rdkafka::consumer::StreamConsumer<RuntimeContext>>>);
+
+impl ConsumerHandle {
+    pub fn new(consumer: rdkafka::consumer::StreamConsumer<RuntimeContext>) -> Self {
+        ConsumerHandle(Some(std::sync::Arc::new(consumer)))
+    }
+}
+
+impl std::ops::Deref for ConsumerHandle {
+    type Target = rdkafka::consumer::StreamConsumer<RuntimeContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().expect("a consumer handle is only emptied when dropped")
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            std::thread::spawn(move || drop(consumer));
+        }
+    }
+}

@@ -122,3 +122,41 @@ pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> 
     }
     Ok(chosen.len())
 }
+
+/// The consumer group whose committed offsets on a DLT say how far an operator has triaged it
+/// (the lag exporter reports the rest as untriaged dead letters).
+pub const TRIAGE_GROUP: &str = "orderflow-dlt-triage";
+
+/// Marks a DLT as triaged through `through` (inclusive) on every partition, or through its
+/// current end when `None`, by committing the triage group; returns (partition, next untriaged
+/// offset) per partition. Triage never moves backwards.
+pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> anyhow::Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", TRIAGE_GROUP).create().context("creating a client")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(dlt), timeout).context("reading topic metadata")?;
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == dlt && !t.partitions().is_empty()) else {
+        bail!("no topic {dlt}")
+    };
+    let mut all = TopicPartitionList::new();
+    for partition in topic.partitions() {
+        all.add_partition(dlt, partition.id());
+    }
+    let committed = consumer.committed_offsets(all, timeout).context("reading what was triaged before")?;
+    let mut marks = TopicPartitionList::new();
+    let mut out = Vec::new();
+    for partition in topic.partitions() {
+        let (low, high) = consumer.fetch_watermarks(dlt, partition.id(), timeout)?;
+        let before = committed
+            .find_partition(dlt, partition.id())
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(low);
+        let next = through.map_or(high, |t| (t + 1).clamp(low, high)).max(before);
+        marks.add_partition_offset(dlt, partition.id(), Offset::Offset(next))?;
+        out.push((partition.id(), next));
+    }
+    consumer.commit(&marks, rdkafka::consumer::CommitMode::Sync).context("recording the triage")?;
+    Ok(out)
+}

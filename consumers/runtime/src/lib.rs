@@ -91,6 +91,12 @@ pub struct ConsumedEvent {
     pub event_id: Uuid,
     pub headers: HashMap<String, String>,
     pub decoded: Decoded,
+    /// The record's span: a child of the span that produced it (its `traceparent` header), the
+    /// parent of whatever the handler does.
+    pub span: tracing::Span,
+    /// The `traceparent` that makes the next hop (an event this record causes) a child of
+    /// [`Self::span`].
+    next_traceparent: Option<String>,
 }
 
 impl ConsumedEvent {
@@ -98,8 +104,49 @@ impl ConsumedEvent {
         &self.decoded.event_type
     }
 
+    /// What an event caused by this record carries as its `traceparent`: this record's span,
+    /// or the incoming value when no tracer is installed.
     pub fn traceparent(&self) -> Option<&str> {
-        self.headers.get("traceparent").map(String::as_str)
+        self.next_traceparent.as_deref().or_else(|| self.headers.get("traceparent").map(String::as_str))
+    }
+
+    pub(crate) fn new(
+        group: &str,
+        message: &rdkafka::message::OwnedMessage,
+        origin: (&str, i32, i64),
+        attempt: u32,
+        event_id: Uuid,
+        headers: HashMap<String, String>,
+        decoded: Decoded,
+    ) -> Self {
+        let (topic, partition, offset) = origin;
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = format!("{topic} process"),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.destination.name = topic,
+            messaging.consumer.group.name = group,
+            messaging.kafka.partition = partition,
+            messaging.kafka.offset = offset,
+            event_type = decoded.event_type.as_str(),
+            attempt,
+            trace_id = tracing::field::Empty,
+        );
+        orderflow_platform::trace::continue_trace(&span, headers.get("traceparent").map(String::as_str));
+        let next_traceparent = orderflow_platform::trace::traceparent_of(&span);
+        ConsumedEvent {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            attempt,
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            event_id,
+            headers,
+            decoded,
+            span,
+            next_traceparent,
+        }
     }
 }
 
@@ -244,7 +291,9 @@ pub async fn run_service_with<H: Handler>(
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let registry = settings.registry.clone();
     tokio::spawn(orderflow_platform::metrics::serve_with(listener, registry, routes, std::future::pending()));
-    run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await
+    let result = run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await;
+    orderflow_platform::telemetry::shutdown();
+    result
 }
 
 /// A partition's queue and worker, as the fetch loop sees it.
@@ -288,6 +337,16 @@ pub async fn run<H: Handler>(
     settings.kafka.ensure_topics(&topic_refs).await.context("creating the source, retry and dead-letter topics")?;
 
     let metrics = metrics::ConsumerMetrics::register(&settings.registry).context("registering consumer metrics")?;
+    // Every outcome and gap series exists from the start at 0, so rates and increases over them
+    // are 0 rather than absent (dashboards and alerts read "nothing failed", not "no data").
+    for topic in &settings.topics {
+        for outcome in metrics::OUTCOMES {
+            metrics.records.with_label_values(&[&group, topic, outcome]);
+        }
+    }
+    for resolution in ["refetched", "accepted"] {
+        metrics.offset_gaps.with_label_values(&[&group, resolution]);
+    }
     let partitions = Arc::new(worker::Partitions::default());
     let context = RuntimeContext {
         group: group.clone(),
@@ -295,7 +354,7 @@ pub async fn run<H: Handler>(
         metrics: metrics.clone(),
         revoke_grace: settings.revoke_grace,
     };
-    let consumer: Arc<StreamConsumer<RuntimeContext>> = Arc::new(
+    let consumer = context::ConsumerHandle::new(
         settings
             .kafka
             .consumer(&format!("{group}-consumer"), &group)
@@ -333,7 +392,7 @@ pub async fn run<H: Handler>(
                 if lag_report.as_ref().is_none_or(|r| r.is_finished()) {
                     let (consumer, metrics, group) = (consumer.clone(), metrics.clone(), group.clone());
                     lag_report = Some(tokio::task::spawn_blocking(move || {
-                        metrics::report_partitions(consumer.as_ref(), &metrics, &group)
+                        metrics::report_partitions(&*consumer, &metrics, &group)
                     }));
                 }
             }
@@ -450,15 +509,13 @@ pub async fn run<H: Handler>(
         }
         Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
     }
-    // Closing the consumer leaves the group, and with the broker gone librdkafka can wait for it
-    // a long time. Let every other holder go first (the lag report gives up on its first failed
-    // request), then close on a thread of its own: neither the caller nor the runtime's
-    // shutdown waits for it.
+    // The lag report gives up on its first failed request; the consumer closes on a thread of
+    // its own once the last handle is gone (see `ConsumerHandle`).
     if let Some(report) = lag_report {
         let _ = report.await;
     }
     drop(shared);
-    std::thread::spawn(move || drop(consumer));
+    drop(consumer);
     tracing::info!(%group, "consumer stopped");
     Ok(())
 }
@@ -493,7 +550,9 @@ fn refetch_stalled(
         match slot.offsets.stalled() {
             Some(to) => {
                 tracing::debug!(%group, topic, partition, next, high, seek_to = to, "records ahead but none arrive; fetching again");
-                if let Err(error) = consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2)) {
+                if let Err(error) =
+                    consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2))
+                {
                     tracing::warn!(%error, "seek failed; trying again later");
                 }
             }
@@ -527,7 +586,9 @@ fn unpark(consumer: &StreamConsumer<RuntimeContext>, slots: &mut HashMap<(String
                 tracing::debug!(%error, "resume failed (partition revoked?)");
             } else if let Some(to) = slot.offsets.resume_at() {
                 slot.last_activity = std::time::Instant::now();
-                if let Err(error) = consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2)) {
+                if let Err(error) =
+                    consumer.seek(topic, *partition, rdkafka::Offset::Offset(to), Duration::from_secs(2))
+                {
                     tracing::debug!(%error, "seek on resume failed; the gap check fetches the batch again");
                 }
             }

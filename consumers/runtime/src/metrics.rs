@@ -3,6 +3,10 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+/// Every `outcome` label `orderflow_consumer_records_total` takes.
+pub const OUTCOMES: [&str; 6] =
+    ["processed", "deduped", "skipped", "retried", "dead_lettered", "waited_for_dependency"];
+
 #[derive(Clone)]
 pub struct ConsumerMetrics {
     /// outcome: processed | deduped | skipped | retried | dead_lettered | waited_for_dependency

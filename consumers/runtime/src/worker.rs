@@ -15,16 +15,16 @@ use orderflow_schemas::EventCodec;
 use rand::Rng;
 use rdkafka::{
     Message, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    consumer::Consumer,
     message::{Headers, OwnedMessage},
 };
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     ConsumedEvent, ConsumerSettings, Failure, Handler,
-    context::RuntimeContext,
     dlt::{Forwarder, Origin, Reason},
 };
 
@@ -33,7 +33,7 @@ pub(crate) struct Shared<H> {
     pub pool: PgPool,
     pub codec: Arc<EventCodec>,
     pub handler: H,
-    pub consumer: Arc<StreamConsumer<RuntimeContext>>,
+    pub consumer: crate::context::ConsumerHandle,
     pub forwarder: Forwarder,
     pub metrics: crate::metrics::ConsumerMetrics,
     /// Retry topic → the source topic it retries.
@@ -188,16 +188,8 @@ async fn fast_path<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Re
             *skipped.entry(message.topic()).or_default() += 1;
             continue;
         }
-        events.push(ConsumedEvent {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            attempt: 1,
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            event_id,
-            headers,
-            decoded,
-        });
+        let origin = (message.topic(), message.partition(), message.offset());
+        events.push(ConsumedEvent::new(group, message, origin, 1, event_id, headers, decoded));
     }
     let count_skipped = || {
         for (topic, n) in &skipped {
@@ -232,7 +224,7 @@ async fn fast_path<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Re
     let mut handled = std::collections::HashSet::new();
     for event in events.iter().filter(|e| claimed.contains(&e.event_id)) {
         if handled.insert(event.event_id) {
-            shared.handler.handle(&mut tx, event).await.map_err(|e| e.to_string())?;
+            shared.handler.handle(&mut tx, event).instrument(event.span.clone()).await.map_err(|e| e.to_string())?;
         }
     }
     tx.commit().await.map_err(|e| e.to_string())?;
@@ -329,16 +321,15 @@ async fn process<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool
         return true;
     }
     let attempts = origin.attempts + 1;
-    let event = ConsumedEvent {
-        topic: origin.topic.clone(),
-        partition: origin.partition,
-        offset: origin.offset,
-        attempt: attempts,
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+    let event = ConsumedEvent::new(
+        group,
+        message,
+        (&origin.topic, origin.partition, origin.offset),
+        attempts,
         event_id,
         headers,
         decoded,
-    };
+    );
     let count = |outcome: &str| shared.metrics.count(group, &event.topic, outcome);
     let mut unavailable_streak = 0;
     loop {
@@ -416,7 +407,7 @@ async fn attempt_once<H: Handler>(shared: &Shared<H>, event: &ConsumedEvent) -> 
         tracing::debug!(group = %shared.settings.group, event_id = %event.event_id, "duplicate skipped");
         return Ok(false);
     }
-    shared.handler.handle(&mut tx, event).await?;
+    shared.handler.handle(&mut tx, event).instrument(event.span.clone()).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -6,6 +6,7 @@
 //! its events with it). Payloads are framed at the source (Confluent wire format, schema id
 //! included), so the relay — or Debezium, see `connect/` — copies bytes and needs no registry.
 
+pub mod metrics;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
@@ -13,6 +14,7 @@ use orderflow_schemas::{CodecError, EventCodec, events::Event};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+pub use metrics::RelayMetrics;
 pub use relay::{OutboxRelay, RelaySettings};
 
 /// Applies the outbox migration (idempotent; shares the database with the owner's tables).

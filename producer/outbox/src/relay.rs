@@ -93,6 +93,7 @@ pub struct OutboxRelay {
     producer: Mutex<Option<Arc<RelayProducer>>>,
     last_analyze: Mutex<Option<std::time::Instant>>,
     settings: RelaySettings,
+    metrics: Option<crate::RelayMetrics>,
 }
 
 /// What one batch did.
@@ -138,7 +139,14 @@ impl OutboxRelay {
             producer: Mutex::new(None),
             last_analyze: Mutex::new(None),
             settings,
+            metrics: None,
         }
+    }
+
+    /// Counts every batch in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::RelayMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The current producer, or a fresh one if there is none or the brokers were lost.
@@ -348,6 +356,9 @@ impl OutboxRelay {
                 .context("marking published")?;
         }
         tx.commit().await.context("committing the batch")?;
+        if let Some(metrics) = &self.metrics {
+            metrics.batch(claimed.len(), acked.len());
+        }
         tracing::debug!(claimed = claimed.len(), published = acked.len(), ?claim_time, ?send_time,
             mark_time = ?(started.elapsed() - claim_time - send_time), "outbox batch");
         Ok(BatchOutcome { claimed: claimed.len(), published: acked.len() })

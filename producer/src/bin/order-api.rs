@@ -46,6 +46,11 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         client_rate: args.client_rate,
         client_burst: args.client_burst,
+        ..Default::default()
     };
-    orderflow_producer::run_api(listener, pool, codec, settings, orderflow_platform::shutdown::shutdown_signal()).await
+    let result =
+        orderflow_producer::run_api(listener, pool, codec, settings, orderflow_platform::shutdown::shutdown_signal())
+            .await;
+    orderflow_platform::telemetry::shutdown();
+    result
 }

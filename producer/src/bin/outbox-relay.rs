@@ -28,6 +28,12 @@ struct Args {
     /// How long a send may be retried by the producer before the batch gives up on it.
     #[arg(long, env = "ORDERFLOW_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 120_000)]
     delivery_timeout_ms: u64,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9105")]
+    metrics_listen: String,
+    /// The `outbox` label on the relay's metrics (default: the database's name).
+    #[arg(long, env = "ORDERFLOW_OUTBOX_NAME")]
+    outbox_name: Option<String>,
 }
 
 #[tokio::main]
@@ -60,5 +66,25 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_ms),
         ..Default::default()
     };
-    OutboxRelay::new(pool, producer, settings).run(orderflow_platform::shutdown::shutdown_signal()).await
+    let outbox = args.outbox_name.clone().unwrap_or_else(|| database_name(&args.database_url));
+    let registry = prometheus::Registry::new();
+    let metrics = orderflow_outbox::RelayMetrics::register(&registry, &outbox)?;
+    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+    tokio::spawn(orderflow_platform::metrics::serve(listener, registry, std::future::pending()));
+    tokio::spawn(metrics.clone().sample_backlog(pool.clone(), Duration::from_secs(5)));
+    tracing::info!(outbox, metrics = %args.metrics_listen, "outbox relay started");
+    let result = OutboxRelay::new(pool, producer, settings)
+        .with_metrics(metrics)
+        .run(orderflow_platform::shutdown::shutdown_signal())
+        .await;
+    orderflow_platform::telemetry::shutdown();
+    result
+}
+
+/// The database name in a Postgres URL (`…/orderflow_orders?…` → `orderflow_orders`).
+fn database_name(url: &str) -> String {
+    let path = url.split('?').next().unwrap_or(url);
+    path.rsplit('/').next().filter(|n| !n.is_empty() && !n.contains('@')).unwrap_or("outbox").to_string()
 }

@@ -3,6 +3,7 @@
 //!   orderflow-dlt list orders.payment.DLT
 //!   orderflow-dlt replay orders.payment.DLT --error-class registry_unavailable
 //!   orderflow-dlt replay orders.payment.DLT --offsets 10-20
+//!   orderflow-dlt triage orders.payment.DLT                 # everything listed so far is dealt with
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,14 @@ enum Command {
         /// Replay everything in the DLT (required when no other selector is given).
         #[arg(long)]
         all: bool,
+    },
+    /// Record that the dead letters up to an offset were looked at (replayed or deliberately
+    /// left): the lag exporter stops counting them as untriaged and the DLT alert resolves.
+    Triage {
+        dlt: String,
+        /// The last offset triaged (inclusive); default: everything in the DLT now.
+        #[arg(long)]
+        through: Option<i64>,
     },
 }
 
@@ -79,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
             }
             let replayed = dlt_tools::replay(&kafka, &dlt, &Selection { offsets, event_id, error_class }).await?;
             println!("replayed {replayed} records from {dlt}");
+        }
+        Command::Triage { dlt, through } => {
+            for (partition, next) in dlt_tools::mark_triaged(&kafka, &dlt, through)? {
+                println!("{dlt} p{partition}: triaged up to offset {next} (exclusive)");
+            }
         }
     }
     Ok(())

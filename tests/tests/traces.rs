@@ -1,0 +1,93 @@
+//! One order is one trace: `POST /orders` (continuing the caller's traceparent), the outbox and
+//! the relay carry it in the record headers, the payment consumer's span is a child of the
+//! request's, the provider call a child of that, and order-service continues from payment's
+//! event. Spans go to the SDK's in-memory exporter; `GET /orders/{id}` shows the trace id.
+
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use orderflow_tests::{
+    intake::{eventually, sample_order},
+    stack::TestStack,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn spans_of(exporter: &InMemorySpanExporter, trace: TraceId) -> Vec<SpanData> {
+    orderflow_platform::telemetry::flush();
+    exporter.get_finished_spans().unwrap().into_iter().filter(|s| s.span_context.trace_id() == trace).collect()
+}
+
+fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
+    let exporter = InMemorySpanExporter::default();
+    orderflow_platform::telemetry::init_with("orderflow-tests", Some(exporter.clone()));
+    let stack = TestStack::spawn_without_inventory().await;
+
+    let response = stack
+        .api
+        .http
+        .post(format!("{}/orders", stack.api.url))
+        .header("Idempotency-Key", "traced-1")
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .json(&sample_order("c-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let order: uuid::Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
+    stack.wait_for_status(order, "PAID", WAIT).await;
+
+    let view: Value = stack.api.get(&format!("/orders/{order}")).await.json().await.unwrap();
+    assert_eq!(view["trace_id"], CLIENT_TRACE, "GET /orders/{{id}} shows the trace to jump to");
+
+    let trace = TraceId::from_hex(CLIENT_TRACE).unwrap();
+    let wanted = ["POST /orders", "orders process", "provider charge", "payments process"];
+    eventually(WAIT, "every hop's span exported", || async {
+        let spans = spans_of(&exporter, trace);
+        wanted.iter().all(|name| !named(&spans, name).is_empty())
+    })
+    .await;
+    let spans = spans_of(&exporter, trace);
+    let one = |name: &str| {
+        let found = named(&spans, name);
+        assert!(!found.is_empty(), "no {name} span in {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+        found[0].clone()
+    };
+    let intake = one("POST /orders");
+    assert_eq!(intake.parent_span_id, SpanId::from_hex(CLIENT_SPAN).unwrap(), "the caller's span is the parent");
+
+    // Every group that read OrderPlaced continued the request's span (payment, order-service
+    // skipping it has no span: it handles only its own event types).
+    let payment = named(&spans, "orders process")
+        .into_iter()
+        .find(|s| {
+            s.attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "messaging.consumer.group.name" && kv.value.as_str() == "payment")
+        })
+        .expect("payment's span for OrderPlaced")
+        .clone();
+    assert_eq!(payment.parent_span_id, intake.span_context.span_id(), "payment continues the request");
+
+    let charge = one("provider charge");
+    assert_eq!(charge.parent_span_id, payment.span_context.span_id(), "the provider call is payment's child");
+    assert!(charge.attributes.iter().any(|kv| kv.key.as_str() == "outcome" && kv.value.as_str() == "approved"));
+
+    // PaymentAuthorized went through the payments outbox carrying payment's span.
+    let settled = named(&spans, "payments process");
+    assert!(
+        settled.iter().any(|s| s.parent_span_id == payment.span_context.span_id()),
+        "order-service continues from payment's event"
+    );
+    assert!(spans.iter().all(|s| s.span_context.trace_id() == trace), "one trace");
+}
