@@ -38,6 +38,17 @@ async fn an_order_shows_in_the_apis_routes_the_relays_counts_and_the_accept_to_p
             >= 1.0
     );
 
+    // The registry counts its requests per route template too (the codec looked schemas up).
+    let registry =
+        stack.api.http.get(format!("{}/metrics", stack.api.registry.url)).send().await.unwrap().text().await.unwrap();
+    let registry_requests: f64 = registry
+        .lines()
+        .filter(|l| l.starts_with("orderflow_http_requests_total{") && l.contains(r#"service="registry""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(registry_requests >= 1.0, "{registry}");
+    assert!(!registry.contains("route=\"/subjects/orders-"), "subjects stay out of route labels: {registry}");
+
     let service = stack.metrics_text("order-service");
     assert_eq!(metric(&service, "orderflow_order_accept_to_paid_seconds_count"), 1.0, "{service}");
     assert!(metric(&service, "orderflow_order_accept_to_paid_seconds_sum") > 0.0);

@@ -1,7 +1,8 @@
 //! One order is one trace: `POST /orders` (continuing the caller's traceparent), the outbox and
 //! the relay carry it in the record headers, the payment consumer's span is a child of the
 //! request's, the provider call a child of that, and order-service continues from payment's
-//! event. Spans go to the SDK's in-memory exporter; `GET /orders/{id}` shows the trace id.
+//! event, notifications from order-service's, down to its email request. Spans go to the SDK's
+//! in-memory exporter; `GET /orders/{id}` shows the trace id.
 
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
 async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     let exporter = InMemorySpanExporter::default();
     orderflow_platform::telemetry::init_with("orderflow-tests", Some(exporter.clone()));
-    let stack = TestStack::spawn_without_inventory().await;
+    let mut stack = TestStack::spawn_without_inventory().await;
+    stack.start_notifications(Duration::from_secs(5)).await;
 
     let response = stack
         .api
@@ -51,7 +53,7 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     assert_eq!(view["trace_id"], CLIENT_TRACE, "GET /orders/{{id}} shows the trace to jump to");
 
     let trace = TraceId::from_hex(CLIENT_TRACE).unwrap();
-    let wanted = ["POST /orders", "orders process", "provider charge", "payments process"];
+    let wanted = ["POST /orders", "orders process", "provider charge", "payments process", "notification email"];
     eventually(WAIT, "every hop's span exported", || async {
         let spans = spans_of(&exporter, trace);
         wanted.iter().all(|name| !named(&spans, name).is_empty())
@@ -88,6 +90,15 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     assert!(
         settled.iter().any(|s| s.parent_span_id == payment.span_context.span_id()),
         "order-service continues from payment's event"
+    );
+    // OrderPaid went through the orders outbox carrying order-service's span; notifications
+    // continued it, and its email request is that record's child.
+    let email = one("notification email");
+    let parent = spans.iter().find(|s| s.span_context.span_id() == email.parent_span_id).expect("the email's parent");
+    assert_eq!(parent.name, "orders process");
+    assert!(
+        settled.iter().any(|s| s.span_context.span_id() == parent.parent_span_id),
+        "notifications continues from order-service's event"
     );
     assert!(spans.iter().all(|s| s.span_context.trace_id() == trace), "one trace");
 }

@@ -16,6 +16,7 @@ use orderflow_schemas::events::{Event, OrderCancelled, OrderPaid, OrderPaymentFa
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const GROUP: &str = "notifications";
@@ -68,14 +69,20 @@ impl NotificationClient {
         reference: &str,
     ) -> Result<Uuid, SendError> {
         let body = json!({ "channel": channel, "to": to, "template": template, "reference": reference });
-        let response = self
-            .http
-            .post(format!("{}/v1/messages", self.base))
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SendError::Unavailable(e.to_string()))?;
+        // One span per request, a child of the record's; the provider gets its traceparent.
+        let span = tracing::info_span!(
+            "provider request",
+            otel.name = format!("notification {channel}"),
+            otel.kind = "client",
+            http.request.method = "POST",
+            template,
+        );
+        let mut request =
+            self.http.post(format!("{}/v1/messages", self.base)).header("Idempotency-Key", key).json(&body);
+        if let Some(traceparent) = orderflow_platform::trace::traceparent_of(&span) {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().instrument(span).await.map_err(|e| SendError::Unavailable(e.to_string()))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| SendError::Unavailable(e.to_string()))?;
         if status.is_server_error() || status.as_u16() == 429 {

@@ -290,6 +290,10 @@ pub async fn run_service_with<H: Handler>(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let registry = settings.registry.clone();
+    // The service's own routes (analytics' API) are counted per route like order-api's.
+    let routes = orderflow_platform::http_metrics::HttpMetrics::register(&registry, &settings.group)
+        .context("registering the HTTP metrics")?
+        .layer(routes);
     tokio::spawn(orderflow_platform::metrics::serve_with(listener, registry, routes, std::future::pending()));
     let result = run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await;
     orderflow_platform::telemetry::shutdown();

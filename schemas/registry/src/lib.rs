@@ -25,14 +25,21 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations").run(pool).await.context("running registry migrations")
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves the API (and `/metrics`: requests per route and status) on `listener` until
+/// `shutdown` resolves, then drains in-flight requests.
 pub async fn run(
     listener: TcpListener,
     pool: PgPool,
     default_level: CompatibilityLevel,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = routes::router(Store::new(pool, default_level))
+    let registry = prometheus::Registry::new();
+    let http_metrics = orderflow_platform::http_metrics::HttpMetrics::register(&registry, "registry")
+        .context("registering the HTTP metrics")?;
+    let api =
+        routes::router(Store::new(pool, default_level)).merge(orderflow_platform::metrics::metrics_route(registry));
+    let app = http_metrics
+        .layer(api)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     tracing::info!(addr = %listener.local_addr()?, "schema registry listening");
