@@ -7,10 +7,8 @@
 //! Without the OpenTelemetry layer installed (a library used on its own), spans have no trace
 //! context: [`traceparent_of`] then returns the incoming value unchanged, so nothing is lost.
 
-use std::collections::HashMap;
-
 use opentelemetry::{
-    propagation::{Extractor, Injector, TextMapPropagator},
+    propagation::{Extractor, TextMapPropagator},
     trace::TraceContextExt,
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -25,14 +23,6 @@ impl Extractor for One<'_> {
 
     fn keys(&self) -> Vec<&str> {
         vec!["traceparent"]
-    }
-}
-
-struct Collect(HashMap<String, String>);
-
-impl Injector for Collect {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_string(), value);
     }
 }
 
@@ -51,12 +41,10 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 /// The `traceparent` that makes the next hop a child of `span`.
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let context = span.context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut collected = Collect(HashMap::new());
-    TraceContextPropagator::new().inject_context(&context, &mut collected);
-    collected.0.remove("traceparent")
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
+    })
 }
 
 /// The 32-hex-digit trace id of `span`, when it has one.

@@ -52,14 +52,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(key)
 }
 
-/// A W3C traceparent (`00-<32 hex>-<16 hex>-<2 hex>`) to carry along, if the caller sent one.
+/// A W3C traceparent to carry along, if the caller sent a valid one.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
-    let parts: Vec<&str> = value.split('-').collect();
-    let shape = [2, 32, 16, 2];
-    let valid = parts.len() == 4
-        && parts.iter().zip(shape).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    valid.then(|| value.to_ascii_lowercase())
+    orderflow_platform::trace::is_traceparent(value).then(|| value.to_ascii_lowercase())
 }
 
 /// `POST /orders` in its own span: a child of the caller's `traceparent`, or a new trace. The

@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -20,6 +19,7 @@ use std::{
 use orderflow_lag_exporter::{ExporterSettings, broker_view::ReaderSettings};
 use orderflow_tests::{
     Running,
+    broker::free_port,
     intake::{eventually, sample_order},
     stack::TestStack,
 };
@@ -29,10 +29,6 @@ const WAIT: Duration = Duration::from_secs(90);
 
 fn files() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../helm/orderflow/files")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The rules with every window, offset and `for` in minutes turned into as many seconds, and
