@@ -16,6 +16,11 @@ cd "$ROOT"
 log "checking the event schemas (the PR workflow's check)"
 cargo run --quiet -p orderflow-schemas -- check
 
+# Tests that run a service as a process (the relay SIGKILL test) start its binary from the
+# target directory; `cargo test` builds test harnesses, not the plain binaries.
+log "building the service binaries"
+cargo build --workspace --bins --quiet
+
 log "running the test suite"
 export ORDERFLOW_TEST_PG_ADMIN_URL="$ORDERFLOW_PG_ADMIN_URL"
 # Each test starts its own broker process from this binary.
