@@ -34,7 +34,10 @@ as_root() {
 # Debian packages the build and the local stack need.
 ensure_apt_packages() {
     # prometheus: promtool checks the alert rules, and the dashboards are tested on a live server.
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates python3 prometheus)
+    # docker-compose: `docker-compose config` checks docker-compose.yml (no Docker engine needed).
+    # python3-venv: the deployment tests' own Python environment (ensure_python_tools).
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates
+        python3 python3-venv prometheus docker-compose)
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -53,6 +56,22 @@ ensure_tansu() {
     fi
     log "building the tansu $TANSU_VERSION broker (once; about 15 minutes on 2 cores)"
     cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+}
+
+# The deployment tests' Python packages, pinned, in a virtualenv of the project's own (Debian's
+# Python refuses system-wide pip installs). Exports ORDERFLOW_PYTHON.
+PYTHON_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2)
+ensure_python_tools() {
+    local venv="${ORDERFLOW_VENV:-$HOME/.cache/orderflow/venv}"
+    export ORDERFLOW_PYTHON="$venv/bin/python"
+    if [ -x "$ORDERFLOW_PYTHON" ] && "$ORDERFLOW_PYTHON" - "${PYTHON_TOOLS[@]}" <<'PY' 2>/dev/null; then return; fi
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (a.split("==") for a in sys.argv[1:])))
+PY
+    log "installing the deployment tests' Python packages into $venv"
+    [ -x "$ORDERFLOW_PYTHON" ] || python3 -m venv "$venv" || die "cannot create a virtualenv (Debian: apt-get install python3-venv)"
+    "$ORDERFLOW_PYTHON" -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 }
 
 pg_bin() {
@@ -100,7 +119,7 @@ ensure_postgres() {
     log "starting Postgres on 127.0.0.1:$ORDERFLOW_PG_PORT"
     STARTED_POSTGRES=1
     as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
-        -o "-p $ORDERFLOW_PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB" >/dev/null \
+        -o "-p $ORDERFLOW_PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB -c wal_level=logical" >/dev/null \
         || { tail -20 "$data/server.log" >&2; die "Postgres did not start"; }
 }
 

@@ -4,6 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_apt_packages
+ensure_python_tools
 ensure_tansu
 trap stop_started_services EXIT
 ensure_postgres
@@ -29,9 +30,18 @@ log_file="$(mktemp)"
 set +e
 cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}
+# The deployment checks: the Helm chart (Helm's SDK, kubernetes-validate), docker-compose.yml,
+# the Debezium connector. Python's unittest, counted in the same closing line.
+log "checking the Helm chart, docker-compose.yml and the connector"
+"$ORDERFLOW_PYTHON" -m unittest discover -s tests/deploy -v 2>&1 | grep -v 'WARN missing required values' | tee -a "$log_file"
+deploy_status=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary (cargo prints one "test result" per binary).
+# One closing line over every test binary (cargo prints one "test result" per binary; unittest
+# prints "Ran N tests" and then "OK" or "FAILED (failures=F, errors=E)").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
-     END { printf "orderflow: %d passed, %d failed\n", p, f }' "$log_file"
+     /^Ran [0-9]+ tests? in/ { ran = $2 }
+     /^FAILED \(/ { if (match($0, /failures=[0-9]+/)) uf += substr($0, RSTART + 9, RLENGTH - 9)
+                    if (match($0, /errors=[0-9]+/)) uf += substr($0, RSTART + 7, RLENGTH - 7) }
+     END { printf "orderflow: %d passed, %d failed\n", p + ran - uf, f + uf }' "$log_file"
 rm -f "$log_file"
-exit "$status"
+[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ]

@@ -24,11 +24,23 @@ pub struct KafkaArgs {
     /// Extra librdkafka properties, `key=value,key=value` (e.g. security settings; never logged).
     #[arg(long = "kafka-properties", env = "ORDERFLOW_KAFKA_PROPERTIES", default_value = "", hide_env_values = true)]
     pub properties: String,
+    /// Replication factor of the topics a service creates at start (existing topics, e.g. ones a
+    /// Strimzi KafkaTopic made, are left as they are). 1 suits a single local broker only.
+    #[arg(long = "kafka-replication-factor", env = "ORDERFLOW_KAFKA_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: i32,
+    /// Partitions of the source and retry topics a consumer creates at start.
+    #[arg(long = "kafka-partitions", env = "ORDERFLOW_KAFKA_PARTITIONS", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
 }
 
 impl KafkaArgs {
     pub fn settings(&self) -> anyhow::Result<KafkaSettings> {
-        KafkaSettings::new(&self.bootstrap).with_properties(&self.properties)
+        let mut settings = KafkaSettings::new(&self.bootstrap).with_properties(&self.properties)?;
+        settings.replication_factor = self.replication_factor;
+        settings.partitions = self.partitions;
+        Ok(settings)
     }
 }
 
@@ -39,11 +51,15 @@ pub struct KafkaSettings {
     pub bootstrap: String,
     /// Extra librdkafka properties, e.g. `security.protocol=SASL_SSL`.
     pub properties: Vec<(String, String)>,
+    /// Replication factor of topics created by [`KafkaSettings::ensure_topics`].
+    pub replication_factor: i32,
+    /// Partitions of the topics a consumer creates (its source and retry topics).
+    pub partitions: i32,
 }
 
 impl KafkaSettings {
     pub fn new(bootstrap: impl Into<String>) -> Self {
-        KafkaSettings { bootstrap: bootstrap.into(), properties: Vec::new() }
+        KafkaSettings { bootstrap: bootstrap.into(), properties: Vec::new(), replication_factor: 1, partitions: 12 }
     }
 
     /// Parses `key=value,key=value` (the `ORDERFLOW_KAFKA_PROPERTIES` format).
@@ -109,7 +125,9 @@ impl KafkaSettings {
         let admin: AdminClient<DefaultClientContext> = self.base().create().context("creating a Kafka admin client")?;
         let new_topics: Vec<NewTopic> = topics
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, partitions)| {
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(self.replication_factor))
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;

@@ -4,6 +4,7 @@
 pub mod http_metrics;
 pub mod kafka;
 pub mod metrics;
+pub mod migrations;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

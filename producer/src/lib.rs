@@ -32,9 +32,7 @@ use crate::rate_limit::ClientRateLimiter;
 /// Applies the orders and outbox migrations (idempotent).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_outbox::migrate(pool).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await.context("running orders migrations")
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "orders").await
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,15 @@ pub fn admin_url() -> String {
     })
 }
 
+/// A workspace binary beside the test harness (`scripts/test.sh` builds them all first:
+/// `cargo test` builds test harnesses, not plain binaries).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join(name);
+    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` (scripts/test.sh does)", bin.display());
+    bin
+}
+
 /// A database made for one test.
 pub struct TestDatabase {
     pub name: String,

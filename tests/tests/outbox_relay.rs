@@ -119,13 +119,6 @@ fn identity(message: &rdkafka::message::OwnedMessage) -> String {
     format!("{}/{:?}", key(message), message.payload())
 }
 
-fn relay_binary() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let bin = deps.parent().unwrap().parent().unwrap().join("outbox-relay");
-    assert!(bin.exists(), "{} not built (cargo test --workspace builds it)", bin.display());
-    bin
-}
-
 #[tokio::test]
 async fn a_relay_killed_mid_batch_loses_nothing_once_restarted() {
     let broker = TestBroker::spawn();
@@ -136,7 +129,7 @@ async fn a_relay_killed_mid_batch_loses_nothing_once_restarted() {
     let (keys, per_key) = (500, 6);
     seed_sequences(&pool, "sequences", keys, per_key).await;
     let spawn = || {
-        Command::new(relay_binary())
+        Command::new(orderflow_tests::binary("outbox-relay"))
             .env("ORDERFLOW_OUTBOX_DATABASE_URL", &db.url)
             .env("ORDERFLOW_KAFKA_BOOTSTRAP", &broker.bootstrap)
             .env("ORDERFLOW_RELAY_BATCH", "250")

@@ -24,9 +24,7 @@ pub const GROUP: &str = "analytics";
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_consumer_runtime::migrate(pool).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    Ok(migrator.run(pool).await?)
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "analytics").await
 }
 
 /// A lifecycle step: its fact column in `order_facts` and its counter in `minute_counts`.

@@ -28,9 +28,7 @@ pub const GROUP: &str = "inventory";
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_outbox::migrate(pool).await?;
     orderflow_consumer_runtime::migrate(pool).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    Ok(migrator.run(pool).await?)
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "inventory").await
 }
 
 /// Sets the available quantity of each SKU (creating it), as an operator seeds or corrects

@@ -23,9 +23,7 @@ pub const GROUP: &str = "notifications";
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_consumer_runtime::migrate(pool).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    Ok(migrator.run(pool).await?)
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "notifications").await
 }
 
 pub fn message_key(order_id: Uuid, kind: &str) -> String {

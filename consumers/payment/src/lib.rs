@@ -50,9 +50,7 @@ pub fn refund_key(order_id: Uuid) -> String {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_outbox::migrate(pool).await?;
     orderflow_consumer_runtime::migrate(pool).await?;
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    Ok(migrator.run(pool).await?)
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "payments").await
 }
 
 pub struct PaymentHandler {

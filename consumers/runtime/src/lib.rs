@@ -70,9 +70,7 @@ pub use worker::backoff_ceiling;
 
 /// Applies the dedupe-store migration (idempotent; shares the service's database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await.context("running consumer-runtime migrations")
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "consumer-runtime (dedupe)").await
 }
 
 /// A decoded record and where it came from.
@@ -244,6 +242,7 @@ pub struct ConsumerSettings {
 
 impl ConsumerSettings {
     pub fn new(group: &str, topics: &[&str], kafka: KafkaSettings) -> Self {
+        let topic_partitions = kafka.partitions;
         ConsumerSettings {
             group: group.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -256,7 +255,7 @@ impl ConsumerSettings {
             max_in_flight: 32,
             batch_size: 100,
             revoke_grace: Duration::from_secs(10),
-            topic_partitions: 12,
+            topic_partitions,
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),
         }

@@ -6,6 +6,7 @@
 //! its events with it). Payloads are framed at the source (Confluent wire format, schema id
 //! included), so the relay — or Debezium, see `connect/` — copies bytes and needs no registry.
 
+pub mod cdc;
 pub mod metrics;
 pub mod relay;
 
@@ -19,10 +20,7 @@ pub use relay::{OutboxRelay, RelaySettings};
 
 /// Applies the outbox migration (idempotent; shares the database with the owner's tables).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
-    Ok(())
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "outbox").await
 }
 
 /// An event to publish.

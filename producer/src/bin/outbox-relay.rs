@@ -1,5 +1,9 @@
 //! `outbox-relay`: publishes one database's outbox to Kafka. Run one or more per database
 //! (orders, payments); they share the work and keep per-order order.
+//!
+//! `ORDERFLOW_RELAY_MODE=prune` is the CDC companion (`connect/`): Debezium publishes the table
+//! from the WAL, and this process only deletes rows older than `ORDERFLOW_RELAY_PRUNE_AFTER_SECS`.
+//! In the default `publish` mode the relay refuses a table that CDC already captures.
 
 use std::time::Duration;
 
@@ -34,6 +38,18 @@ struct Args {
     /// The `outbox` label on the relay's metrics (default: the database's name).
     #[arg(long, env = "ORDERFLOW_OUTBOX_NAME")]
     outbox_name: Option<String>,
+    /// `publish` (the relay) or `prune` (beside Debezium: keep the table small, publish nothing).
+    #[arg(long, env = "ORDERFLOW_RELAY_MODE", value_enum, default_value_t = Mode::Publish)]
+    mode: Mode,
+    /// In prune mode, how old a row must be before it is deleted.
+    #[arg(long, env = "ORDERFLOW_RELAY_PRUNE_AFTER_SECS", default_value_t = 3600)]
+    prune_after_secs: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Publish,
+    Prune,
 }
 
 #[tokio::main]
@@ -47,6 +63,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
     orderflow_outbox::migrate(&pool).await?;
+    if args.mode == Mode::Prune {
+        let result = prune(&pool, &args).await;
+        orderflow_platform::telemetry::shutdown();
+        return result;
+    }
+    orderflow_outbox::cdc::ensure_not_captured(&pool).await?;
     let kafka = args.kafka.settings()?;
     let topics: Vec<(String, i32)> = args
         .ensure_topics
@@ -81,6 +103,52 @@ async fn main() -> anyhow::Result<()> {
         .await;
     orderflow_platform::telemetry::shutdown();
     result
+}
+
+/// Prune mode: every poll interval, delete what Debezium has had for long enough.
+async fn prune(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<()> {
+    let after = Duration::from_secs(args.prune_after_secs);
+    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+    let outbox = args.outbox_name.clone().unwrap_or_else(|| database_name(&args.database_url));
+    let registry = prometheus::Registry::new();
+    let metrics = orderflow_outbox::RelayMetrics::register(&registry, &outbox)?;
+    tokio::spawn(orderflow_platform::metrics::serve(listener, registry, std::future::pending()));
+    tokio::spawn(metrics.sample_backlog(pool.clone(), Duration::from_secs(5)));
+    tracing::info!(outbox, prune_after_secs = args.prune_after_secs, "outbox pruner started (CDC mode)");
+    let mut shutdown = std::pin::pin!(orderflow_platform::shutdown::shutdown_signal());
+    let mut warned = false;
+    let idle = Duration::from_millis(args.poll_ms.max(1000));
+    loop {
+        // A full batch means more is due: go again at once (still stopping on a signal).
+        let pause = match orderflow_outbox::cdc::prune(pool, after, args.batch_size).await {
+            Ok(Some(n)) => {
+                if n > 0 {
+                    tracing::info!(outbox, deleted = n, "pruned outbox rows older than the retention");
+                }
+                if n as i64 >= args.batch_size { Duration::ZERO } else { idle }
+            }
+            Ok(None) => {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        outbox,
+                        "no logical replication slot on this database yet: keeping every row for the connector's snapshot"
+                    );
+                }
+                idle
+            }
+            Err(e) => {
+                tracing::warn!(outbox, error = %format!("{e:#}"), "prune failed; retrying");
+                idle
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// The database name in a Postgres URL (`…/orderflow_orders?…` → `orderflow_orders`).

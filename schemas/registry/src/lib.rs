@@ -22,7 +22,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Applies the registry's migrations (idempotent).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations").run(pool).await.context("running registry migrations")
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "registry").await
 }
 
 /// Serves the API (and `/metrics`: requests per route and status) on `listener` until

@@ -28,9 +28,7 @@ use tokio::{net::TcpListener, sync::RwLock};
 use uuid::Uuid;
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await.context("running notification simulator migrations")
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "notification simulator").await
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

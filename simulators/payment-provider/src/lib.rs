@@ -19,7 +19,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -37,9 +36,7 @@ use uuid::Uuid;
 pub const API_VERSION: &str = "2026-01";
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await.context("running simulator migrations")
+    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "payment simulator").await
 }
 
 #[derive(Debug, Deserialize, Serialize)]

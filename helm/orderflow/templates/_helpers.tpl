@@ -1,0 +1,283 @@
+{{/* Names and labels. */}}
+{{- define "orderflow.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "orderflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "orderflow.labels" -}}
+{{ include "orderflow.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: orderflow
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "orderflow.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{/* The registry every client uses: ours (in-cluster Service) or the one values name. */}}
+{{- define "orderflow.registryUrl" -}}
+{{- if .Values.registry.enabled -}}
+http://{{ include "orderflow.fullname" . }}-registry:8081
+{{- else -}}
+{{ required "registry.url is required when registry.enabled is false" .Values.registry.url }}
+{{- end -}}
+{{- end -}}
+
+{{- define "orderflow.paymentProviderUrl" -}}
+{{- if .Values.simulators.enabled -}}
+http://{{ include "orderflow.fullname" . }}-payment-simulator:8090
+{{- else -}}
+{{ required "providers.payment.url is required unless simulators.enabled" .Values.providers.payment.url }}
+{{- end -}}
+{{- end -}}
+
+{{- define "orderflow.notificationProviderUrl" -}}
+{{- if .Values.simulators.enabled -}}
+http://{{ include "orderflow.fullname" . }}-notification-simulator:8091
+{{- else -}}
+{{ required "providers.notification.url is required unless simulators.enabled" .Values.providers.notification.url }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether an optional API group is in use: "true"/"false" force it, "auto" asks the cluster. */}}
+{{- define "orderflow.apiEnabled" -}}
+{{- $setting := index . 0 -}}{{- $api := index . 1 -}}{{- $root := index . 2 -}}
+{{- if eq (toString $setting) "auto" -}}
+{{- $root.Capabilities.APIVersions.Has $api -}}
+{{- else -}}
+{{- eq (toString $setting) "true" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The partitions of a consumer group's topics: the fewest, since no replica beyond that gets work on every topic. */}}
+{{- define "orderflow.groupPartitions" -}}
+{{- $root := index . 0 -}}{{- $topics := index . 1 -}}
+{{- $min := 0 -}}
+{{- range $topics -}}
+{{- $p := int (index $root.Values.topics .).partitions -}}
+{{- if or (eq $min 0) (lt $p $min) -}}{{- $min = $p -}}{{- end -}}
+{{- end -}}
+{{- $min -}}
+{{- end -}}
+
+{{/*
+Every workload the chart runs, as a YAML list: what differs between them (program, ports,
+probes, database key, what it reaches). deployment.yaml, service.yaml, pdb.yaml,
+networkpolicy.yaml and servicemonitor.yaml all read this one list.
+*/}}
+{{- define "orderflow.workloads" -}}
+{{- $v := .Values -}}
+{{- $registry := include "orderflow.registryUrl" . -}}
+{{- if $v.registry.enabled }}
+- name: registry
+  command: [orderflow-registry]
+  replicas: {{ $v.registry.replicas }}
+  resources: {{ toJson $v.registry.resources }}
+  pdb: {{ toJson $v.registry.pdb }}
+  database: registry
+  ports: [{name: http, port: 8081}]
+  service: {port: 8081}
+  probes: {port: http, live: /healthz, ready: /healthz}
+  metricsPort: http
+  reaches: [database]
+  ingressFrom: [orderflow]
+  env:
+    ORDERFLOW_REGISTRY_LISTEN: "0.0.0.0:8081"
+    ORDERFLOW_REGISTRY_DEFAULT_COMPATIBILITY: {{ $v.registry.defaultCompatibility | quote }}
+{{- end }}
+- name: order-api
+  command: [order-api]
+  replicas: {{ $v.orderApi.replicas }}
+  resources: {{ toJson $v.orderApi.resources }}
+  pdb: {{ toJson $v.orderApi.pdb }}
+  database: orders
+  ports: [{name: http, port: 8080}]
+  service: {port: {{ $v.orderApi.service.port }}, type: {{ $v.orderApi.service.type }}}
+  probes: {port: http, live: /healthz, ready: /readyz}
+  metricsPort: http
+  reaches: [database, registry]
+  ingressFrom: [apiClients]
+  env:
+    ORDERFLOW_API_LISTEN: "0.0.0.0:8080"
+    ORDERFLOW_API_CLIENT_RATE: {{ $v.orderApi.clientRate | quote }}
+    ORDERFLOW_API_CLIENT_BURST: {{ $v.orderApi.clientBurst | quote }}
+    ORDERFLOW_API_DB_POOL: {{ $v.orderApi.dbPool | quote }}
+{{- range $outbox := list "orders" "payments" "inventory" }}
+- name: relay-{{ $outbox }}
+  command: [outbox-relay]
+  replicas: {{ $v.relays.replicas }}
+  resources: {{ toJson $v.relays.resources }}
+  pdb: {{ toJson $v.relays.pdb }}
+  database: {{ $outbox }}
+  ports: [{name: metrics, port: 9100}]
+  probes: {port: metrics, live: /healthz, ready: /healthz}
+  metricsPort: metrics
+  reaches: {{ if eq $v.outbox.publisher "relay" }}[database, kafka]{{ else }}[database]{{ end }}
+  env:
+    ORDERFLOW_METRICS_LISTEN: "0.0.0.0:9100"
+    ORDERFLOW_OUTBOX_NAME: {{ $outbox }}
+    ORDERFLOW_RELAY_MODE: {{ if eq $v.outbox.publisher "relay" }}publish{{ else }}prune{{ end }}
+    ORDERFLOW_RELAY_BATCH: {{ $v.relays.batchSize | quote }}
+    ORDERFLOW_RELAY_PRUNE_AFTER_SECS: {{ $v.outbox.pruneAfterSeconds | quote }}
+    ORDERFLOW_RELAY_ENSURE_TOPICS: {{ printf "orders:%d,payments:%d" (int $v.topics.orders.partitions) (int $v.topics.payments.partitions) | quote }}
+{{- end }}
+{{- $consumers := list
+  (dict "key" "payment" "name" "payment" "group" "payment" "topics" (list "orders") "database" "payments" "provider" "payment")
+  (dict "key" "orderService" "name" "order-service" "group" "order-service" "topics" (list "payments" "orders") "database" "orders")
+  (dict "key" "inventory" "name" "inventory" "group" "inventory" "topics" (list "orders") "database" "inventory")
+  (dict "key" "notifications" "name" "notifications" "group" "notifications" "topics" (list "orders") "database" "notifications" "provider" "notification")
+  (dict "key" "analytics" "name" "analytics" "group" "analytics" "topics" (list "orders") "database" "analytics" "api" true)
+}}
+{{- range $c := $consumers }}
+{{- $cv := index $v.consumers $c.key }}
+{{- $port := ternary 8082 9100 (hasKey $c "api") }}
+- name: {{ $c.name }}
+  command: [{{ $c.name }}]
+  replicas: {{ $cv.replicas }}
+  resources: {{ toJson $cv.resources }}
+  pdb: {{ toJson $v.consumers.pdb }}
+  database: {{ $c.database }}
+  ports: [{name: {{ ternary "http" "metrics" (hasKey $c "api") }}, port: {{ $port }}}]
+  {{- if hasKey $c "api" }}
+  service: {port: 8082}
+  {{- end }}
+  probes: {port: {{ ternary "http" "metrics" (hasKey $c "api") }}, live: /healthz, ready: /healthz}
+  metricsPort: {{ ternary "http" "metrics" (hasKey $c "api") }}
+  reaches: [database, kafka, registry{{ if hasKey $c "provider" }}, {{ $c.provider }}Provider{{ end }}]
+  {{- if hasKey $c "api" }}
+  ingressFrom: [prometheus]
+  {{- end }}
+  consumer:
+    group: {{ $c.group }}
+    topics: {{ toJson $c.topics }}
+    minReplicas: {{ $cv.minReplicas }}
+    maxReplicas: {{ $cv.maxReplicas | default (include "orderflow.groupPartitions" (list $ $c.topics)) }}
+  env:
+    {{- if hasKey $c "api" }}
+    ORDERFLOW_ANALYTICS_LISTEN: "0.0.0.0:8082"
+    {{- else }}
+    ORDERFLOW_METRICS_LISTEN: "0.0.0.0:9100"
+    {{- end }}
+    ORDERFLOW_KAFKA_PARTITIONS: {{ include "orderflow.groupPartitions" (list $ $c.topics) | quote }}
+    {{- if eq $c.name "payment" }}
+    ORDERFLOW_PROVIDER_URL: {{ include "orderflow.paymentProviderUrl" $ | quote }}
+    ORDERFLOW_PROVIDER_RATE_LIMIT: {{ $v.providers.payment.rateLimitPerSecond | quote }}
+    ORDERFLOW_PROVIDER_TIMEOUT_MS: {{ $v.providers.payment.timeoutMs | quote }}
+    {{- end }}
+    {{- if eq $c.name "notifications" }}
+    ORDERFLOW_NOTIFY_PROVIDER_URL: {{ include "orderflow.notificationProviderUrl" $ | quote }}
+    ORDERFLOW_NOTIFY_PROVIDER_TIMEOUT_MS: {{ $v.providers.notification.timeoutMs | quote }}
+    {{- end }}
+{{- end }}
+- name: lag-exporter
+  command: [lag-exporter]
+  replicas: {{ $v.lagExporter.replicas }}
+  resources: {{ toJson $v.lagExporter.resources }}
+  ports: [{name: metrics, port: 9100}]
+  probes: {port: metrics, live: /healthz, ready: /readyz}
+  metricsPort: metrics
+  reaches: [kafka]
+  env:
+    ORDERFLOW_METRICS_LISTEN: "0.0.0.0:9100"
+    ORDERFLOW_LAG_INTERVAL_SECS: {{ $v.lagExporter.intervalSeconds | quote }}
+    ORDERFLOW_LAG_GROUPS: payment,order-service,inventory,notifications,analytics
+{{- if $v.simulators.enabled }}
+- name: payment-simulator
+  command: [payment-simulator]
+  replicas: 1
+  resources: {{ toJson $v.simulators.resources }}
+  database: paymentSimulator
+  ports: [{name: http, port: 8090}, {name: admin, port: 8089}]
+  service: {port: 8090, extraPorts: [{name: admin, port: 8089}]}
+  probes: {port: http, live: /healthz, ready: /healthz}
+  reaches: [database]
+  ingressFrom: [payment]
+  env:
+    ORDERFLOW_SIMULATOR_LISTEN: "0.0.0.0:8090"
+    ORDERFLOW_SIMULATOR_ADMIN_LISTEN: "0.0.0.0:8089"
+- name: notification-simulator
+  command: [notification-simulator]
+  replicas: 1
+  resources: {{ toJson $v.simulators.resources }}
+  database: notificationSimulator
+  ports: [{name: http, port: 8091}]
+  service: {port: 8091}
+  probes: {port: http, live: /healthz, ready: /healthz}
+  reaches: [database]
+  ingressFrom: [notifications]
+  env:
+    ORDERFLOW_NOTIFY_SIMULATOR_LISTEN: "0.0.0.0:8091"
+{{- end }}
+{{- end -}}
+
+{{/* Environment every orderflow container shares (inline, so hook Jobs need no ConfigMap). */}}
+{{- define "orderflow.commonEnv" -}}
+- name: ORDERFLOW_KAFKA_BOOTSTRAP
+  value: {{ required "kafka.bootstrap is required (host:port of your brokers)" .Values.kafka.bootstrap | quote }}
+- name: ORDERFLOW_KAFKA_REPLICATION_FACTOR
+  value: {{ .Values.kafka.replicationFactor | quote }}
+{{- if .Values.kafka.propertiesSecret.name }}
+- name: ORDERFLOW_KAFKA_PROPERTIES
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.propertiesSecret.name }}
+      key: {{ .Values.kafka.propertiesSecret.key }}
+{{- end }}
+- name: ORDERFLOW_REGISTRY_URL
+  value: {{ include "orderflow.registryUrl" . | quote }}
+- name: ORDERFLOW_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The env var a database key is read from by the services. */}}
+{{- define "orderflow.databaseEnv" -}}
+{{- $names := dict "orders" "ORDERFLOW_ORDERS_DATABASE_URL" "payments" "ORDERFLOW_PAYMENTS_DATABASE_URL" "inventory" "ORDERFLOW_INVENTORY_DATABASE_URL" "notifications" "ORDERFLOW_NOTIFICATIONS_DATABASE_URL" "analytics" "ORDERFLOW_ANALYTICS_DATABASE_URL" "registry" "ORDERFLOW_REGISTRY_DATABASE_URL" "paymentSimulator" "ORDERFLOW_SIMULATOR_DATABASE_URL" "notificationSimulator" "ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL" -}}
+{{- index $names . -}}
+{{- end -}}
+
+{{- define "orderflow.databaseSecretRef" -}}
+{{- $root := index . 0 -}}{{- $key := index . 1 -}}
+valueFrom:
+  secretKeyRef:
+    name: {{ required "database.existingSecret is required: a Secret with one Postgres URL per database" $root.Values.database.existingSecret }}
+    key: {{ index $root.Values.database.keys $key }}
+{{- end -}}
+
+{{- define "orderflow.podSecurity" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+automountServiceAccountToken: false
+{{- with .Values.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

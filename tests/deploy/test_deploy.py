@@ -1,0 +1,477 @@
+"""Deployment checks: the Helm chart rendered by Helm's own SDK, docker-compose.yml read by
+docker-compose, the Debezium connector against the outbox migrations, and the image's binaries.
+No cluster and no Docker engine: what a reviewer checks, checked on every run.
+
+Run: scripts/test.sh (which installs helm-python-sdk, kubernetes-validate and docker-compose), or
+`python3 -m unittest discover -s tests/deploy -v` with those installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import subprocess
+import unittest
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "orderflow"
+KUBE_VERSION = kubernetes_validate.latest_version()  # the newest the validator knows (1.37 here)
+
+# What an install must be given; everything else has a default.
+MINIMAL = {
+    "kafka": {"bootstrap": "kafka.kafka:9092"},
+    "database": {"existingSecret": "orderflow-databases"},
+    "providers": {
+        "payment": {"url": "https://payments.example.com"},
+        "notification": {"url": "https://mail.example.com"},
+    },
+}
+PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
+# Every optional part on, simulators and CDC included: the widest render.
+EVERYTHING = {
+    **copy.deepcopy(MINIMAL),
+    "simulators": {"enabled": True},
+    "outbox": {"publisher": "cdc"},
+    "autoscaling": {"keda": {"enabled": "true"}},
+    "monitoring": {"prometheusOperator": "true"},
+    "topics": {"strimzi": {"enabled": True, "cluster": "shop"}},
+    "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"},
+}
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "KafkaTopic"}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _render(values_json: str) -> dict:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(json.loads(values_json), name="orderflow", namespace="shop", is_install=True)
+
+
+def render(values: dict) -> list[dict]:
+    """The rendered manifests (parsed afresh each call, so a test may not change another's)."""
+    manifests = _render(json.dumps(values, sort_keys=True))
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def render_error(values: dict) -> str:
+    try:
+        render(values)
+    except helm.HelmError as e:
+        return str(e)
+    raise AssertionError(f"values were accepted: {json.dumps(values)[:300]}")
+
+
+def pod_specs(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d, d["spec"]["template"]["spec"]
+
+
+def containers(spec: dict):
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def image_binaries() -> set[str]:
+    """The binaries the Dockerfile puts in the image: every bin target of the workspace but
+    the test harness's (it builds `--workspace --bins --exclude orderflow-tests`)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--workspace --bins --exclude orderflow-tests" in dockerfile, "the Dockerfile's build line changed"
+    meta = json.loads(
+        subprocess.run(
+            ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout
+    )
+    return {
+        t["name"]
+        for p in meta["packages"] if p["name"] != "orderflow-tests"
+        for t in p["targets"] if "bin" in t["kind"]
+    }
+
+
+class ChartRenders(unittest.TestCase):
+    """Default, production and everything-on values render, lint clean and validate."""
+
+    cases = {"minimal": MINIMAL, "production": PRODUCTION, "everything": EVERYTHING}
+
+    def test_lint_is_clean(self):
+        for name, values in self.cases.items():
+            with self.subTest(values=name):
+                report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+                problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+                self.assertEqual(problems, [], f"helm lint ({name})")
+
+    def test_every_manifest_validates_against_kubernetes(self):
+        for name, values in self.cases.items():
+            docs = render(values)
+            self.assertGreater(len(docs), 30)
+            for doc in docs:
+                if doc["kind"] in CRD_KINDS:
+                    continue  # no upstream schema in the validator; asserted field by field below
+                with self.subTest(values=name, kind=doc["kind"], name=doc["metadata"]["name"]):
+                    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+    def test_no_manifest_is_rendered_twice(self):
+        for name, values in self.cases.items():
+            keys = [(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in render(values)]
+            self.assertEqual(len(keys), len(set(keys)), name)
+
+
+class ReviewersChecks(unittest.TestCase):
+    def setUp(self):
+        self.docs = render(EVERYTHING)
+        self.production = render(PRODUCTION)
+
+    def test_every_long_running_container_has_probes_and_every_container_limits(self):
+        for docs in (self.docs, self.production):
+            for owner, spec in pod_specs(docs):
+                for c in containers(spec):
+                    where = f'{owner["kind"]}/{owner["metadata"]["name"]}/{c["name"]}'
+                    limits, requests = c["resources"].get("limits", {}), c["resources"].get("requests", {})
+                    self.assertTrue({"cpu", "memory"} <= limits.keys(), f"{where}: limits {limits}")
+                    self.assertTrue({"cpu", "memory"} <= requests.keys(), f"{where}: requests {requests}")
+                    long_running = owner["kind"] == "Deployment" or c.get("restartPolicy") == "Always"
+                    if long_running:
+                        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                            self.assertIn(probe, c, f"{where} has no {probe}")
+                            port = c[probe]["httpGet"]["port"]
+                            self.assertIn(port, [p["name"] for p in c["ports"]], f"{where}: {probe} on an unknown port")
+                    else:
+                        self.assertTrue(owner["spec"].get("activeDeadlineSeconds"), f"{where}: a Job needs a deadline")
+
+    def test_probes_hit_the_endpoints_the_binaries_serve(self):
+        served = {  # program -> paths its HTTP server answers (see each binary's router)
+            "order-api": {"/healthz", "/readyz"}, "orderflow-registry": {"/healthz"}, "lag-exporter": {"/healthz", "/readyz"},
+            "outbox-relay": {"/healthz"}, "payment": {"/healthz"}, "order-service": {"/healthz"}, "inventory": {"/healthz"},
+            "notifications": {"/healthz"}, "analytics": {"/healthz"}, "payment-simulator": {"/healthz"},
+            "notification-simulator": {"/healthz"},
+        }
+        for owner, spec in pod_specs(self.docs):
+            for c in containers(spec):
+                if "livenessProbe" not in c:
+                    continue
+                program = c["args"][0]
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    self.assertIn(c[probe]["httpGet"]["path"], served[program], f"{program} {probe}")
+
+    def test_pods_run_as_non_root_read_only_without_capabilities(self):
+        for docs in (self.docs, self.production):
+            for owner, spec in pod_specs(docs):
+                self.assertTrue(spec["securityContext"]["runAsNonRoot"], owner["metadata"]["name"])
+                self.assertNotEqual(spec["securityContext"].get("runAsUser"), 0)
+                self.assertFalse(spec["automountServiceAccountToken"])
+                for c in containers(spec):
+                    sc = c["securityContext"]
+                    where = f'{owner["metadata"]["name"]}/{c["name"]}'
+                    self.assertTrue(sc["readOnlyRootFilesystem"], where)
+                    self.assertFalse(sc["allowPrivilegeEscalation"], where)
+                    self.assertEqual(sc["capabilities"]["drop"], ["ALL"], where)
+                    self.assertNotIn("add", sc["capabilities"], where)
+                    self.assertFalse(c["image"].endswith(":latest"), where)
+
+    def test_no_secret_holds_a_literal_password(self):
+        for docs in (self.docs, self.production):
+            self.assertEqual([d for d in docs if d["kind"] == "Secret"], [], "the chart makes no Secrets")
+            text = yaml.safe_dump_all(docs)
+            self.assertIsNone(re.search(r"postgres(ql)?://[^\s\"':@/]+:[^\s\"'@/]+@", text), "a database URL with a password")
+            self.assertNotRegex(text.lower(), r"password\s*[:=]\s*['\"]?\w")
+            for owner, spec in pod_specs(docs):
+                for c in containers(spec):
+                    for env in c.get("env", []):
+                        if env["name"].endswith("DATABASE_URL") or env["name"] == "ORDERFLOW_KAFKA_PROPERTIES":
+                            self.assertIn("secretKeyRef", env.get("valueFrom", {}), f'{c["name"]}: {env["name"]} must come from a Secret')
+
+    def test_each_service_gets_only_its_own_database(self):
+        own = {"order-api": "orders-url", "order-service": "orders-url", "payment": "payments-url",
+               "inventory": "inventory-url", "notifications": "notifications-url", "analytics": "analytics-url",
+               "registry": "registry-url", "relay-orders": "orders-url", "relay-payments": "payments-url",
+               "relay-inventory": "inventory-url", "lag-exporter": None}
+        for d in self.docs:
+            if d["kind"] != "Deployment":
+                continue
+            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+            if component not in own:
+                continue
+            keys = [e["valueFrom"]["secretKeyRef"]["key"] for c in d["spec"]["template"]["spec"]["containers"]
+                    for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+            self.assertEqual(keys, [own[component]] if own[component] else [], component)
+
+    def test_keda_never_scales_a_group_past_its_partitions(self):
+        for values, docs in ((EVERYTHING, self.docs), (PRODUCTION, self.production)):
+            merged = merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+            scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+            self.assertEqual(len(scaled), 5, "one ScaledObject per consumer group")
+            for so in scaled:
+                topics = [t["metadata"]["topic"] for t in so["spec"]["triggers"]]
+                partitions = min(merged["topics"][t]["partitions"] for t in topics)
+                self.assertLessEqual(so["spec"]["maxReplicaCount"], partitions, so["metadata"]["name"])
+                self.assertGreaterEqual(so["spec"]["maxReplicaCount"], so["spec"]["minReplicaCount"])
+                for t in so["spec"]["triggers"]:
+                    self.assertEqual(t["type"], "kafka")
+                    self.assertEqual(t["metadata"]["bootstrapServers"], merged["kafka"]["bootstrap"])
+                target = so["spec"]["scaleTargetRef"]["name"]
+                deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == target)
+                self.assertNotIn("replicas", deployment["spec"], f"{target}: KEDA owns the replica count")
+        # Asking for more replicas than partitions fails the install, naming the group.
+        error = render_error(merge(EVERYTHING, {"consumers": {"payment": {"maxReplicas": 13}}}))
+        self.assertIn("payment maxReplicas 13 exceeds the 12 partitions of orders", error)
+
+    def test_hooks_migrate_then_register_schemas_before_any_app(self):
+        for docs in (self.docs, self.production):
+            jobs = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Job"}
+            self.assertEqual(set(jobs), {"migrate", "schemas"})
+            for job in jobs.values():
+                self.assertEqual(set(job["metadata"]["annotations"]["helm.sh/hook"].split(",")), {"pre-install", "pre-upgrade"})
+            weight = {k: int(j["metadata"]["annotations"]["helm.sh/hook-weight"]) for k, j in jobs.items()}
+            self.assertLess(weight["migrate"], weight["schemas"])
+            self.assertEqual(jobs["migrate"]["spec"]["template"]["spec"]["containers"][0]["args"], ["orderflow-migrate"])
+            self.assertEqual(jobs["schemas"]["spec"]["template"]["spec"]["containers"][0]["args"], ["orderflow-schemas", "register"])
+            # Apps are plain resources (installed after pre-install hooks), and only verify the schema.
+            for d in docs:
+                if d["kind"] == "Deployment":
+                    self.assertNotIn("helm.sh/hook", d["metadata"].get("annotations", {}))
+                    env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+                    self.assertEqual(env["ORDERFLOW_MIGRATIONS"], "verify", d["metadata"]["name"])
+            # The migrate Job is given every database the release's apps use.
+            def database_keys(env):
+                return {e["valueFrom"]["secretKeyRef"]["key"] for e in env if e["name"].endswith("DATABASE_URL")}
+            migrate_keys = database_keys(jobs["migrate"]["spec"]["template"]["spec"]["containers"][0]["env"])
+            app_keys = set().union(*(database_keys(d["spec"]["template"]["spec"]["containers"][0]["env"]) for d in docs if d["kind"] == "Deployment"))
+            self.assertGreaterEqual(len(app_keys), 6)
+            self.assertEqual(app_keys - migrate_keys, set())
+
+    def test_bad_values_are_rejected_by_the_schema(self):
+        cases = {
+            "kafka.replicationFactr": ({"kafka": {"replicationFactr": 3}}, "replicationFactr"),
+            "orderApi.replicas as text": ({"orderApi": {"replicas": "two"}}, "/orderApi/replicas"),
+            "outbox.publisher": ({"outbox": {"publisher": "both"}}, "/outbox/publisher"),
+            "root filesystem writable": ({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+            "typo at the top": ({"consumer": {}}, "consumer"),
+            "bootstrap without a port": ({"kafka": {"bootstrap": "kafka.kafka"}}, "/kafka/bootstrap"),
+            "keda enabled: yes": ({"autoscaling": {"keda": {"enabled": "yes"}}}, "/autoscaling/keda/enabled"),
+        }
+        for name, (bad, needle) in cases.items():
+            with self.subTest(case=name):
+                self.assertIn(needle, render_error(merge(MINIMAL, bad)))
+        # Required values missing: a clear message, not a broken manifest.
+        self.assertIn("kafka.bootstrap is required", render_error({"database": {"existingSecret": "x"}, **{k: MINIMAL[k] for k in ("providers",)}}))
+        self.assertIn("database.existingSecret is required", render_error({"kafka": MINIMAL["kafka"], "providers": MINIMAL["providers"]}))
+        self.assertIn("providers.payment.url is required", render_error({"kafka": MINIMAL["kafka"], "database": MINIMAL["database"]}))
+
+    def test_network_policies_cover_every_pod_and_allow_only_what_it_reaches(self):
+        policies = {d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: d for d in self.docs if d["kind"] == "NetworkPolicy"}
+        pods = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for d in self.docs if d["kind"] in ("Deployment", "Job")}
+        self.assertEqual(pods - set(policies), set(), "pods without a NetworkPolicy")
+
+        def egress_ports(component):
+            return {p["port"] for rule in policies[component]["spec"]["egress"] for p in rule.get("ports", [])}
+
+        for component, policy in policies.items():
+            self.assertEqual(set(policy["spec"]["policyTypes"]), {"Ingress", "Egress"}, component)
+        self.assertNotIn(9092, egress_ports("order-api"), "order-api has no business with the brokers")
+        self.assertNotIn(5432, egress_ports("lag-exporter"), "the lag exporter reads only the brokers")
+        self.assertIn(8090, egress_ports("payment"), "payment reaches its (simulated) provider")
+        self.assertNotIn(8090, egress_ports("inventory"))
+        # With CDC the relays are pruners: database only, no brokers.
+        self.assertEqual(egress_ports("relay-orders"), {53, 5432, 4317, 4318})
+
+    def test_cdc_and_relay_are_chosen_by_one_value(self):
+        def relay_modes(docs):
+            return {d["metadata"]["name"]: next(e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ORDERFLOW_RELAY_MODE")
+                    for d in docs if d["kind"] == "Deployment" and d["spec"]["template"]["spec"]["containers"][0]["args"] == ["outbox-relay"]}
+        self.assertEqual(set(relay_modes(self.docs).values()), {"prune"})
+        self.assertEqual(set(relay_modes(render(MINIMAL)).values()), {"publish"})
+        self.assertEqual(len(relay_modes(render(MINIMAL))), 3, "one relay per outbox database")
+
+    def test_monitoring_rules_and_dashboards(self):
+        rules_file = yaml.safe_load((CHART / "files" / "prometheus" / "orderflow-rules.yaml").read_text())
+        rule = next(d for d in self.production if d["kind"] == "PrometheusRule")
+        self.assertEqual(rule["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+        self.assertEqual(len(alerts), sum(1 for g in rules_file["groups"] for r in g["rules"] if "alert" in r))
+        base = PRODUCTION["alerts"]["runbookBaseUrl"]
+        for a in alerts:
+            self.assertRegex(a["annotations"]["runbook_url"], "^" + re.escape(base) + "#[a-z0-9-]+$", a["alert"])
+            self.assertIn("{{ $", a["annotations"]["summary"], "alert templates reach Prometheus unrendered")
+        monitors = [d for d in self.production if d["kind"] == "ServiceMonitor"]
+        services = {d["metadata"]["name"]: d for d in self.production if d["kind"] == "Service"}
+        for m in monitors:
+            service = services[m["metadata"]["name"]]
+            self.assertIn(m["spec"]["endpoints"][0]["port"], [p["name"] for p in service["spec"]["ports"]])
+        self.assertEqual(len(monitors), len([d for d in self.production if d["kind"] == "Deployment"]))
+        dashboards = next(d for d in self.production if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboards"))
+        self.assertEqual(dashboards["metadata"]["labels"]["grafana_dashboard"], "1")
+        shipped = sorted(p.name for p in (CHART / "files" / "grafana").glob("*.json"))
+        self.assertEqual(sorted(k.removeprefix("orderflow-") for k in dashboards["data"]), shipped)
+        for text in dashboards["data"].values():
+            self.assertIn("panels", json.loads(text))
+        # Without the operator (and on "auto" with no cluster to ask), no CRDs are rendered.
+        kinds = {d["kind"] for d in render(MINIMAL)}
+        self.assertFalse(kinds & CRD_KINDS, kinds & CRD_KINDS)
+
+    def test_strimzi_topics_match_what_the_services_use(self):
+        topics = {d["spec"]["topicName"]: d for d in self.production if d["kind"] == "KafkaTopic"}
+        groups = {"payment": ["orders"], "order-service": ["payments", "orders"], "inventory": ["orders"],
+                  "notifications": ["orders"], "analytics": ["orders"]}
+        expected = {"orders", "payments"} | {f"{t}.{g}.{kind}" for g, ts in groups.items() for t in ts for kind in ("retry", "DLT")}
+        self.assertEqual(set(topics), expected)
+        self.assertEqual(topics["orders"]["spec"]["partitions"], 24)
+        self.assertEqual(topics["orders.payment.retry"]["spec"]["partitions"], 24)
+        self.assertEqual(topics["orders.payment.DLT"]["spec"]["partitions"], 1)
+        self.assertEqual(topics["orders"]["spec"]["config"]["retention.ms"], str(168 * 3600 * 1000))
+        for t in topics.values():
+            self.assertEqual(t["metadata"]["namespace"], "kafka")
+            self.assertEqual(t["metadata"]["labels"]["strimzi.io/cluster"], "shop")
+            self.assertEqual(t["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+
+    def test_hpa_scales_order_api_and_pdbs_select_real_pods(self):
+        hpa = next(d for d in self.production if d["kind"] == "HorizontalPodAutoscaler")
+        self.assertEqual(hpa["spec"]["scaleTargetRef"]["name"], "orderflow-order-api")
+        deployments = {d["metadata"]["name"]: d for d in self.production if d["kind"] == "Deployment"}
+        self.assertNotIn("replicas", deployments["orderflow-order-api"]["spec"])
+        for pdb in (d for d in self.production if d["kind"] == "PodDisruptionBudget"):
+            target = deployments[pdb["metadata"]["name"]]
+            self.assertEqual(pdb["spec"]["selector"]["matchLabels"], target["spec"]["selector"]["matchLabels"])
+
+    def test_simulators_only_when_enabled(self):
+        for docs, present in ((render(MINIMAL), False), (self.docs, True)):
+            names = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+            self.assertEqual("orderflow-payment-simulator" in names, present)
+            self.assertEqual("orderflow-notification-simulator" in names, present)
+
+    def test_every_program_the_chart_runs_is_in_the_image(self):
+        binaries = image_binaries()
+        for owner, spec in pod_specs(self.docs):
+            for c in containers(spec):
+                self.assertIn(c["args"][0], binaries, f'{owner["metadata"]["name"]}/{c["name"]}')
+
+
+class Compose(unittest.TestCase):
+    def config(self, *profiles: str) -> dict:
+        """`docker-compose config` output, with only the services the profiles start (compose
+        1.29's `config` prints every service; `up` starts those without a profile or with an
+        active one)."""
+        env = {**os.environ, "COMPOSE_PROFILES": ",".join(profiles)}
+        result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+                                cwd=ROOT, env=env, capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        config = yaml.safe_load(result.stdout)
+        config["services"] = {n: s for n, s in config["services"].items()
+                              if not s.get("profiles") or set(s["profiles"]) & set(profiles)}
+        return config
+
+    def test_compose_config_accepts_the_file_and_every_command_is_in_the_image(self):
+        config = self.config("relay")
+        binaries = image_binaries()
+        ours = {name: s for name, s in config["services"].items() if "build" in s}
+        self.assertGreaterEqual(len(ours), 15)
+        for name, service in ours.items():
+            self.assertIn(service["command"][0], binaries, name)
+            health = service.get("healthcheck", {}).get("test")
+            if health:
+                self.assertEqual(health[:2], ["CMD", "orderflow-healthcheck"], f"{name}: the image has no shell")
+                self.assertIn("orderflow-healthcheck", binaries)
+
+    def test_compose_starts_in_order_and_keeps_data(self):
+        services = self.config("relay")["services"]
+        self.assertEqual(services["kafka"]["image"].split(":")[0], "apache/kafka")
+        self.assertIn("broker,controller", services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"])
+        for name in ("order-api", "payment", "order-service", "inventory", "notifications", "analytics", "relay-orders"):
+            depends = services[name]["depends_on"]
+            self.assertEqual(depends["migrate"]["condition"], "service_completed_successfully", name)
+            self.assertEqual(depends["schemas"]["condition"], "service_completed_successfully", name)
+        self.assertEqual(services["schemas"]["depends_on"]["registry"]["condition"], "service_healthy")
+        self.assertEqual(services["migrate"]["depends_on"]["postgres"]["condition"], "service_healthy")
+        for name in ("postgres", "kafka", "registry", "order-api", "prometheus", "grafana"):
+            self.assertIn("healthcheck", services[name], name)
+        for name in ("postgres", "kafka", "prometheus", "grafana"):
+            self.assertTrue(any(":" in str(v) and not str(v).startswith(".") for v in services[name]["volumes"]), name)
+        # Prometheus loads the chart's rules; Grafana the chart's dashboards: one copy of each.
+        mounts = " ".join(str(v) for v in services["prometheus"]["volumes"] + services["grafana"]["volumes"])
+        self.assertIn("helm/orderflow/files/prometheus/orderflow-rules.yaml", mounts)
+        self.assertIn("helm/orderflow/files/grafana", mounts)
+        self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT", services["order-api"]["environment"])
+
+    def test_relay_and_cdc_never_run_together(self):
+        def publishers(services):
+            return sorted(n for n, s in services.items()
+                          if s.get("environment", {}).get("ORDERFLOW_RELAY_MODE") == "publish" or n == "connect")
+        relay = self.config("relay")["services"]
+        cdc = self.config("cdc")["services"]
+        self.assertEqual(publishers(relay), ["relay-inventory", "relay-orders", "relay-payments"])
+        self.assertEqual(publishers(cdc), ["connect"])
+        self.assertEqual(self.config()["services"].keys() & {"relay-orders", "connect"}, set())
+        self.assertEqual((ROOT / ".env").read_text().count("COMPOSE_PROFILES=relay"), 1, "relay is the default")
+
+
+class Connector(unittest.TestCase):
+    def outbox_columns(self) -> set[str]:
+        """The outbox table's columns as the migrations leave them (CREATE, then ALTER ADD/DROP)."""
+        columns: set[str] = set()
+        for sql in sorted((ROOT / "producer" / "outbox" / "migrations").glob("*.sql")):
+            text = re.sub(r"--[^\n]*", "", sql.read_text())
+            create = re.search(r"CREATE TABLE\s+outbox\s*\((.*?)\);", text, re.S | re.I)
+            if create:
+                for line in create.group(1).split(","):
+                    word = line.strip().split()[0] if line.strip() else ""
+                    if word and word.upper() not in {"PRIMARY", "UNIQUE", "CONSTRAINT", "CHECK", "FOREIGN"}:
+                        columns.add(word)
+            for name in re.findall(r"ALTER TABLE\s+outbox\s+ADD COLUMN\s+(?:IF NOT EXISTS\s+)?(\w+)", text, re.I):
+                columns.add(name)
+            for name in re.findall(r"ALTER TABLE\s+outbox\s+DROP COLUMN\s+(?:IF EXISTS\s+)?(\w+)", text, re.I):
+                columns.discard(name)
+        return columns
+
+    def test_connector_names_only_columns_the_outbox_has(self):
+        columns = self.outbox_columns()
+        self.assertTrue({"event_id", "message_key", "payload", "topic", "traceparent"} <= columns, columns)
+        config = json.loads((ROOT / "connect" / "outbox-connector.json").read_text())
+        named = {
+            config["transforms.outbox.table.field.event.id"],
+            config["transforms.outbox.table.field.event.key"],
+            config["transforms.outbox.table.field.event.payload"],
+            config["transforms.outbox.route.by.field"],
+        } | {entry.split(":")[0] for entry in config["transforms.outbox.table.fields.additional.placement"].split(",")}
+        self.assertEqual(named - columns, set(), "connector columns missing from the outbox table")
+        self.assertEqual(config["transforms.outbox.table.field.event.key"], "message_key", "the order id keys the record")
+        placed = dict(e.split(":")[0::2] for e in config["transforms.outbox.table.fields.additional.placement"].split(","))
+        # Headers the consumers read, under the names the relay uses.
+        self.assertEqual(placed["event_id"], "event_id")
+        self.assertEqual(placed["traceparent"], "traceparent")
+        self.assertEqual(placed["event_type"], "event_type")
+        self.assertEqual(placed["schema_version"], "schema_version")
+        self.assertEqual(config["value.converter"], "io.debezium.converters.BinaryDataConverter")
+        self.assertEqual(config["table.include.list"], "public.outbox")
+
+    def test_the_relay_sets_the_same_headers(self):
+        relay = (ROOT / "producer" / "outbox" / "src" / "relay.rs").read_text()
+        config = json.loads((ROOT / "connect" / "outbox-connector.json").read_text())
+        headers = {e.split(":")[2] for e in config["transforms.outbox.table.fields.additional.placement"].split(",")}
+        relay_headers = set(re.findall(r'Header \{ key: "(\w+)"', relay))
+        self.assertEqual(headers, relay_headers)
+
+
+if __name__ == "__main__":
+    unittest.main()
