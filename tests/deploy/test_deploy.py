@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import unittest
 from pathlib import Path
 
@@ -413,6 +414,22 @@ class Compose(unittest.TestCase):
         self.assertIn("helm/orderflow/files/prometheus/orderflow-rules.yaml", mounts)
         self.assertIn("helm/orderflow/files/grafana", mounts)
         self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT", services["order-api"]["environment"])
+
+    def test_prometheus_config_is_valid_and_scrapes_every_service(self):
+        """Debian's promtool checks compose's Prometheus config with the chart's rules in it."""
+        config = yaml.safe_load((ROOT / "compose" / "prometheus" / "prometheus.yml").read_text())
+        rules = CHART / "files" / "prometheus" / "orderflow-rules.yaml"
+        self.assertEqual(config["rule_files"], ["/etc/prometheus/rules/orderflow-rules.yaml"])
+        config["rule_files"] = [str(rules)]  # where compose mounts it, here
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "prometheus.yml"
+            path.write_text(yaml.safe_dump(config))
+            result = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        targets = {t.split(":")[0] for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+        services = self.config("relay")["services"]
+        with_metrics = {n for n, s in services.items() if "build" in s and (s.get("healthcheck") or {}).get("test")}
+        self.assertEqual(with_metrics - targets - {"payment-simulator", "notification-simulator"}, set(), "services nobody scrapes")
 
     def test_relay_and_cdc_never_run_together(self):
         def publishers(services):
