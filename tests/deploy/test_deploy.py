@@ -369,6 +369,29 @@ class ReviewersChecks(unittest.TestCase):
                 self.assertIn(c["args"][0], binaries, f'{owner["metadata"]["name"]}/{c["name"]}')
 
 
+class Image(unittest.TestCase):
+    def test_the_runtime_base_has_every_shared_library_the_binaries_load(self):
+        """The image is distroless/cc: glibc, libgcc, libstdc++, OpenSSL 3. Anything else a binary
+        links must be copied by the Dockerfile (zlib, for librdkafka). Checked with ldd on the
+        binaries scripts/test.sh built."""
+        distroless_cc = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "libssl.so.3", "libcrypto.so.3",
+                         "libstdc++.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libgomp.so.1"}
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        copied = set(re.findall(r"gcc -print-file-name=(\S+?)\)", dockerfile))
+        self.assertEqual(copied, {"libz.so.1"})
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+        binaries = [target / b for b in sorted(image_binaries()) if (target / b).exists()]
+        if not binaries:
+            self.skipTest(f"no binaries built in {target} (scripts/test.sh builds them first)")
+        needed = set()
+        for binary in binaries:
+            out = subprocess.run(["ldd", str(binary)], check=True, capture_output=True, text=True).stdout
+            needed |= {line.split()[0].rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()}
+        needed.discard("ld-linux-x86-64.so.2")
+        self.assertEqual(needed - distroless_cc - copied, set(), "libraries the image lacks")
+        self.assertIn("libz.so.1", needed, "zlib is copied for a reason")
+
+
 class Compose(unittest.TestCase):
     def config(self, *profiles: str) -> dict:
         """`docker-compose config` output, with only the services the profiles start (compose
