@@ -129,16 +129,20 @@ impl TestStack {
         stack
     }
 
-    /// Every service but payment (started by the test, as many instances as it wants).
-    pub async fn spawn_without_payment() -> TestStack {
-        let mut stack = Self::spawn_without_consumers().await;
+    /// Every service but payment (started by the test, as many instances as it wants), on a
+    /// broker with the given tansu storage engine.
+    pub async fn spawn_without_payment_on(storage: &str) -> TestStack {
+        let mut stack = Self::spawn_without_consumers_on(TestBroker::spawn_with_storage(storage)).await;
         stack.start_inventory();
         stack
     }
 
     /// The broker, databases, API, relays, simulator and order-service.
     async fn spawn_without_consumers() -> TestStack {
-        let broker = TestBroker::spawn();
+        Self::spawn_without_consumers_on(TestBroker::spawn()).await
+    }
+
+    async fn spawn_without_consumers_on(broker: TestBroker) -> TestStack {
         broker.create_topic("orders", 12).await;
         broker.create_topic("payments", 12).await;
         let api = TestApi::spawn().await;
