@@ -44,4 +44,6 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p +=
                     if (match($0, /errors=[0-9]+/)) uf += substr($0, RSTART + 7, RLENGTH - 7) }
      END { printf "orderflow: %d passed, %d failed\n", p + ran - uf, f + uf }' "$log_file"
 rm -f "$log_file"
+# A test binary that does not compile reports no "test result" line: say so rather than "0 failed".
+[ "$status" -eq 0 ] || log "cargo test exited with status $status (a failure above, or a test binary that did not build)"
 [ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ]

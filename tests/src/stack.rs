@@ -129,8 +129,12 @@ impl TestStack {
         stack
     }
 
-    /// Every service but payment (started by the test, as many instances as it wants), on a
-    /// broker with the given tansu storage engine.
+    /// Every service but payment (started by the test, as many instances as it wants).
+    pub async fn spawn_without_payment() -> TestStack {
+        Self::spawn_without_payment_on("sqlite://tansu.db").await
+    }
+
+    /// As [`TestStack::spawn_without_payment`], on a broker with the given tansu storage engine.
     pub async fn spawn_without_payment_on(storage: &str) -> TestStack {
         let mut stack = Self::spawn_without_consumers_on(TestBroker::spawn_with_storage(storage)).await;
         stack.start_inventory();
