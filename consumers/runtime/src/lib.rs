@@ -232,8 +232,6 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// How long a revocation waits for the revoked partitions' records in hand.
     pub revoke_grace: Duration,
-    /// Partitions of a source topic this consumer creates when it is missing.
-    pub topic_partitions: i32,
     /// How often per-partition lag is read from the broker.
     pub lag_interval: Duration,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
@@ -242,7 +240,6 @@ pub struct ConsumerSettings {
 
 impl ConsumerSettings {
     pub fn new(group: &str, topics: &[&str], kafka: KafkaSettings) -> Self {
-        let topic_partitions = kafka.partitions;
         ConsumerSettings {
             group: group.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -255,7 +252,6 @@ impl ConsumerSettings {
             max_in_flight: 32,
             batch_size: 100,
             revoke_grace: Duration::from_secs(10),
-            topic_partitions,
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),
         }
@@ -308,8 +304,8 @@ pub async fn run<H: Handler>(
     let retry_sources: HashMap<String, String> =
         settings.topics.iter().map(|t| (retry_topic(t, &group), t.clone())).collect();
     let mut topics: Vec<(String, i32)> =
-        settings.topics.iter().map(|t| (t.clone(), settings.topic_partitions)).collect();
-    topics.extend(retry_sources.keys().map(|t| (t.clone(), settings.topic_partitions)));
+        settings.topics.iter().map(|t| (t.clone(), settings.kafka.partitions)).collect();
+    topics.extend(retry_sources.keys().map(|t| (t.clone(), settings.kafka.partitions)));
     topics.extend(settings.topics.iter().map(|t| (dlt_topic(t, &group), 1)));
     let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     settings.kafka.ensure_topics(&topic_refs).await.context("creating the source, retry and dead-letter topics")?;

@@ -88,14 +88,7 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_ms),
         ..Default::default()
     };
-    let outbox = args.outbox_name.clone().unwrap_or_else(|| database_name(&args.database_url));
-    let registry = prometheus::Registry::new();
-    let metrics = orderflow_outbox::RelayMetrics::register(&registry, &outbox)?;
-    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
-    tokio::spawn(orderflow_platform::metrics::serve(listener, registry, std::future::pending()));
-    tokio::spawn(metrics.clone().sample_backlog(pool.clone(), Duration::from_secs(5)));
+    let (outbox, metrics) = serve_metrics(&pool, &args).await?;
     tracing::info!(outbox, metrics = %args.metrics_listen, "outbox relay started");
     let result = OutboxRelay::new(pool, producer, settings)
         .with_metrics(metrics)
@@ -105,17 +98,24 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-/// Prune mode: every poll interval, delete what Debezium has had for long enough.
-async fn prune(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<()> {
-    let after = Duration::from_secs(args.prune_after_secs);
-    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+/// Serves `/metrics` and `/healthz` on `--metrics-listen` and samples the outbox's backlog
+/// (both modes); returns the outbox's label and its metrics.
+async fn serve_metrics(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<(String, orderflow_outbox::RelayMetrics)> {
     let outbox = args.outbox_name.clone().unwrap_or_else(|| database_name(&args.database_url));
     let registry = prometheus::Registry::new();
     let metrics = orderflow_outbox::RelayMetrics::register(&registry, &outbox)?;
+    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
     tokio::spawn(orderflow_platform::metrics::serve(listener, registry, std::future::pending()));
-    tokio::spawn(metrics.sample_backlog(pool.clone(), Duration::from_secs(5)));
+    tokio::spawn(metrics.clone().sample_backlog(pool.clone(), Duration::from_secs(5)));
+    Ok((outbox, metrics))
+}
+
+/// Prune mode: every poll interval, delete what Debezium has had for long enough.
+async fn prune(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<()> {
+    let after = Duration::from_secs(args.prune_after_secs);
+    let (outbox, _metrics) = serve_metrics(pool, args).await?;
     tracing::info!(outbox, prune_after_secs = args.prune_after_secs, "outbox pruner started (CDC mode)");
     let mut shutdown = std::pin::pin!(orderflow_platform::shutdown::shutdown_signal());
     let mut warned = false;

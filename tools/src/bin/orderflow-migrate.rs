@@ -15,8 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use futures::future::BoxFuture;
 use orderflow_platform::migrations::{self, Mode};
 use sqlx::{PgPool, postgres::PgPoolOptions};
+
+/// A service's `migrate`, which applies or verifies as `ORDERFLOW_MIGRATIONS` says.
+type Migrate = for<'a> fn(&'a PgPool) -> BoxFuture<'a, anyhow::Result<()>>;
 
 #[derive(Parser)]
 #[command(name = "orderflow-migrate", about = "Applies (or verifies) the schema of every orderflow database given")]
@@ -55,37 +59,29 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mode = migrations::mode()?;
     let wait = Duration::from_secs(args.connect_timeout_secs);
-    let databases = [
-        ("orders", &args.orders),
-        ("payments", &args.payments),
-        ("inventory", &args.inventory),
-        ("notifications", &args.notifications),
-        ("analytics", &args.analytics),
-        ("registry", &args.registry),
-        ("payment-simulator", &args.payment_simulator),
-        ("notification-simulator", &args.notification_simulator),
+    // Each database with the migrations of every service that uses it.
+    let databases: [(&str, &Option<String>, Migrate); 8] = [
+        ("orders", &args.orders, |p| Box::pin(orderflow_order_service::migrate(p))),
+        ("payments", &args.payments, |p| Box::pin(orderflow_payment::migrate(p))),
+        ("inventory", &args.inventory, |p| Box::pin(orderflow_inventory::migrate(p))),
+        ("notifications", &args.notifications, |p| Box::pin(orderflow_notifications::migrate(p))),
+        ("analytics", &args.analytics, |p| Box::pin(orderflow_analytics::migrate(p))),
+        ("registry", &args.registry, |p| Box::pin(orderflow_registry::migrate(p))),
+        ("payment-simulator", &args.payment_simulator, |p| Box::pin(orderflow_payment_simulator::migrate(p))),
+        ("notification-simulator", &args.notification_simulator, |p| {
+            Box::pin(orderflow_notification_simulator::migrate(p))
+        }),
     ];
-    let given: Vec<_> = databases.iter().filter_map(|(name, url)| url.as_deref().map(|u| (*name, u))).collect();
     anyhow::ensure!(
-        !given.is_empty(),
+        databases.iter().any(|(_, url, _)| url.is_some()),
         "no database given: set ORDERFLOW_ORDERS_DATABASE_URL, ORDERFLOW_PAYMENTS_DATABASE_URL, … (see --help)"
     );
-    for (name, url) in given {
+    let done = if mode == Mode::Verify { "verified" } else { "migrated" };
+    for (name, url, migrate) in databases {
+        let Some(url) = url else { continue };
         let pool = connect(name, url, wait).await?;
-        match name {
-            "orders" => orderflow_order_service::migrate(&pool).await,
-            "payments" => orderflow_payment::migrate(&pool).await,
-            "inventory" => orderflow_inventory::migrate(&pool).await,
-            "notifications" => orderflow_notifications::migrate(&pool).await,
-            "analytics" => orderflow_analytics::migrate(&pool).await,
-            "registry" => orderflow_registry::migrate(&pool).await,
-            "payment-simulator" => orderflow_payment_simulator::migrate(&pool).await,
-            "notification-simulator" => orderflow_notification_simulator::migrate(&pool).await,
-            other => unreachable!("database {other} has no migrations"),
-        }
-        .with_context(|| format!("the {name} database"))?;
+        migrate(&pool).await.with_context(|| format!("the {name} database"))?;
         pool.close().await;
-        let done = if mode == Mode::Verify { "verified" } else { "migrated" };
         println!("{name}: {done}");
     }
     Ok(())
