@@ -12,6 +12,12 @@ build_workspace
 trap 'exit 0' INT TERM
 trap 'stop_started_services; log "stopped"' EXIT
 ensure_postgres
+# The demo's broker keeps its log in memory (object storage, as the drill's): tansu's SQLite
+# engine stalls serving a backlog (README, "The drain drill"), and a demo that was stopped
+# leaves one. A broker started afresh has no events, so the demo's databases start afresh too;
+# a broker already running (another demo) is reused with everything it has.
+export ORDERFLOW_TANSU_STORAGE="${ORDERFLOW_TANSU_STORAGE:-memory://tansu/}"
+port_open "$ORDERFLOW_KAFKA_PORT" || drop_stack_databases
 ensure_broker
 start_stack
 

@@ -221,13 +221,18 @@ start_fresh_stack() {
     ensure_tansu
     build_workspace
     ensure_postgres
+    drop_stack_databases
+    port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
+    ensure_broker
+    start_stack
+}
+
+# Drops the $ORDERFLOW_DB_PREFIX databases, so the stack starts from empty.
+drop_stack_databases() {
     local db
     for db in orders payments registry simulator inventory notifications analytics notify_simulator; do
         psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
     done
-    port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
-    ensure_broker
-    start_stack
 }
 
 # Every orderflow service, each on its own database; exports the URLs the tools need.
