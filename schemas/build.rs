@@ -1,10 +1,15 @@
 //! Embeds every `avro/<topic>/<Event>.v<N>.avsc` into the crate, so a binary carries the exact
 //! schema versions it was built with (its writer schemas and its reader schemas).
+//!
+//! The checkout is read from `CARGO_MANIFEST_DIR` when the script *runs*, never baked in when it
+//! is compiled: a target directory shared by several checkouts may run a build script compiled
+//! in another one. No schema found fails the build rather than embedding an empty catalog.
 
 use std::{env, fs, path::Path};
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
+    let manifest = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for build scripts");
+    let root = Path::new(&manifest).join("avro");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut entries = Vec::new();
     for topic in sorted_dir(&root) {
@@ -19,6 +24,11 @@ fn main() {
             }
         }
     }
+    assert!(
+        !entries.is_empty(),
+        "no schema (<topic>/<Event>.v<N>.avsc) under {}: refusing to build a binary with an empty catalog",
+        root.display()
+    );
     let mut out = String::from("pub(crate) static EMBEDDED: &[(&str, &str, &str)] = &[\n");
     for (topic, file) in entries {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();

@@ -12,9 +12,6 @@ export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_DRILL_NOTIFY_SIMULATOR_PORT:
 # Stock for every order the drill places: the drain measures payments, not shortages.
 export ORDERFLOW_STOCK_EACH="${ORDERFLOW_STOCK_EACH:-100000000}"
 export ORDERFLOW_START_PAYMENT=0
-# tansu's SQLite storage cannot serve this backlog to four groups on two cores; the drill's
-# broker is recreated for every run, so object storage in memory loses nothing that matters.
-export ORDERFLOW_TANSU_STORAGE="${ORDERFLOW_TANSU_STORAGE:-memory://tansu/}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 trap 'exit 130' INT TERM

@@ -4,10 +4,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# cargo-installed tools (tansu) live here whatever the caller's PATH says.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-# A target directory outside the clone, so a second clone (or CI) reuses the build.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
 # debug (fast to build) or release (what the benchmark measures).
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-debug}"
 export ORDERFLOW_STATE_DIR="${ORDERFLOW_STATE_DIR:-/var/tmp/orderflow}"
@@ -21,11 +18,54 @@ export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_NOTIFY_SIMULATOR_PORT:-18091
 export ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_ANALYTICS_PORT:-18082}"
 # Database names are <prefix>_orders, <prefix>_payments, … (the benchmark uses its own).
 export ORDERFLOW_DB_PREFIX="${ORDERFLOW_DB_PREFIX:-orderflow}"
+# The broker's controller listener (KRaft); the broker itself is on ORDERFLOW_KAFKA_PORT.
+export ORDERFLOW_KAFKA_CONTROLLER_PORT="${ORDERFLOW_KAFKA_CONTROLLER_PORT:-$((ORDERFLOW_KAFKA_PORT + 1))}"
+# Apache Kafka's jars (ops/kafka/pom.xml) are fetched once into this cache, outside the clone.
+export ORDERFLOW_CACHE="${ORDERFLOW_CACHE:-$HOME/.cache/orderflow}"
 STARTED_POSTGRES=0
-TANSU_VERSION="0.6.0"
 
 log() { printf '\033[1m[orderflow]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[orderflow] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# The build goes outside the checkout, to $ORDERFLOW_CACHE/target, shared by checkouts so that
+# dependencies build once. Cargo decides a workspace crate is up to date by file times, not
+# contents, so a checkout whose files are older than another checkout's build would run that
+# build. The directory therefore records the checkout that built in it last
+# (.orderflow-checkout); another checkout first removes the workspace's own artifacts there
+# (dependencies stay) and rebuilds them. A checkout holds the directory (a shared flock on fd 9,
+# inherited by what it starts) while its script runs; a different checkout arriving meanwhile
+# builds in a directory of its own, $ORDERFLOW_CACHE/target-<checkout hash>. A CARGO_TARGET_DIR
+# set by the caller is used as it is.
+choose_target_dir() {
+    [ -n "${CARGO_TARGET_DIR:-}" ] && return
+    local shared="$ORDERFLOW_CACHE/target" marker last
+    marker="$shared/.orderflow-checkout"
+    mkdir -p "$shared"
+    exec 9>>"$shared/.orderflow-lock"
+    flock -s 9
+    if [ "$(cat "$marker" 2>/dev/null)" != "$ROOT" ]; then
+        flock -u 9
+        if ! flock -x -n 9; then
+            export CARGO_TARGET_DIR="$ORDERFLOW_CACHE/target-$(printf %s "$ROOT" | sha256sum | cut -c1-12)"
+            log "another checkout is using $shared; building this one in $CARGO_TARGET_DIR"
+            return
+        fi
+        last="$(cat "$marker" 2>/dev/null || true)"
+        if [ -n "$last" ] && [ "$last" != "$ROOT" ]; then
+            log "$shared was last built from $last: removing the workspace's artifacts there (dependencies stay)"
+            local members
+            members="$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 |
+                python3 -c 'import json, sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))')"
+            # shellcheck disable=SC2086 # one -p per package
+            (cd "$ROOT" && CARGO_TARGET_DIR="$shared" cargo clean --quiet $members)
+            (cd "$ROOT" && CARGO_TARGET_DIR="$shared" cargo clean --quiet --release $members)
+        fi
+        printf '%s\n' "$ROOT" >"$marker"
+        flock -s 9
+    fi
+    export CARGO_TARGET_DIR="$shared"
+}
+choose_target_dir
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
@@ -47,15 +87,6 @@ ensure_apt_packages() {
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-}
-
-# The Kafka-protocol broker (built once, ~15 min on 2 cores, then cached in ~/.cargo/bin).
-ensure_tansu() {
-    if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-        return
-    fi
-    log "building the tansu $TANSU_VERSION broker (once; about 15 minutes on 2 cores)"
-    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
 }
 
 # The deployment tests' Python packages, pinned, in a virtualenv of the project's own (Debian's
@@ -188,41 +219,18 @@ start_process() {
     kill -0 "$pid" 2>/dev/null || { tail -20 "$run/$name.log" >&2; die "$name exited at start"; }
 }
 
-# The Kafka-protocol broker (tansu, SQLite storage under $ORDERFLOW_STATE_DIR/broker).
-ensure_broker() {
-    export ORDERFLOW_KAFKA_BOOTSTRAP="127.0.0.1:$ORDERFLOW_KAFKA_PORT"
-    if port_open "$ORDERFLOW_KAFKA_PORT"; then
-        log "reusing the broker on $ORDERFLOW_KAFKA_BOOTSTRAP (anything else there fails topic creation loudly)"
-        return
-    fi
-    local dir="$ORDERFLOW_STATE_DIR/broker" url="tcp://127.0.0.1:$ORDERFLOW_KAFKA_PORT"
-    mkdir -p "$dir"
-    log "starting the tansu broker on $ORDERFLOW_KAFKA_BOOTSTRAP (data: $dir/tansu.db)"
-    (cd "$dir" && setsid nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-        --storage-engine "${ORDERFLOW_TANSU_STORAGE:-sqlite://tansu.db}" >"$dir/broker.log" 2>&1 &)
-    for _ in $(seq 100); do
-        if port_open "$ORDERFLOW_KAFKA_PORT"; then
-            # setsid may fork, so find the broker by its command line rather than by $!.
-            pgrep -n -f "tansu broker --listener-url $url" >"$dir/broker.pid"
-            STARTED_PIDS+=("$(cat "$dir/broker.pid")")
-            return
-        fi
-        sleep 0.1
-    done
-    tail -20 "$dir/broker.log" >&2
-    die "the broker did not start"
-}
+source "$ROOT/scripts/lib_kafka.sh"
 
 # The bench's and the drill's own stack, from empty: installs what is missing, builds, drops
-# the $ORDERFLOW_DB_PREFIX databases and the broker's data (unless a broker already runs on the
+# the $ORDERFLOW_DB_PREFIX databases and the broker's log (unless a broker already runs on the
 # port), then starts every service. The caller sets the EXIT trap that stops them.
 start_fresh_stack() {
     ensure_apt_packages
-    ensure_tansu
+    ensure_kafka
     build_workspace
     ensure_postgres
     drop_stack_databases
-    port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/broker"
+    port_open "$ORDERFLOW_KAFKA_PORT" || rm -rf "$ORDERFLOW_STATE_DIR/kafka"
     ensure_broker
     start_stack
 }

@@ -3,6 +3,7 @@
 //! - `check`: every event's versions on disk against their earlier versions (and, with
 //!   `--registry`, against what is registered); exits 1 naming the file, field and rule broken.
 //! - `register`: registers every version in order; idempotent; prints subject, version and id.
+//! - `embedded`: lists the versions this binary was built with (`<topic>/<Event>.v<N>`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -35,11 +36,19 @@ enum Command {
         #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
         registry: String,
     },
+    /// List the schema versions embedded in this binary at build time.
+    Embedded,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Embedded = cli.command {
+        for schema in Catalog::embedded().iter() {
+            println!("{}/{}.v{}", schema.topic, schema.event, schema.version);
+        }
+        return ExitCode::SUCCESS;
+    }
     let catalog = match Catalog::load_dir(&cli.dir) {
         Ok(c) => c,
         Err(e) => {
@@ -81,5 +90,6 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Embedded => unreachable!("answered before the catalog on disk is read"),
     }
 }

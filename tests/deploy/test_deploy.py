@@ -418,10 +418,29 @@ class Compose(unittest.TestCase):
                 self.assertEqual(health[:2], ["CMD", "orderflow-healthcheck"], f"{name}: the image has no shell")
                 self.assertIn("orderflow-healthcheck", binaries)
 
+    def test_compose_kafka_runs_the_repositorys_broker_settings(self):
+        """compose's Kafka is the pom's release with ops/kafka/server.properties (the local and
+        test brokers' file); its environment adds only where it listens and stores."""
+        kafka = self.config("relay")["services"]["kafka"]
+        pom = (ROOT / "ops/kafka/pom.xml").read_text()
+        version = re.search(r"<kafka.version>(.+?)</kafka.version>", pom).group(1)
+        self.assertEqual(kafka["image"], f"apache/kafka:{version}")
+        # docker-compose 1.29 prints short syntax (source:target:mode); newer ones a mapping.
+        mounts = [(v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2]) for v in kafka["volumes"]]
+        config = [source for source, target in mounts if target == "/mnt/shared/config/server.properties"]
+        self.assertEqual(len(config), 1, kafka["volumes"])
+        self.assertEqual((ROOT / config[0]).resolve(), (ROOT / "ops/kafka/server.properties").resolve())
+        where = {"KAFKA_NODE_ID", "KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS", "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+                 "KAFKA_INTER_BROKER_LISTENER_NAME", "KAFKA_CONTROLLER_QUORUM_VOTERS", "KAFKA_LOG_DIRS"}
+        self.assertLessEqual(set(kafka["environment"]), where, "broker settings belong in ops/kafka/server.properties")
+        props = dict(line.split("=", 1) for line in (ROOT / "ops/kafka/server.properties").read_text().splitlines()
+                     if line.strip() and not line.startswith("#"))
+        self.assertEqual(props["process.roles"], "broker,controller")
+        self.assertEqual(props["auto.create.topics.enable"], "false")
+
     def test_compose_starts_in_order_and_keeps_data(self):
         services = self.config("relay")["services"]
         self.assertEqual(services["kafka"]["image"].split(":")[0], "apache/kafka")
-        self.assertIn("broker,controller", services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"])
         for name in ("order-api", "payment", "order-service", "inventory", "notifications", "analytics", "relay-orders"):
             depends = services[name]["depends_on"]
             self.assertEqual(depends["migrate"]["condition"], "service_completed_successfully", name)

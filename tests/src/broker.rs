@@ -1,5 +1,10 @@
-//! A real Kafka-protocol broker (tansu, SQLite storage) per test, on its own port and data
-//! directory; tests can SIGKILL it and start it again with its data intact.
+//! Apache Kafka for the suites. Most tests share the one broker `scripts/test.sh` starts
+//! (`ORDERFLOW_TEST_KAFKA_BOOTSTRAP`) and keep to their own namespace: every topic and consumer
+//! group they or their services use is prefixed with it (`KafkaSettings::namespace`), so tests
+//! run in parallel without meeting, and the namespace's topics are deleted when the test ends.
+//! A test that kills or stops its broker gets one of its own ([`TestBroker::spawn_own`]): a
+//! single-node KRaft JVM from the same jars (`ORDERFLOW_KAFKA_LIBS`) and the same
+//! `ops/kafka/server.properties`, on free ports and a temporary data directory.
 
 use std::{
     net::TcpStream,
@@ -10,17 +15,25 @@ use std::{
 
 use rdkafka::{
     ClientConfig, Message,
-    consumer::{Consumer, StreamConsumer},
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::{Headers, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
 };
 
 pub struct TestBroker {
     pub bootstrap: String,
+    /// Prefix of this test's topics and groups (`t<random>.`).
+    pub namespace: String,
+    own: Option<OwnBroker>,
+}
+
+/// A broker process of one test's own.
+struct OwnBroker {
     port: u16,
+    controller_port: u16,
     dir: PathBuf,
-    /// tansu's `--storage-engine`: SQLite by default (durable, so tests can restart it).
-    storage: String,
     child: Option<Child>,
 }
 
@@ -29,56 +42,66 @@ pub fn free_port() -> u16 {
 }
 
 impl TestBroker {
+    /// The suite's shared broker, under a namespace of this test's own.
     pub fn spawn() -> TestBroker {
-        Self::spawn_with_storage("sqlite://tansu.db")
+        let bootstrap = std::env::var("ORDERFLOW_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
+            panic!(
+                "ORDERFLOW_TEST_KAFKA_BOOTSTRAP is not set: run the suite with ./scripts/test.sh, which starts Kafka"
+            )
+        });
+        TestBroker { bootstrap, namespace: fresh_namespace(), own: None }
     }
 
-    /// A broker on another of tansu's storage engines (`memory://tansu/`: object storage in
-    /// memory, which serves whole stored batches only).
-    pub fn spawn_with_storage(storage: &str) -> TestBroker {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("orderflow-broker-{}", uuid::Uuid::new_v4().simple()));
+    /// A broker of this test's own, which it may kill and start again with its data intact.
+    pub fn spawn_own() -> TestBroker {
+        let dir = std::env::temp_dir().join(format!("orderflow-kafka-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
+        let own = OwnBroker { port: free_port(), controller_port: free_port(), dir, child: None };
         let mut broker =
-            TestBroker { bootstrap: format!("127.0.0.1:{port}"), port, dir, storage: storage.into(), child: None };
+            TestBroker { bootstrap: format!("127.0.0.1:{}", own.port), namespace: fresh_namespace(), own: Some(own) };
+        broker.own_mut().format();
         broker.start();
         broker
     }
 
-    /// Starts the broker (again) on the same port and data.
+    fn own_mut(&mut self) -> &mut OwnBroker {
+        self.own.as_mut().expect("only a broker of the test's own (TestBroker::spawn_own) can be stopped and started")
+    }
+
+    /// Starts the test's own broker (again) on the same ports and data; returns once it answers
+    /// a metadata request.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let tansu = std::env::var("ORDERFLOW_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                &self.storage,
-            ])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("broker.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {tansu} (install it with scripts/test.sh): {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
+        self.own_mut().start();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let probe: BaseConsumer = self.client_config().set("socket.timeout.ms", "2000").create().unwrap();
+        loop {
+            match probe.fetch_metadata(None, Duration::from_secs(2)) {
+                Ok(metadata) if !metadata.brokers().is_empty() => return,
+                _ => {}
+            }
+            let own = self.own_mut();
+            if let Some(status) = own.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("the test's broker exited at start ({status}); log: {}", own.dir.join("broker.log").display());
+            }
+            assert!(Instant::now() < deadline, "the test's broker did not answer within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// SIGKILL: no clean shutdown, as in a crash.
+    /// SIGKILL of the test's own broker: no clean shutdown, as in a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.own_mut().kill();
+    }
+
+    /// The broker's name of this test's logical topic `name` (a name already in the namespace
+    /// is returned as it is).
+    pub fn topic(&self, name: &str) -> String {
+        if name.starts_with(&self.namespace) { name.to_string() } else { format!("{}{name}", self.namespace) }
+    }
+
+    /// The broker's name of this test's logical consumer group `name`.
+    pub fn group(&self, name: &str) -> String {
+        self.topic(name)
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -87,12 +110,15 @@ impl TestBroker {
         config
     }
 
+    /// Settings for this test's services: the broker and the test's namespace.
     pub fn settings(&self) -> orderflow_platform::kafka::KafkaSettings {
-        orderflow_platform::kafka::KafkaSettings::new(&self.bootstrap)
+        let mut settings = orderflow_platform::kafka::KafkaSettings::new(&self.bootstrap);
+        settings.namespace = self.namespace.clone();
+        settings
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        self.settings().ensure_topics(&[(topic, partitions)]).await.expect("create topic");
+        self.settings().ensure_topics(&[(&self.topic(topic), partitions)]).await.expect("create topic");
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -108,18 +134,22 @@ impl TestBroker {
 
     /// Commits `offset` (the next to read) for `group` on one partition, as a member that left.
     pub fn commit(&self, group: &str, topic: &str, partition: i32, offset: i64) {
-        let consumer: rdkafka::consumer::BaseConsumer =
-            self.settings().consumer("test-committer", group).create().unwrap();
+        let consumer: BaseConsumer = self.settings().consumer("test-committer", &self.group(group)).create().unwrap();
         let mut list = rdkafka::TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset)).unwrap();
+        list.add_partition_offset(&self.topic(topic), partition, rdkafka::Offset::Offset(offset)).unwrap();
         consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
+    }
+
+    fn reader(&self, topic: &str) -> StreamConsumer {
+        let group = format!("{}test-reader-{}", self.namespace, uuid::Uuid::new_v4().simple());
+        let consumer: StreamConsumer = self.settings().consumer("test-reader", &group).create().unwrap();
+        consumer.subscribe(&[&self.topic(topic)]).unwrap();
+        consumer
     }
 
     /// Reads `topic` from the beginning with a fresh group until `count` records arrived.
     pub async fn read(&self, topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
-        let group = format!("test-reader-{}", uuid::Uuid::new_v4().simple());
-        let consumer: StreamConsumer = self.settings().consumer("test-reader", &group).create().unwrap();
-        consumer.subscribe(&[topic]).unwrap();
+        let consumer = self.reader(topic);
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         while out.len() < count {
@@ -132,13 +162,9 @@ impl TestBroker {
         out
     }
 
-    /// Reads `topic` until `expected` distinct identities (per `identity`) arrived; duplicates
-    /// from at-least-once delivery are kept in the returned list.
     /// The first record of `topic` (from the beginning) that `wanted` accepts.
     pub async fn find(&self, topic: &str, timeout: Duration, wanted: impl Fn(&OwnedMessage) -> bool) -> OwnedMessage {
-        let group = format!("test-reader-{}", uuid::Uuid::new_v4().simple());
-        let consumer: StreamConsumer = self.settings().consumer("test-reader", &group).create().unwrap();
-        consumer.subscribe(&[topic]).unwrap();
+        let consumer = self.reader(topic);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -150,6 +176,8 @@ impl TestBroker {
         }
     }
 
+    /// Reads `topic` until `expected` distinct identities (per `identity`) arrived; duplicates
+    /// from at-least-once delivery are kept in the returned list.
     pub async fn read_distinct(
         &self,
         topic: &str,
@@ -157,9 +185,7 @@ impl TestBroker {
         timeout: Duration,
         identity: impl Fn(&OwnedMessage) -> String,
     ) -> Vec<OwnedMessage> {
-        let group = format!("test-reader-{}", uuid::Uuid::new_v4().simple());
-        let consumer: StreamConsumer = self.settings().consumer("test-reader", &group).create().unwrap();
-        consumer.subscribe(&[topic]).unwrap();
+        let consumer = self.reader(topic);
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -180,19 +206,137 @@ impl TestBroker {
     /// Sends raw bytes (e.g. poison) to a topic.
     pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
         self.producer()
-            .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(FutureRecord::to(&self.topic(topic)).key(key).payload(payload), Duration::from_secs(10))
             .await
             .expect("send");
     }
+
+    /// Deletes every topic of this test's namespace on the shared broker (a broker of the
+    /// test's own goes with its data directory).
+    fn delete_namespace(&self) {
+        let (config, namespace) = (self.client_config(), self.namespace.clone());
+        // Off the test's runtime: a drop may run on it, and the admin calls block.
+        let cleanup = std::thread::spawn(move || {
+            let probe: BaseConsumer = config.create().ok()?;
+            let metadata = probe.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+            let topics: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .filter(|name| name.starts_with(&namespace))
+                .collect();
+            if topics.is_empty() {
+                return Some(());
+            }
+            let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            futures::executor::block_on(admin.delete_topics(&names, &options)).ok()?;
+            Some(())
+        });
+        let _ = cleanup.join();
+    }
+}
+
+impl OwnBroker {
+    fn properties(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+
+    /// Writes the repository's broker settings plus where this one listens and stores, and
+    /// formats its data directory.
+    fn format(&mut self) {
+        let shared = kafka_config_dir().join("server.properties");
+        let mut text =
+            std::fs::read_to_string(&shared).unwrap_or_else(|e| panic!("cannot read {}: {e}", shared.display()));
+        text.push_str(&format!(
+            "\nnode.id=1\nlisteners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{p}\ncontroller.quorum.voters=1@127.0.0.1:{c}\nlog.dirs={d}\n",
+            p = self.port,
+            c = self.controller_port,
+            d = self.dir.join("data").display(),
+        ));
+        std::fs::write(self.properties(), text).unwrap();
+        let cluster_id = base64_uuid();
+        let status = java(&["-Xmx256m"], "kafka.tools.StorageTool")
+            .args(["format", "-t", &cluster_id, "-c"])
+            .arg(self.properties())
+            .stdout(std::fs::File::create(self.dir.join("format.log")).unwrap())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("cannot run java (scripts/test.sh installs and exports what the suite needs)");
+        assert!(status.success(), "formatting the test's broker failed; see {}", self.dir.join("format.log").display());
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        assert!(TcpStream::connect(("127.0.0.1", self.port)).is_err(), "port {} is taken", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let child = java(&["-Xms128m", "-Xmx512m", "-XX:+UseG1GC"], "kafka.Kafka")
+            .arg(self.properties())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start the test's broker");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `java` with the Kafka classpath and the repository's logging config.
+fn java(jvm_options: &[&str], class: &str) -> Command {
+    orderflow_tools::kafka_cli::java(jvm_options, class).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `ops/kafka` of the checkout under test, found at run time (never baked in at build time).
+fn kafka_config_dir() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs a test");
+    PathBuf::from(manifest).join("..").join("ops").join("kafka")
+}
+
+/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+fn base64_uuid() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = String::new();
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        count += 8;
+        while count >= 6 {
+            count -= 6;
+            out.push(ALPHABET[((bits >> count) & 63) as usize] as char);
+        }
+    }
+    if count > 0 {
+        out.push(ALPHABET[((bits << (6 - count)) & 63) as usize] as char);
+    }
+    out
+}
+
+fn fresh_namespace() -> String {
+    format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("broker data and log kept for the failed test: {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        match self.own.as_mut() {
+            None => self.delete_namespace(),
+            Some(own) => {
+                own.kill();
+                if std::thread::panicking() {
+                    eprintln!("broker data and log kept for the failed test: {}", own.dir.display());
+                } else {
+                    let _ = std::fs::remove_dir_all(&own.dir);
+                }
+            }
         }
     }
 }

@@ -110,8 +110,13 @@ pub struct RuntimeBed {
     pub pool: PgPool,
     pub codec: Arc<EventCodec>,
     pub script: Arc<Script>,
+    /// The source topic, as the broker knows it (the test's namespace + `orders`).
     pub topic: String,
 }
+
+/// The bed's logical source topic and consumer group.
+pub const SOURCE: &str = "orders";
+pub const GROUP: &str = "runtime-test";
 
 impl RuntimeBed {
     pub async fn spawn(partitions: i32) -> RuntimeBed {
@@ -119,7 +124,7 @@ impl RuntimeBed {
     }
 
     pub async fn spawn_on(broker: TestBroker, partitions: i32) -> RuntimeBed {
-        let topic = "orders".to_string();
+        let topic = broker.topic(SOURCE);
         broker.create_topic(&topic, partitions).await;
         let registry = TestRegistry::spawn().await;
         let db = TestDatabase::create().await;
@@ -133,9 +138,24 @@ impl RuntimeBed {
         RuntimeBed { broker, registry, db, pool, codec, script: Arc::default(), topic }
     }
 
+    /// The consumer group, as the broker (and the metrics) know it.
+    pub fn group(&self) -> String {
+        self.broker.group(GROUP)
+    }
+
+    /// The group's retry topic for the source topic.
+    pub fn retry_topic(&self) -> String {
+        orderflow_consumer_runtime::retry_topic(&self.topic, GROUP)
+    }
+
+    /// The group's dead-letter topic for the source topic.
+    pub fn dlt_topic(&self) -> String {
+        orderflow_consumer_runtime::dlt_topic(&self.topic, GROUP)
+    }
+
     /// Settings for the group `runtime-test` with short backoffs.
     pub fn settings(&self) -> ConsumerSettings {
-        let mut settings = ConsumerSettings::new("runtime-test", &[&self.topic], self.broker.settings());
+        let mut settings = ConsumerSettings::new(GROUP, &[SOURCE], self.broker.settings());
         settings.backoff_base = Duration::from_millis(100);
         settings.backoff_cap = Duration::from_secs(2);
         settings.lag_interval = Duration::from_millis(200);

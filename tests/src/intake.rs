@@ -87,6 +87,7 @@ impl TestRelay {
     /// As [`Self::spawn`], labelling its metrics `outbox="<name>"`.
     pub fn spawn_named(pool: &PgPool, broker: &TestBroker, settings: RelaySettings, name: &str) -> TestRelay {
         let producer = broker.settings().producer("test-relay", Duration::from_secs(5));
+        let settings = RelaySettings { namespace: broker.namespace.clone(), ..settings };
         let registry = prometheus::Registry::new();
         let metrics = orderflow_outbox::RelayMetrics::register(&registry, name).unwrap();
         let relay = OutboxRelay::new(pool.clone(), producer, settings).with_metrics(metrics.clone());

@@ -131,12 +131,7 @@ impl TestStack {
 
     /// Every service but payment (started by the test, as many instances as it wants).
     pub async fn spawn_without_payment() -> TestStack {
-        Self::spawn_without_payment_on("sqlite://tansu.db").await
-    }
-
-    /// As [`TestStack::spawn_without_payment`], on a broker with the given tansu storage engine.
-    pub async fn spawn_without_payment_on(storage: &str) -> TestStack {
-        let mut stack = Self::spawn_without_consumers_on(TestBroker::spawn_with_storage(storage)).await;
+        let mut stack = Self::spawn_without_consumers().await;
         stack.start_inventory();
         stack
     }

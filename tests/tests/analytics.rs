@@ -45,6 +45,7 @@ struct Expected {
 async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
     let broker = TestBroker::spawn();
     broker.create_topic("orders", 6).await;
+    let topic = broker.topic("orders");
     let registry = TestRegistry::spawn().await;
     let db = TestDatabase::create().await;
     let pool = db.pool().await;
@@ -130,7 +131,7 @@ async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
         let headers = OwnedHeaders::new()
             .insert(Header { key: "event_id", value: Some(&id) })
             .insert(Header { key: "event_type", value: Some(event.event_type) });
-        let record = FutureRecord::to("orders").key(&event.key).payload(&event.payload).headers(headers);
+        let record = FutureRecord::to(&topic).key(&event.key).payload(&event.payload).headers(headers);
         producer.send(record, WAIT).await.unwrap();
     }
 

@@ -176,10 +176,11 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     // arrives from now on (the skew probe).
     let topic_end: Vec<i64> = {
         let consumer: rdkafka::consumer::BaseConsumer =
-            stack.broker.settings().consumer("probe", "probe").create().unwrap();
+            stack.broker.settings().consumer("probe", &stack.broker.group("probe")).create().unwrap();
+        let orders = stack.broker.topic("orders");
         (0..12)
             .map(|p| {
-                rdkafka::consumer::Consumer::fetch_watermarks(&consumer, "orders", p, Duration::from_secs(5)).unwrap().1
+                rdkafka::consumer::Consumer::fetch_watermarks(&consumer, &orders, p, Duration::from_secs(5)).unwrap().1
             })
             .collect()
     };
@@ -289,10 +290,11 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     // Records to one key only: the probe group (its offsets moved to the end first, so the
     // background traffic does not dilute the skew) piles up lag on one partition.
     let consumer: rdkafka::consumer::BaseConsumer =
-        stack.broker.settings().consumer("probe", "probe").create().unwrap();
+        stack.broker.settings().consumer("probe", &stack.broker.group("probe")).create().unwrap();
+    let orders = stack.broker.topic("orders");
     for partition in 0..12 {
         let (_, end) =
-            rdkafka::consumer::Consumer::fetch_watermarks(&consumer, "orders", partition, Duration::from_secs(5))
+            rdkafka::consumer::Consumer::fetch_watermarks(&consumer, &orders, partition, Duration::from_secs(5))
                 .unwrap();
         stack.broker.commit("skew-probe", "orders", partition, end);
     }
@@ -301,7 +303,7 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     let sends: Vec<_> = (0..300)
         .map(|i| {
             let payload = format!("hot {i}");
-            let record = rdkafka::producer::FutureRecord::to("orders").key("one-hot-key").payload(&payload);
+            let record = rdkafka::producer::FutureRecord::to(&orders).key("one-hot-key").payload(&payload);
             producer.send_result(record).map_err(|(e, _)| e).unwrap()
         })
         .collect();
@@ -313,7 +315,7 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
             .alerts("OrderflowPartitionLagSkew")
             .await
             .iter()
-            .any(|(state, labels)| state == "firing" && labels["group"] == "skew-probe")
+            .any(|(state, labels)| state == "firing" && labels["group"] == stack.broker.group("skew-probe"))
     })
     .await;
 
@@ -321,12 +323,13 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     // inventory stops under load: its lag grows, the alert goes pending, then fires.
     let inventory = stack.parts.pop().expect("inventory runs last");
     inventory.stop().await;
+    let inventory_group = stack.broker.group("inventory");
     let inventory_alert = || async {
         prometheus
             .alerts("OrderflowConsumerLagGrowing")
             .await
             .into_iter()
-            .filter(|(_, labels)| labels["group"] == "inventory")
+            .filter(|(_, labels)| labels["group"] == inventory_group)
             .map(|(state, _)| state)
             .next()
     };
@@ -345,7 +348,7 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     // Back: the lag returns to where it was and the alert resolves.
     stack.start_inventory();
     eventually(WAIT, "inventory caught up and its alert resolved", || async {
-        let lag = prometheus.query(r#"sum(orderflow_group_lag_messages{group="inventory"})"#).await;
+        let lag = prometheus.query(&format!(r#"sum(orderflow_group_lag_messages{{group="{inventory_group}"}})"#)).await;
         let caught_up = lag.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok()).is_some_and(|v| v < 50.0);
         caught_up && inventory_alert().await.is_none()
     })

@@ -15,13 +15,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 async fn processed(stack: &TestStack, event_id: &str) -> bool {
     let id: uuid::Uuid = event_id.parse().unwrap();
-    sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM processed_events WHERE consumer_group = 'payment' AND event_id = $1",
-    )
-    .bind(id)
-    .fetch_one(&stack.payments)
-    .await
-    .unwrap()
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events WHERE consumer_group = $1 AND event_id = $2")
+        .bind(stack.broker.group("payment"))
+        .bind(id)
+        .fetch_one(&stack.payments)
+        .await
+        .unwrap()
         == 1
 }
 
@@ -39,7 +38,8 @@ async fn a_poison_message_goes_to_the_dlt_and_the_partition_moves_on() {
     let poison_headers = OwnedHeaders::new()
         .insert(Header { key: "event_id", value: Some(&poison_id) })
         .insert(Header { key: "event_type", value: Some("OrderPlaced") });
-    let poison = FutureRecord::to("orders").key(key).payload(&b"{\"not\": \"avro\"}"[..]).headers(poison_headers);
+    let orders = stack.broker.topic("orders");
+    let poison = FutureRecord::to(&orders).key(key).payload(&b"{\"not\": \"avro\"}"[..]).headers(poison_headers);
     producer.send(poison, WAIT).await.unwrap();
     let valid_id = uuid::Uuid::new_v4().to_string();
     let mut headers = OwnedHeaders::new();
@@ -48,18 +48,18 @@ async fn a_poison_message_goes_to_the_dlt_and_the_partition_moves_on() {
         headers = headers.insert(Header { key: h.key, value });
     }
     producer
-        .send(FutureRecord::to("orders").key(key).payload(placed.payload().unwrap()).headers(headers), WAIT)
+        .send(FutureRecord::to(&orders).key(key).payload(placed.payload().unwrap()).headers(headers), WAIT)
         .await
         .unwrap();
 
     eventually(WAIT, "the record after the poison to be handled", || processed(&stack, &valid_id)).await;
     assert!(!processed(&stack, &poison_id).await, "poison is not recorded as processed");
 
-    let letters = dlt_tools::read(&stack.broker.settings(), "orders.payment.DLT").unwrap();
+    let letters = dlt_tools::read(&stack.broker.settings(), &stack.broker.topic("orders.payment.DLT")).unwrap();
     assert_eq!(letters.len(), 1);
     let dead = &letters[0];
     assert_eq!(dead.error_class, "bad_magic_byte");
-    assert_eq!(dead.original_topic.as_deref(), Some("orders"));
+    assert_eq!(dead.original_topic, Some(stack.broker.topic("orders")));
     assert_eq!(dead.event_id.as_deref(), Some(poison_id.as_str()));
     assert_eq!(dead.message.key(), Some(key.as_bytes()), "the original key is kept");
     assert_eq!(dead.message.payload(), Some(&b"{\"not\": \"avro\"}"[..]), "the original value is kept");
@@ -75,8 +75,11 @@ async fn a_poison_message_goes_to_the_dlt_and_the_partition_moves_on() {
     assert!(dead.error_message.contains("magic byte"), "{}", dead.error_message);
     let metrics = stack.metrics_text("payment");
     assert!(
-        metrics
-            .contains(r#"orderflow_consumer_records_total{group="payment",outcome="dead_lettered",topic="orders"} 1"#),
+        metrics.contains(&format!(
+            r#"orderflow_consumer_records_total{{group="{}",outcome="dead_lettered",topic="{}"}} 1"#,
+            stack.broker.group("payment"),
+            stack.broker.topic("orders")
+        )),
         "{metrics}"
     );
 }
@@ -86,9 +89,10 @@ async fn a_record_without_an_event_id_is_dead_lettered_and_replay_sends_it_back_
     let stack = TestStack::spawn().await;
     stack.broker.send_raw("orders", "k", b"no headers at all").await;
     let settings = stack.broker.settings();
+    let dlt = stack.broker.topic("orders.payment.DLT");
     let mut letters = Vec::new();
     eventually(WAIT, "the DLT record", || {
-        letters = dlt_tools::read(&settings, "orders.payment.DLT").unwrap_or_default();
+        letters = dlt_tools::read(&settings, &dlt).unwrap_or_default();
         let found = !letters.is_empty();
         async move { found }
     })
@@ -96,12 +100,12 @@ async fn a_record_without_an_event_id_is_dead_lettered_and_replay_sends_it_back_
     assert_eq!(letters[0].error_class, "missing_event_id");
 
     let nothing = Selection { error_class: Some("no_such_class".into()), ..Default::default() };
-    assert_eq!(dlt_tools::replay(&settings, "orders.payment.DLT", &nothing).await.unwrap(), 0);
+    assert_eq!(dlt_tools::replay(&settings, &dlt, &nothing).await.unwrap(), 0);
     let by_class = Selection { error_class: Some("missing_event_id".into()), ..Default::default() };
-    assert_eq!(dlt_tools::replay(&settings, "orders.payment.DLT", &by_class).await.unwrap(), 1);
+    assert_eq!(dlt_tools::replay(&settings, &dlt, &by_class).await.unwrap(), 1);
     // Still poison: it comes back to the DLT, with its reason, and nothing else is disturbed.
     eventually(WAIT, "the replayed record to be dead-lettered again", || {
-        let count = dlt_tools::read(&settings, "orders.payment.DLT").map(|l| l.len()).unwrap_or(0);
+        let count = dlt_tools::read(&settings, &dlt).map(|l| l.len()).unwrap_or(0);
         async move { count == 2 }
     })
     .await;

@@ -15,10 +15,7 @@ const LIMIT: u32 = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backlog_drains_after_an_outage_at_the_providers_limit_with_two_instances() {
-    // tansu's SQLite engine stalls serving a backlog this size to 48-partition fetches (partitions
-    // with records ahead return nothing; seen on a slower machine, 3 runs of 3): the drill runs
-    // on object storage in memory, as scripts/drill.sh does. Nothing here restarts the broker.
-    let mut stack = TestStack::spawn_without_payment_on("memory://tansu/").await;
+    let mut stack = TestStack::spawn_without_payment().await;
     let stock: Vec<(&str, i32)> = orderflow_tools::SKUS.iter().map(|sku| (*sku, 10_000_000)).collect();
     stack.stock(&stock).await;
     let down = stack.simulator.faults(json!({"mode": "down", "rate_limit_per_sec": LIMIT})).await;

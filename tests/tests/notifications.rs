@@ -55,7 +55,8 @@ async fn a_duplicate_order_paid_sends_one_confirmation_by_email() {
         headers = headers.insert(Header { key: h.key, value });
     }
     let key = order.to_string();
-    let record = FutureRecord::to("orders").key(&key).payload(paid.payload().unwrap()).headers(headers);
+    let orders = stack.broker.topic("orders");
+    let record = FutureRecord::to(&orders).key(&key).payload(paid.payload().unwrap()).headers(headers);
     stack.broker.producer().send(record, WAIT).await.unwrap();
     let pool = stack.notifications.as_ref().unwrap().pool.clone();
     eventually(WAIT, "the duplicate to be handled", || async {

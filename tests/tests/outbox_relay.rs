@@ -132,6 +132,7 @@ async fn a_relay_killed_mid_batch_loses_nothing_once_restarted() {
         Command::new(orderflow_tests::binary("outbox-relay"))
             .env("ORDERFLOW_OUTBOX_DATABASE_URL", &db.url)
             .env("ORDERFLOW_KAFKA_BOOTSTRAP", &broker.bootstrap)
+            .env("ORDERFLOW_KAFKA_NAMESPACE", &broker.namespace)
             .env("ORDERFLOW_RELAY_BATCH", "250")
             .env("ORDERFLOW_RELAY_POLL_MS", "50")
             .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
@@ -160,7 +161,8 @@ async fn a_relay_killed_mid_batch_loses_nothing_once_restarted() {
 
 #[tokio::test]
 async fn orders_are_accepted_while_the_broker_is_down_and_published_after_it_returns() {
-    let mut broker = TestBroker::spawn();
+    // This test kills its broker: one of its own.
+    let mut broker = TestBroker::spawn_own();
     broker.create_topic("orders", 12).await;
     let api = TestApi::spawn().await;
     let relay = TestRelay::spawn(&api.pool, &broker, RelaySettings { batch_size: 50, ..quick_relay() });

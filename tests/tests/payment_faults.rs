@@ -186,10 +186,11 @@ async fn two_payment_instances_share_the_provider_limit_and_never_exceed_it() {
         stack.start_payment(provider).await;
     }
     // Both members hold partitions of `orders` before the load arrives.
+    let group = stack.broker.group("payment");
     eventually(WAIT, "both instances assigned", || async {
-        ["payment", "payment#2"]
-            .iter()
-            .all(|name| stack.metrics_text(name).contains(r#"orderflow_consumer_lag{group="payment",partition="#))
+        ["payment", "payment#2"].iter().all(|name| {
+            stack.metrics_text(name).contains(&format!(r#"orderflow_consumer_lag{{group="{group}",partition="#))
+        })
     })
     .await;
     let orders = (0..120).map(|i| (format!("limit-{i}"), order(&format!("cust-{i}"), "SKU-1")));

@@ -82,10 +82,12 @@ async fn transient_timeouts_follow_the_seed_and_the_rate_limit_answers_429_with_
     let pattern = |run: &'static str| {
         let sim = &sim;
         async move {
-            sim.faults(json!({"transient_timeout_pct": 30.0, "delay_ms": 1000, "seed": 7})).await;
+            // A hung request answers after 3 s; the client waits 800 ms, far more than a normal
+            // answer takes even on a loaded machine.
+            sim.faults(json!({"transient_timeout_pct": 30.0, "delay_ms": 3000, "seed": 7})).await;
             let mut timeouts = Vec::new();
             for i in 0..20 {
-                let outcome = charge(sim, &format!("{run}-{i}"), Duration::from_millis(250)).await;
+                let outcome = charge(sim, &format!("{run}-{i}"), Duration::from_millis(800)).await;
                 timeouts.push(outcome.is_err());
             }
             timeouts

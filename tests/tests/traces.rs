@@ -53,7 +53,10 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     assert_eq!(view["trace_id"], CLIENT_TRACE, "GET /orders/{{id}} shows the trace to jump to");
 
     let trace = TraceId::from_hex(CLIENT_TRACE).unwrap();
-    let wanted = ["POST /orders", "orders process", "provider charge", "payments process", "notification email"];
+    // Consumer spans are named for the topic as the broker knows it (this test's namespace).
+    let orders_process = format!("{} process", stack.broker.topic("orders"));
+    let payments_process = format!("{} process", stack.broker.topic("payments"));
+    let wanted = ["POST /orders", &orders_process, "provider charge", &payments_process, "notification email"];
     eventually(WAIT, "every hop's span exported", || async {
         let spans = spans_of(&exporter, trace);
         wanted.iter().all(|name| !named(&spans, name).is_empty())
@@ -70,12 +73,13 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
 
     // Every group that read OrderPlaced continued the request's span (payment, order-service
     // skipping it has no span: it handles only its own event types).
-    let payment = named(&spans, "orders process")
+    let payment_group = stack.broker.group("payment");
+    let payment = named(&spans, &orders_process)
         .into_iter()
         .find(|s| {
-            s.attributes
-                .iter()
-                .any(|kv| kv.key.as_str() == "messaging.consumer.group.name" && kv.value.as_str() == "payment")
+            s.attributes.iter().any(|kv| {
+                kv.key.as_str() == "messaging.consumer.group.name" && kv.value.as_str() == payment_group.as_str()
+            })
         })
         .expect("payment's span for OrderPlaced")
         .clone();
@@ -86,7 +90,7 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     assert!(charge.attributes.iter().any(|kv| kv.key.as_str() == "outcome" && kv.value.as_str() == "approved"));
 
     // PaymentAuthorized went through the payments outbox carrying payment's span.
-    let settled = named(&spans, "payments process");
+    let settled = named(&spans, &payments_process);
     assert!(
         settled.iter().any(|s| s.parent_span_id == payment.span_context.span_id()),
         "order-service continues from payment's event"
@@ -95,7 +99,7 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     // continued it, and its email request is that record's child.
     let email = one("notification email");
     let parent = spans.iter().find(|s| s.span_context.span_id() == email.parent_span_id).expect("the email's parent");
-    assert_eq!(parent.name, "orders process");
+    assert_eq!(parent.name, orders_process);
     assert!(
         settled.iter().any(|s| s.span_context.span_id() == parent.parent_span_id),
         "notifications continues from order-service's event"

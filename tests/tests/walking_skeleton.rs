@@ -69,8 +69,9 @@ async fn an_order_placed_event_delivered_twice_is_charged_once() {
             };
             headers = headers.insert(Header { key: h.key, value });
         }
+        let orders = stack.broker.topic("orders");
         let record =
-            FutureRecord::to("orders").key(placed.key().unwrap()).payload(placed.payload().unwrap()).headers(headers);
+            FutureRecord::to(&orders).key(placed.key().unwrap()).payload(placed.payload().unwrap()).headers(headers);
         producer.send(record, Duration::from_secs(10)).await.unwrap();
     }
     // Both copies are consumed (the group's committed offset passes them) ...
@@ -80,13 +81,16 @@ async fn an_order_placed_event_delivered_twice_is_charged_once() {
     let charges: Vec<_> =
         stack.simulator.ledger().await.into_iter().filter(|e| e.reference == order.to_string()).collect();
     assert_eq!(charges.len(), 1, "{charges:?}");
+    let (group, topic) = (stack.broker.group("payment"), stack.broker.topic("orders"));
     let metrics = stack.metrics_text("payment");
     assert!(
-        metrics.contains(r#"orderflow_consumer_records_total{group="payment",outcome="deduped",topic="orders"} 1"#),
+        metrics.contains(&format!(
+            r#"orderflow_consumer_records_total{{group="{group}",outcome="deduped",topic="{topic}"}} 1"#
+        )),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"orderflow_consumer_handler_seconds_count{group="payment",topic="orders"}"#),
+        metrics.contains(&format!(r#"orderflow_consumer_handler_seconds_count{{group="{group}",topic="{topic}"}}"#)),
         "{metrics}"
     );
     let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = $1")
@@ -124,7 +128,8 @@ async fn many_orders_flow_through_and_each_is_charged_once() {
     assert_eq!(paid, 32);
     assert_eq!(ledger.iter().filter(|e| e.status == "approved").count(), 32);
     // payment keeps dedupe rows only for what it handles (OrderPlaced), not for every event on `orders`.
-    let dedupe_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer_group = 'payment'")
+    let dedupe_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer_group = $1")
+        .bind(stack.broker.group("payment"))
         .fetch_one(&stack.payments)
         .await
         .unwrap();
@@ -132,9 +137,11 @@ async fn many_orders_flow_through_and_each_is_charged_once() {
 
     // Lag per partition, read from the broker: every event on `orders` (40 placed, 32 paid,
     // 8 payment-failed) is committed by the payment group in the end.
+    let group_label = format!(r#"group="{}""#, stack.broker.group("payment"));
+    let topic_label = format!(r#"topic="{}""#, stack.broker.topic("orders"));
     let sum = |text: &str, metric: &str| -> i64 {
         text.lines()
-            .filter(|l| l.starts_with(metric) && l.contains(r#"group="payment""#))
+            .filter(|l| l.starts_with(metric) && l.contains(&group_label))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
             .sum()
     };
@@ -146,7 +153,7 @@ async fn many_orders_flow_through_and_each_is_charged_once() {
     .await;
     let text = stack.metrics_text("payment");
     assert_eq!(
-        text.lines().filter(|l| l.starts_with("orderflow_consumer_lag{") && l.contains(r#"topic="orders""#)).count(),
+        text.lines().filter(|l| l.starts_with("orderflow_consumer_lag{") && l.contains(&topic_label)).count(),
         12,
         "one series per partition of orders (the group's retry topic has its own)"
     );

@@ -34,9 +34,10 @@ pub struct Setup<'a> {
 }
 
 /// Produces `count` events (OrderPlaced then OrderPaid per order, so each group finds the events
-/// it handles) to a fresh 12-partition topic; returns its name.
+/// it handles) to a fresh 12-partition topic; returns its logical name.
 pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize) -> anyhow::Result<String> {
-    let topic = format!("bench-consumers-{}", Uuid::new_v4().simple());
+    let name = format!("bench-consumers-{}", Uuid::new_v4().simple());
+    let topic = kafka.topic(&name);
     kafka.ensure_topics(&[(&topic, 12)]).await?;
     // Large batches, as the outbox relay writes them (thousands of rows per claim).
     let producer: FutureProducer = kafka
@@ -83,16 +84,17 @@ pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize)
     if acked < count {
         bail!("the broker acknowledged {acked} of {count} seed records");
     }
-    Ok(topic)
+    Ok(name)
 }
 
 /// Reads every record of `topic` with a plain consumer (assigned partitions, no group): records/s.
 pub async fn read_baseline(kafka: &KafkaSettings, topic: &str, count: usize) -> anyhow::Result<f64> {
-    let group = format!("bench-read-{}", Uuid::new_v4().simple());
+    let group = kafka.group(&format!("bench-read-{}", Uuid::new_v4().simple()));
     let consumer: StreamConsumer = kafka.consumer("bench-read", &group).create()?;
+    let topic = kafka.topic(topic);
     let mut assignment = rdkafka::TopicPartitionList::new();
     for partition in 0..12 {
-        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+        assignment.add_partition_offset(&topic, partition, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let mut first: Option<Instant> = None;
@@ -125,7 +127,7 @@ pub async fn run_group<H: Handler>(
     // The clock starts at the first handled record: joining the group is not throughput.
     let handled = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events WHERE consumer_group = $1")
-            .bind(group)
+            .bind(setup.kafka.group(group))
             .fetch_one(&setup.pool)
             .await
     };

@@ -12,10 +12,7 @@ use rdkafka::{
     types::RDKafkaErrorCode,
 };
 
-use crate::{metrics::ConsumerMetrics, worker::Partitions};
-
-/// How long an assignment waits for the group's committed offsets.
-const COMMITTED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::{metrics::ConsumerMetrics, partition::Partitions};
 
 pub struct RuntimeContext {
     pub(crate) group: String,
@@ -31,7 +28,7 @@ impl RuntimeContext {
     /// polls the consumer; on a multi-threaded runtime the wait moves off the async threads so
     /// the workers can finish. A single-threaded runtime cannot run them while we wait: there
     /// the records in hand are abandoned (the next owner re-reads them; dedupe keeps that safe).
-    fn wait_for_in_flight(&self, states: &[Arc<crate::worker::PartitionState>]) {
+    fn wait_for_in_flight(&self, states: &[Arc<crate::partition::PartitionState>]) {
         let multi_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_threaded {
@@ -77,13 +74,6 @@ impl ConsumerContext for RuntimeContext {
                 // a new assignment, so every assigned partition starts resumed.
                 if let Err(error) = consumer.resume(assigned) {
                     tracing::warn!(group = %self.group, %error, "could not resume the assigned partitions");
-                }
-                // Where each partition starts, so the offset guard sees a first fetch that skips
-                // records (a broker serving the batch after a committed offset inside one).
-                match consumer.committed_offsets((*assigned).clone(), COMMITTED_LOOKUP_TIMEOUT) {
-                    Ok(committed) => self.partitions.set_starts(&committed),
-                    Err(error) => tracing::warn!(group = %self.group, %error,
-                        "could not read the committed offsets; the first record of each partition sets its start"),
                 }
                 self.metrics.rebalances.with_label_values(&[&self.group, "assign"]).inc();
                 tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");

@@ -21,10 +21,13 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
+/// `<topic>.<group>.DLT`: `topic` as the broker knows it, `group` by its logical name, so a
+/// namespace appears once (`staging.orders.payment.DLT`).
 pub fn dlt_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.DLT")
 }
 
+/// `<topic>.<group>.retry`, named as [`dlt_topic`].
 pub fn retry_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.retry")
 }
@@ -96,7 +99,10 @@ pub struct Reason<'a> {
 /// The group's producer for retry and dead-letter records.
 pub struct Forwarder {
     producer: FutureProducer,
+    /// The group as the broker knows it (the `dlt_consumer_group` header).
     group: String,
+    /// The group as its retry and DLT topics name it (logical: the namespace is in the topic).
+    topic_group: String,
 }
 
 fn timestamp(t: DateTime<Utc>) -> String {
@@ -109,7 +115,8 @@ impl Forwarder {
             .producer(&format!("{group}-forwarder"), Duration::from_secs(30))
             .create()
             .context("retry/DLT producer")?;
-        Ok(Forwarder { producer, group: group.into() })
+        let topic_group = group.strip_prefix(&kafka.namespace).unwrap_or(group).to_string();
+        Ok(Forwarder { producer, group: group.into(), topic_group })
     }
 
     /// Publishes the record to its DLT and waits for the broker's acknowledgement.
@@ -119,7 +126,7 @@ impl Forwarder {
         origin: &Origin,
         reason: Reason<'_>,
     ) -> anyhow::Result<()> {
-        let topic = dlt_topic(&origin.topic, &self.group);
+        let topic = dlt_topic(&origin.topic, &self.topic_group);
         let message: String = reason.message.chars().take(2000).collect();
         let (partition, offset) = (origin.partition.to_string(), origin.offset.to_string());
         let (attempts, first, last) =
@@ -150,7 +157,7 @@ impl Forwarder {
         error: &str,
     ) -> anyhow::Result<()> {
         use retry_headers as h;
-        let topic = retry_topic(&origin.topic, &self.group);
+        let topic = retry_topic(&origin.topic, &self.topic_group);
         let error: String = error.chars().take(2000).collect();
         let (partition, offset) = (origin.partition.to_string(), origin.offset.to_string());
         let (attempts, due, first) =

@@ -33,7 +33,7 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 
 /// Reads a DLT from the beginning to its current end.
 pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let group = format!("dlt-reader-{}", uuid::Uuid::new_v4().simple());
+    let group = kafka.group(&format!("dlt-reader-{}", uuid::Uuid::new_v4().simple()));
     let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", &group).create().context("creating a reader")?;
     let metadata = consumer.fetch_metadata(Some(dlt), Duration::from_secs(10)).context("reading topic metadata")?;
     let Some(topic) = metadata.topics().iter().find(|t| t.name() == dlt) else { bail!("no topic {dlt}") };
@@ -131,7 +131,8 @@ pub const TRIAGE_GROUP: &str = "orderflow-dlt-triage";
 /// current end when `None`, by committing the triage group; returns (partition, next untriaged
 /// offset) per partition. Triage never moves backwards.
 pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> anyhow::Result<Vec<(i32, i64)>> {
-    let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", TRIAGE_GROUP).create().context("creating a client")?;
+    let consumer: BaseConsumer =
+        kafka.consumer("orderflow-dlt", &kafka.group(TRIAGE_GROUP)).create().context("creating a client")?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(dlt), timeout).context("reading topic metadata")?;
     let Some(topic) = metadata.topics().iter().find(|t| t.name() == dlt && !t.partitions().is_empty()) else {

@@ -28,12 +28,11 @@
 //!   backoff for as long as it takes, spending no attempts: the partition pauses rather than
 //!   burning retries into the DLT.
 //!
-//! Offsets are checked as they arrive, from the committed offset on (see [`offset_guard`]): a
-//! record past the next expected offset means the client skipped some, and the runtime seeks
-//! back for them — further back each time the broker serves the same gap (tansu 0.6.0's object
-//! storage answers a fetch that starts inside a batch with the next batch). Only a gap that
-//! stays however far back the fetch starts is passed, with an error log and
-//! `orderflow_consumer_offset_gaps_total{resolution="accepted"}`.
+//! Where each part lives: [`fetch_loop`] (poll, hand out, commit, shut down), [`partition`]
+//! (one partition's queue, pause/resume and worker), [`delivery`] (a record or batch to a
+//! final state; what a failure means), [`transaction`] (dedupe + handler + commit, one code path
+//! for a batch and a single record), [`dlt`] (retry and dead-letter records), [`context`]
+//! (rebalance hooks).
 //!
 //! Ordering trade-off: while a record is in the retry topic, later records with the same key
 //! are handled before it. Handlers must therefore accept events of one order out of order
@@ -42,31 +41,26 @@
 //! for as long as the dependency asks (`Retry-After`, an open circuit breaker).
 
 mod context;
+mod delivery;
 mod dlt;
 pub mod dlt_tools;
+mod fetch_loop;
 pub mod metrics;
-mod offset_guard;
-mod slots;
-mod worker;
+mod partition;
+mod transaction;
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
-use anyhow::Context;
 use orderflow_platform::kafka::KafkaSettings;
-use orderflow_schemas::{Decoded, EventCodec};
-use rdkafka::{
-    Message,
-    consumer::{CommitMode, Consumer},
-    types::RDKafkaErrorCode,
-};
-use slots::Slot;
+use orderflow_schemas::Decoded;
+use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub use context::RuntimeContext;
+pub use delivery::backoff_ceiling;
 pub use dlt::{dlt_topic, retry_headers, retry_topic};
-pub use worker::backoff_ceiling;
+pub use fetch_loop::{run, run_service, run_service_with};
 
 /// Applies the dedupe-store migration (idempotent; shares the service's database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -216,7 +210,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Everything a consumer needs to know about where and how to consume.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
+    /// The consumer group, as the broker knows it.
     pub group: String,
+    /// The source topics, as the broker knows them.
     pub topics: Vec<String>,
     pub kafka: KafkaSettings,
     pub max_attempts: u32,
@@ -239,10 +235,13 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// `group` and `topics` are logical names; the settings hold the broker's names (the
+    /// namespace of `kafka` applied), and so do the retry and dead-letter topics, the headers
+    /// and the metrics derived from them.
     pub fn new(group: &str, topics: &[&str], kafka: KafkaSettings) -> Self {
         ConsumerSettings {
-            group: group.into(),
-            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group: kafka.group(group),
+            topics: topics.iter().map(|t| kafka.topic(t)).collect(),
             kafka,
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),
@@ -256,191 +255,18 @@ impl ConsumerSettings {
             lag_interval: Duration::from_secs(10),
         }
     }
-}
 
-/// What a consumer binary runs: `/metrics` on `metrics_listen`, then [`run`] until SIGTERM or
-/// ctrl-c.
-pub async fn run_service<H: Handler>(
-    settings: ConsumerSettings,
-    pool: PgPool,
-    codec: Arc<EventCodec>,
-    handler: H,
-    metrics_listen: &str,
-) -> anyhow::Result<()> {
-    run_service_with(settings, pool, codec, handler, metrics_listen, axum::Router::new()).await
-}
+    /// The group's retry topic for source topic `topic` (a broker name).
+    pub fn retry_topic(&self, topic: &str) -> String {
+        retry_topic(topic, self.logical_group())
+    }
 
-/// As [`run_service`], serving the service's own `routes` beside `/metrics` and `/healthz`.
-pub async fn run_service_with<H: Handler>(
-    settings: ConsumerSettings,
-    pool: PgPool,
-    codec: Arc<EventCodec>,
-    handler: H,
-    listen: &str,
-    routes: axum::Router,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let registry = settings.registry.clone();
-    // The service's own routes (analytics' API) are counted per route like order-api's.
-    let routes = orderflow_platform::http_metrics::HttpMetrics::register(&registry, &settings.group)
-        .context("registering the HTTP metrics")?
-        .layer(routes);
-    tokio::spawn(orderflow_platform::metrics::serve_with(listener, registry, routes, std::future::pending()));
-    let result = run(settings, pool, codec, handler, orderflow_platform::shutdown::shutdown_signal()).await;
-    orderflow_platform::telemetry::shutdown();
-    result
-}
+    /// The group's dead-letter topic for source topic `topic` (a broker name).
+    pub fn dlt_topic(&self, topic: &str) -> String {
+        dlt_topic(topic, self.logical_group())
+    }
 
-/// Consumes until `shutdown` resolves: in-flight records finish, then offsets are committed
-/// synchronously.
-pub async fn run<H: Handler>(
-    settings: ConsumerSettings,
-    pool: PgPool,
-    codec: Arc<EventCodec>,
-    handler: H,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let group = settings.group.clone();
-    let retry_sources: HashMap<String, String> =
-        settings.topics.iter().map(|t| (retry_topic(t, &group), t.clone())).collect();
-    let mut topics: Vec<(String, i32)> =
-        settings.topics.iter().map(|t| (t.clone(), settings.kafka.partitions)).collect();
-    topics.extend(retry_sources.keys().map(|t| (t.clone(), settings.kafka.partitions)));
-    topics.extend(settings.topics.iter().map(|t| (dlt_topic(t, &group), 1)));
-    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    settings.kafka.ensure_topics(&topic_refs).await.context("creating the source, retry and dead-letter topics")?;
-
-    let metrics = metrics::ConsumerMetrics::register(&settings.registry).context("registering consumer metrics")?;
-    // Every outcome and gap series exists from the start at 0, so rates and increases over them
-    // are 0 rather than absent (dashboards and alerts read "nothing failed", not "no data").
-    for topic in &settings.topics {
-        for outcome in metrics::OUTCOMES {
-            metrics.records.with_label_values(&[&group, topic, outcome]);
-        }
+    fn logical_group(&self) -> &str {
+        self.group.strip_prefix(&self.kafka.namespace).unwrap_or(&self.group)
     }
-    for resolution in ["refetched", "accepted"] {
-        metrics.offset_gaps.with_label_values(&[&group, resolution]);
-    }
-    let partitions = Arc::new(worker::Partitions::default());
-    let context = RuntimeContext {
-        group: group.clone(),
-        partitions: partitions.clone(),
-        metrics: metrics.clone(),
-        revoke_grace: settings.revoke_grace,
-    };
-    let consumer = context::ConsumerHandle::new(
-        settings
-            .kafka
-            .consumer(&format!("{group}-consumer"), &group)
-            .create_with_context(context)
-            .context("creating the consumer")?,
-    );
-    let subscribed: Vec<String> = settings.topics.iter().chain(retry_sources.keys()).cloned().collect();
-    consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>()).context("subscribing")?;
-    let shared = Arc::new(worker::Shared {
-        settings: settings.clone(),
-        pool,
-        codec,
-        handler,
-        consumer: consumer.clone(),
-        forwarder: dlt::Forwarder::new(&settings.kafka, &group)?,
-        metrics: metrics.clone(),
-        retry_sources,
-        in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
-    });
-    tracing::info!(%group, topics = ?subscribed, "consumer started");
-
-    let mut slots: HashMap<(String, i32), Slot> = HashMap::new();
-    let mut commit_tick = tokio::time::interval(settings.commit_interval);
-    let mut lag_tick = tokio::time::interval(settings.lag_interval);
-    let mut unpark_tick = tokio::time::interval(Duration::from_millis(20));
-    let mut stall_tick = tokio::time::interval(slots::STALL_AFTER);
-    unpark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lag_report: Option<tokio::task::JoinHandle<()>> = None;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = lag_tick.tick() => {
-                // One report at a time, off the async threads (the broker calls block).
-                if lag_report.as_ref().is_none_or(|r| r.is_finished()) {
-                    let (consumer, metrics, group) = (consumer.clone(), metrics.clone(), group.clone());
-                    lag_report = Some(tokio::task::spawn_blocking(move || {
-                        metrics::report_partitions(&*consumer, &metrics, &group)
-                    }));
-                }
-            }
-            _ = commit_tick.tick() => {
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
-                    // NoOffset: nothing stored since the last commit.
-                    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                        tracing::debug!(%error, "periodic commit failed; will retry");
-                    }
-                }
-            }
-            _ = stall_tick.tick() => slots::refetch_stalled(&consumer, &mut slots, &metrics, &group),
-            _ = unpark_tick.tick() => {
-                slots::unpark(&consumer, &mut slots, settings.partition_queue);
-                // Workers of revoked partitions finish their record in hand and end.
-                slots.retain(|_, slot| !(slot.state.is_stopped() && slot.task.is_finished()));
-                let paused = slots.values().filter(|s| !s.parked.is_empty()).count();
-                metrics.paused_partitions.with_label_values(&[&group]).set(paused as i64);
-            }
-            received = consumer.recv() => match received {
-                Ok(message) => {
-                    let message = message.detach();
-                    let key = (message.topic().to_string(), message.partition());
-                    if slots.get(&key).is_some_and(|s| s.state.is_stopped() || s.sender.is_closed()) {
-                        // Revoked earlier and assigned to us again: a fresh worker.
-                        slots.remove(&key);
-                    }
-                    let slot = slots.entry(key).or_insert_with(|| {
-                        let (sender, records) = mpsc::channel(settings.partition_queue.max(1));
-                        let state = worker::PartitionState::new();
-                        partitions.insert(message.topic(), message.partition(), state.clone());
-                        let task = tokio::spawn(worker::run_partition(shared.clone(), state.clone(), records));
-                        let committed = partitions.take_start(message.topic(), message.partition());
-                        Slot::new(sender, task, state, committed)
-                    });
-                    slot.arrive(&consumer, message, &metrics, &group);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "consume error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    tracing::info!(%group, "stopping: finishing in-flight records");
-    for slot in slots.values() {
-        slot.state.stop();
-    }
-    for (_, slot) in slots.drain() {
-        drop(slot.sender);
-        let _ = slot.task.await;
-    }
-    // A synchronous commit blocks its thread, without end if the broker is gone: bound it, on a
-    // thread of its own (a runtime waits for its blocking pool when it shuts down).
-    let (done, committed) = tokio::sync::oneshot::channel();
-    let committer = consumer.clone();
-    std::thread::spawn(move || {
-        let _ = done.send(committer.commit_consumer_state(CommitMode::Sync));
-    });
-    match tokio::time::timeout(Duration::from_secs(10), committed).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
-        Ok(Ok(Err(error))) => {
-            tracing::warn!(%error, "final commit failed; the next owner re-reads (dedupe makes it harmless)")
-        }
-        Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
-    }
-    // The lag report gives up on its first failed request; the consumer closes on a thread of
-    // its own once the last handle is gone (see `ConsumerHandle`).
-    if let Some(report) = lag_report {
-        let _ = report.await;
-    }
-    drop(shared);
-    drop(consumer);
-    tracing::info!(%group, "consumer stopped");
-    Ok(())
 }

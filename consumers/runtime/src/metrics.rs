@@ -22,10 +22,6 @@ pub struct ConsumerMetrics {
     pub paused_partitions: IntGaugeVec,
     /// Times a partition was paused (its queue was full).
     pub pauses: IntCounterVec,
-    /// Offsets the client skipped (a fetched offset past the next expected one), by
-    /// resolution: `refetched` (the runtime sought back for them) or `accepted` (the broker
-    /// served the same gap again: it has no records there). Both should stay 0.
-    pub offset_gaps: IntCounterVec,
     /// kind: assign | revoke
     pub rebalances: IntCounterVec,
     /// Time from revoke to committed offsets (finishing the records in hand).
@@ -68,13 +64,6 @@ impl ConsumerMetrics {
             ),
             &["group"],
         )?;
-        let offset_gaps = IntCounterVec::new(
-            Opts::new(
-                "orderflow_consumer_offset_gaps_total",
-                "Offsets the client skipped over, by resolution (refetched, accepted)",
-            ),
-            &["group", "resolution"],
-        )?;
         let rebalances = IntCounterVec::new(
             Opts::new("orderflow_consumer_rebalances_total", "Partition assignments and revocations"),
             &["group", "kind"],
@@ -96,7 +85,6 @@ impl ConsumerMetrics {
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(paused_partitions.clone()))?;
         registry.register(Box::new(pauses.clone()))?;
-        registry.register(Box::new(offset_gaps.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(revoke_seconds.clone()))?;
         Ok(ConsumerMetrics {
@@ -108,7 +96,6 @@ impl ConsumerMetrics {
             lag,
             paused_partitions,
             pauses,
-            offset_gaps,
             rebalances,
             revoke_seconds,
         })

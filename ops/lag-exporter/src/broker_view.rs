@@ -4,6 +4,9 @@
 //! so a group whose every member has crashed still shows its lag growing.
 //!
 //! The calls block; [`BrokerReader::read`] runs off the async threads.
+//!
+//! With a namespace (`ORDERFLOW_KAFKA_NAMESPACE`), only that namespace's topics and groups are
+//! read, and the configured groups are logical names within it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -60,7 +63,8 @@ pub struct Snapshot {
 
 pub struct ReaderSettings {
     pub kafka: KafkaSettings,
-    /// Groups to report even before the broker lists them (the rest are discovered).
+    /// Groups to report even before the broker lists them (the rest are discovered); logical
+    /// names.
     pub groups: Vec<String>,
     /// The group that marks dead-lettered records as triaged (`orderflow-dlt` commits it): on
     /// `*.DLT` topics it has not committed, it counts from the low watermark, so untriaged
@@ -91,14 +95,15 @@ pub struct BrokerReader {
 }
 
 impl BrokerReader {
-    pub fn new(settings: ReaderSettings) -> anyhow::Result<Self> {
-        let admin =
-            settings.kafka.consumer(OWN_GROUP_PREFIX, OWN_GROUP_PREFIX).create().context("creating a client")?;
-        let lister =
-            settings.kafka.consumer(OWN_GROUP_PREFIX, OWN_GROUP_PREFIX).create().context("creating a client")?;
-        let probe = settings
-            .kafka
-            .consumer(&format!("{OWN_GROUP_PREFIX}-probe"), &format!("{OWN_GROUP_PREFIX}-probe"))
+    pub fn new(mut settings: ReaderSettings) -> anyhow::Result<Self> {
+        let kafka = &settings.kafka;
+        settings.groups = settings.groups.iter().map(|g| kafka.group(g)).collect();
+        settings.triage_group = settings.triage_group.as_deref().map(|g| kafka.group(g));
+        let own = kafka.group(OWN_GROUP_PREFIX);
+        let admin = kafka.consumer(OWN_GROUP_PREFIX, &own).create().context("creating a client")?;
+        let lister = kafka.consumer(OWN_GROUP_PREFIX, &own).create().context("creating a client")?;
+        let probe = kafka
+            .consumer(&format!("{OWN_GROUP_PREFIX}-probe"), &format!("{own}-probe"))
             .create()
             .context("creating the probe client")?;
         let known = settings.groups.iter().cloned().chain(settings.triage_group.clone()).collect();
@@ -119,7 +124,9 @@ impl BrokerReader {
         let timeout = self.settings.timeout;
         let metadata = self.admin.fetch_metadata(None, timeout).context("reading the cluster's topics")?;
         let mut partitions = Vec::new();
-        for topic in metadata.topics().iter().filter(|t| !t.name().starts_with("__")) {
+        let namespace = self.settings.kafka.namespace.clone();
+        let ours = |name: &str| !name.starts_with("__") && name.starts_with(&namespace);
+        for topic in metadata.topics().iter().filter(|t| ours(t.name())) {
             for partition in topic.partitions() {
                 let (low, high) = self
                     .admin
@@ -135,8 +142,8 @@ impl BrokerReader {
         }
 
         // Listing groups (ListGroups + DescribeGroups) is best effort, on a client of its own:
-        // some brokers drop the connection on it (tansu 0.6.0 does), and lag must not depend
-        // on it — the known groups' committed offsets are read either way.
+        // lag must not depend on it (an ACL may refuse it) — the known groups' committed
+        // offsets are read either way.
         // After a refusal, ask again only every LIST_RETRY_POLLS reads.
         let skip = self.listing_failed && !self.polls.is_multiple_of(LIST_RETRY_POLLS);
         self.polls += 1;
@@ -147,6 +154,7 @@ impl BrokerReader {
                 list.groups()
                     .iter()
                     .filter(|g| g.protocol_type().is_empty() || g.protocol_type() == "consumer")
+                    .filter(|g| g.name().starts_with(&namespace))
                     .map(|g| (g.name().to_string(), g.members().len()))
                     .collect(),
             ),
@@ -159,7 +167,8 @@ impl BrokerReader {
             }
         };
         if let Some(listed) = &listed {
-            self.known.extend(listed.keys().filter(|g| !g.starts_with(OWN_GROUP_PREFIX)).cloned());
+            let own = self.settings.kafka.group(OWN_GROUP_PREFIX);
+            self.known.extend(listed.keys().filter(|g| !g.starts_with(&own)).cloned());
         }
 
         let mut all = TopicPartitionList::new();

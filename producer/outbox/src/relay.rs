@@ -13,20 +13,14 @@
 //!
 //! Wake-up: LISTEN/NOTIFY at commit of each insert, with a polling fallback.
 //!
-//! Producer lifetime: after a failed batch, or as soon as the client reports every broker down,
-//! the relay purges and drops its producer and starts the next batch on a fresh one (a new
-//! producer id). Rows are only marked on acknowledgement and one event per key is in flight, so
-//! this costs at most duplicates, never order. It matters twice: a producer that hit a fatal
-//! idempotence error is unusable for good on any broker, and tansu 0.6.0 cannot serve
-//! librdkafka's idempotent epoch bump (InitProducerId with an existing id, KIP-360) that follows
-//! in-flight requests lost to a broker restart — it panics its storage. A fresh producer never
-//! asks for one.
+//! Producer lifetime: one idempotent producer for the relay's life. It rides out broker
+//! restarts itself (librdkafka bumps its epoch after in-flight requests are lost, KIP-360);
+//! only a fatal error (the broker fenced the producer) retires it, and the next batch starts on
+//! a new one. Rows are only marked on acknowledgement and one event per key is in flight, so a
+//! new producer costs at most duplicates, never order.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -53,6 +47,8 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Longest backoff after a failed batch.
     pub max_backoff: Duration,
+    /// Prefix of every topic name (`ORDERFLOW_KAFKA_NAMESPACE`): a row's `topic` is logical.
+    pub namespace: String,
 }
 
 impl Default for RelaySettings {
@@ -62,24 +58,17 @@ impl Default for RelaySettings {
             concurrent_batches: 4,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
+            namespace: String::new(),
         }
     }
 }
 
-/// Notices when the client loses every broker, so the relay can retire its producer.
+/// Logs what the client reports (broker down, a lost connection); the producer retries itself.
 #[derive(Clone, Default)]
-pub struct RelayContext {
-    brokers_lost: Arc<AtomicBool>,
-}
+pub struct RelayContext;
 
 impl ClientContext for RelayContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-        ) {
-            self.brokers_lost.store(true, Ordering::SeqCst);
-        }
         tracing::warn!(%error, reason, "kafka client error");
     }
 }
@@ -89,7 +78,6 @@ type RelayProducer = FutureProducer<RelayContext>;
 pub struct OutboxRelay {
     pool: PgPool,
     config: ClientConfig,
-    context: RelayContext,
     producer: Mutex<Option<Arc<RelayProducer>>>,
     last_analyze: Mutex<Option<std::time::Instant>>,
     settings: RelaySettings,
@@ -135,7 +123,6 @@ impl OutboxRelay {
         OutboxRelay {
             pool,
             config,
-            context: RelayContext::default(),
             producer: Mutex::new(None),
             last_analyze: Mutex::new(None),
             settings,
@@ -149,17 +136,14 @@ impl OutboxRelay {
         self
     }
 
-    /// The current producer, or a fresh one if there is none or the brokers were lost.
+    /// The relay's producer, made on first use and after a fatal error retired the last one.
     fn producer(&self) -> anyhow::Result<Arc<RelayProducer>> {
         let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.context.brokers_lost.swap(false, Ordering::SeqCst) {
-            retire(slot.take());
-        }
         if let Some(producer) = slot.as_ref() {
             return Ok(producer.clone());
         }
         let producer: RelayProducer =
-            self.config.create_with_context(self.context.clone()).context("creating the relay's producer")?;
+            self.config.create_with_context(RelayContext).context("creating the relay's producer")?;
         let producer = Arc::new(producer);
         *slot = Some(producer.clone());
         Ok(producer)
@@ -184,10 +168,18 @@ impl OutboxRelay {
         }
     }
 
-    /// Drops the current producer so the next batch starts on a new one.
-    fn retire_producer(&self) {
-        let mut slot = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        retire(slot.take());
+    /// Retires the producer if the broker fenced it (a fatal idempotence error): it can send
+    /// nothing more, and the next batch starts on a new one.
+    fn retire_if_fatal(&self, producer: &RelayProducer) {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(
+                ?code,
+                reason,
+                "the relay's producer hit a fatal error; the next batch starts on a new one"
+            );
+            producer.purge(PurgeConfig::default().queue().inflight());
+            self.producer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
     }
 
     /// Relays until `shutdown` resolves; in-flight batches are finished first. Runs
@@ -321,30 +313,18 @@ impl OutboxRelay {
         for event in &claimed {
             deliveries.push(self.send(&producer, event).await);
         }
-        let all = join_all(deliveries.into_iter().map(|d| async move {
+        let results = join_all(deliveries.into_iter().map(|d| async move {
             match d {
                 Ok(future) => matches!(future.await, Ok(Ok(_))),
                 Err(_) => false,
             }
-        }));
-        tokio::pin!(all);
-        let results = loop {
-            tokio::select! {
-                results = &mut all => break results,
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if self.context.brokers_lost.load(Ordering::SeqCst) {
-                        // Fail this batch now rather than let the producer resume against a
-                        // restarted broker; the rows stay unmarked for the next claim.
-                        producer.purge(PurgeConfig::default().queue().inflight());
-                    }
-                }
-            }
-        };
-        drop(producer);
+        }))
+        .await;
         let send_time = started.elapsed() - claim_time;
         if results.iter().any(|ok| !ok) {
-            self.retire_producer();
+            self.retire_if_fatal(&producer);
         }
+        drop(producer);
         let acked: Vec<i64> = claimed.iter().zip(&results).filter(|(_, ok)| **ok).map(|(e, _)| e.id).collect();
         if !acked.is_empty() {
             // Deleting is the cheapest "done" Postgres has (no new row version, no index entries);
@@ -381,7 +361,8 @@ impl OutboxRelay {
         if let Some(traceparent) = &event.traceparent {
             headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
         }
-        let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload).headers(headers);
+        let topic = format!("{}{}", self.settings.namespace, event.topic);
+        let mut record = FutureRecord::to(&topic).key(&event.key).payload(&event.payload).headers(headers);
         loop {
             match producer.send_result(record) {
                 Ok(future) => return Ok(future),
@@ -392,13 +373,5 @@ impl OutboxRelay {
                 Err((error, _)) => return Err(error),
             }
         }
-    }
-}
-
-/// Purges whatever a retired producer still holds, then drops it.
-fn retire(producer: Option<Arc<RelayProducer>>) {
-    if let Some(producer) = producer {
-        producer.purge(PurgeConfig::default().queue().inflight());
-        tracing::info!("retiring the relay's producer; the next batch starts on a new one");
     }
 }

@@ -75,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
         .split(',')
         .filter(|t| !t.trim().is_empty())
         .map(|t| match t.trim().split_once(':') {
-            Some((name, partitions)) => Ok((name.to_string(), partitions.parse()?)),
-            None => Ok((t.trim().to_string(), 12)),
+            Some((name, partitions)) => Ok((kafka.topic(name), partitions.parse()?)),
+            None => Ok((kafka.topic(t.trim()), 12)),
         })
         .collect::<anyhow::Result<_>>()?;
     let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         batch_size: args.batch_size,
         concurrent_batches: args.concurrent_batches,
         poll_interval: Duration::from_millis(args.poll_ms),
+        namespace: kafka.namespace.clone(),
         ..Default::default()
     };
     let (outbox, metrics) = serve_metrics(&pool, &args).await?;

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     intake_concurrency: usize,
     /// Orders per second while filling the backlog (checkout traffic during the outage; the
-    /// local tansu broker falls over when flooded faster than it can store).
+    /// outage must not be a flood the machine cannot take while it also serves the drill).
     #[arg(long, default_value_t = 300.0)]
     intake_rate: f64,
     /// Instance i serves its metrics on this port + i.

@@ -1,0 +1,251 @@
+//! Takes a partition's records to a final state — handled, a duplicate, skipped, forwarded to
+//! the retry topic, or dead-lettered — and decides what a [`Failure`] means.
+//!
+//! A batch goes through [`transaction::handle`] once, all together; if anything in it fails
+//! (poison, a handler's verdict, a registry hiccup) it is rolled back and each record goes
+//! through the same function alone, where its failure gets its own treatment. Side effects
+//! outside the database repeat on that second pass under the same idempotency keys, as on any
+//! redelivery.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::Utc;
+use rand::Rng;
+use rdkafka::{
+    Message,
+    message::{Headers, OwnedMessage},
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    ConsumedEvent, ConsumerSettings, Failure, Handler,
+    dlt::{Origin, Reason},
+    partition::Shared,
+    transaction,
+};
+
+/// Takes `batch` (one partition's records, in order) to a final state; returns how many got
+/// there (all, unless the partition stopped first).
+pub(crate) async fn deliver<H: Handler>(
+    shared: &Shared<H>,
+    stop: &mut watch::Receiver<bool>,
+    batch: &[OwnedMessage],
+) -> usize {
+    if batch.len() > 1 && !shared.retry_sources.contains_key(batch[0].topic()) {
+        match together(shared, batch).await {
+            Ok(()) => return batch.len(),
+            Err(reason) => tracing::debug!(group = %shared.settings.group, %reason, "batch falls back to one by one"),
+        }
+    }
+    for (done, message) in batch.iter().enumerate() {
+        if !alone(shared, stop, message).await {
+            return done;
+        }
+    }
+    batch.len()
+}
+
+/// The whole batch in one transaction, or an error and nothing done.
+async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Result<(), String> {
+    let group = shared.settings.group.as_str();
+    let mut events = Vec::with_capacity(batch.len());
+    let mut skipped = 0;
+    for message in batch {
+        let headers = headers_of(message);
+        let event_id = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()).ok_or("no event id")?;
+        let payload = message.payload().ok_or("no payload")?;
+        let decoded = shared.codec.decode(payload).await.map_err(|e| e.to_string())?;
+        if !shared.handler.handles(&decoded.event_type) {
+            skipped += 1;
+            continue;
+        }
+        let origin = (message.topic(), message.partition(), message.offset());
+        events.push(ConsumedEvent::new(group, message, origin, 1, event_id, headers, decoded));
+    }
+    let topic = batch[0].topic();
+    if !events.is_empty() {
+        let committed = transaction::handle(shared, &events).await.map_err(|e| e.to_string())?;
+        shared.metrics.records.with_label_values(&[group, topic, "processed"]).inc_by(committed.processed as u64);
+        shared.metrics.records.with_label_values(&[group, topic, "deduped"]).inc_by(committed.deduped as u64);
+    }
+    // Events this service does not react to need no transaction (one topic carries them all).
+    shared.metrics.records.with_label_values(&[group, topic, "skipped"]).inc_by(skipped);
+    Ok(())
+}
+
+fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.value.map(|v| (h.key.to_string(), String::from_utf8_lossy(v).into_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ceiling of the wait before attempt `attempt + 1`: `min(cap, base * 2^attempt)`.
+pub fn backoff_ceiling(settings: &ConsumerSettings, attempt: u32) -> Duration {
+    settings.backoff_base.saturating_mul(1 << attempt.min(20)).min(settings.backoff_cap)
+}
+
+/// Exponential backoff with full jitter: a random wait in [0, ceiling].
+fn backoff(settings: &ConsumerSettings, attempt: u32) -> Duration {
+    let ceiling = backoff_ceiling(settings, attempt);
+    Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
+}
+
+/// Waits, unless the partition is stopped first (then false).
+async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        _ = stop.wait_for(|stopped| *stopped) => false,
+    }
+}
+
+/// One record to a final state: true. False when it was abandoned because the partition
+/// stopped.
+async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>, message: &OwnedMessage) -> bool {
+    let group = shared.settings.group.as_str();
+    let headers = headers_of(message);
+    let origin = Origin::of(message, &headers, shared.retry_sources.get(message.topic()).map(String::as_str));
+    let first_failure = origin.first_failure.unwrap_or_else(Utc::now);
+    if let Some(due) = origin.due_at {
+        // A retry record waits here until due; meanwhile only this retry partition is held.
+        let wait = (due - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() && !pause(stop, wait).await {
+            return false;
+        }
+    }
+    let dead = |class: String, reason: String, attempts: u32, stop: watch::Receiver<bool>| {
+        let origin = &origin;
+        async move {
+            let reason = Reason { class: &class, message: &reason, attempts, first_failure };
+            dead_letter(shared, stop, message, origin, reason).await
+        }
+    };
+    let Some(event_id) = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()) else {
+        let reason = "the record has no valid event_id header".into();
+        return dead("missing_event_id".into(), reason, 1, stop.clone()).await;
+    };
+    let Some(payload) = message.payload() else {
+        return dead("empty_payload".into(), "the record has no value".into(), 1, stop.clone()).await;
+    };
+    let mut attempt = 0;
+    let decoded = loop {
+        match shared.codec.decode(payload).await {
+            Ok(decoded) => break decoded,
+            Err(error) if error.is_retryable() => {
+                attempt += 1;
+                tracing::warn!(%error, "schema registry unavailable; retrying decode");
+                if !pause(stop, backoff(&shared.settings, attempt)).await {
+                    return false;
+                }
+            }
+            Err(error) => return dead(error.class().into(), error.to_string(), 1, stop.clone()).await,
+        }
+    };
+    if !shared.handler.handles(&decoded.event_type) {
+        shared.metrics.count(group, &origin.topic, "skipped");
+        return true;
+    }
+    let attempts = origin.attempts + 1;
+    let event = ConsumedEvent::new(
+        group,
+        message,
+        (&origin.topic, origin.partition, origin.offset),
+        attempts,
+        event_id,
+        headers,
+        decoded,
+    );
+    let count = |outcome: &str| shared.metrics.count(group, &event.topic, outcome);
+    let mut unavailable_streak = 0;
+    loop {
+        match transaction::handle(shared, std::slice::from_ref(&event)).await {
+            Ok(committed) if committed.processed == 1 => {
+                count("processed");
+                return true;
+            }
+            Ok(_) => {
+                count("deduped");
+                return true;
+            }
+            Err(Failure::Dead { class, reason }) => return dead(class, reason, attempts, stop.clone()).await,
+            Err(Failure::Retry(reason)) if attempts >= shared.settings.max_attempts => {
+                return dead("retries_exhausted".into(), reason, attempts, stop.clone()).await;
+            }
+            Err(Failure::Retry(reason)) => {
+                let due_at = Utc::now() + backoff(&shared.settings, attempts);
+                tracing::info!(group, %event_id, attempts, %reason, %due_at, "retrying through the retry topic");
+                let sent = until_sent(shared, stop.clone(), || {
+                    shared.forwarder.retry(message, &origin, attempts, first_failure, due_at, &reason)
+                })
+                .await;
+                if sent {
+                    count("retried");
+                }
+                return sent;
+            }
+            Err(Failure::Unavailable(reason)) => {
+                // Not the record's fault: wait for the dependency, holding this partition (it is
+                // paused once its queue fills) and spending no attempts.
+                unavailable_streak += 1;
+                count("waited_for_dependency");
+                tracing::warn!(group, %event_id, %reason, "dependency unavailable; waiting");
+                if !pause(stop, backoff(&shared.settings, unavailable_streak)).await {
+                    return false;
+                }
+            }
+            Err(Failure::Backpressure { reason, wait }) => {
+                count("waited_for_dependency");
+                tracing::debug!(group, %event_id, %reason, ?wait, "dependency asks to wait");
+                let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
+                if !pause(stop, wait + jitter).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn dead_letter<H>(
+    shared: &Shared<H>,
+    stop: watch::Receiver<bool>,
+    message: &OwnedMessage,
+    origin: &Origin,
+    reason: Reason<'_>,
+) -> bool {
+    tracing::warn!(group = %shared.settings.group, topic = %origin.topic, partition = origin.partition,
+        offset = origin.offset, class = reason.class, reason = reason.message, "dead-lettering record");
+    let sent = until_sent(shared, stop, || shared.forwarder.dead_letter(message, origin, reason)).await;
+    if sent {
+        shared.metrics.count(&shared.settings.group, &origin.topic, "dead_lettered");
+    }
+    sent
+}
+
+/// Sends until the broker acknowledges (true), with backoff, unless the partition stops first.
+async fn until_sent<H, F, Fut>(shared: &Shared<H>, mut stop: watch::Receiver<bool>, mut send: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut tries = 0;
+    loop {
+        match send().await {
+            Ok(()) => return true,
+            Err(error) => {
+                tries += 1;
+                tracing::error!(error = format!("{error:#}"), "cannot forward the record; retrying");
+                if !pause(&mut stop, backoff(&shared.settings, tries)).await {
+                    return false;
+                }
+            }
+        }
+    }
+}

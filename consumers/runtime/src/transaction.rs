@@ -1,0 +1,67 @@
+//! The one transaction every handled record goes through, alone or with the rest of its batch:
+//! the dedupe rows `(group, event_id)` are inserted (a duplicate's insert does nothing, and a
+//! concurrent duplicate waits on the row lock), the handler's `prepare_batch` takes its locks,
+//! the handler runs once per new event, and one commit makes the side effects and the dedupe
+//! rows durable together. Any failure rolls all of it back.
+
+use std::{collections::HashSet, time::Instant};
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{ConsumedEvent, Failure, Handler, partition::Shared};
+
+/// What a committed transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Committed {
+    /// Events handled for the first time.
+    pub processed: usize,
+    /// Events this group had handled before (a redelivery).
+    pub deduped: usize,
+}
+
+/// Handles `events` (one partition's, in order; at least one) in one transaction; its time,
+/// committed or not, is `orderflow_consumer_handler_seconds`.
+pub(crate) async fn handle<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<Committed, Failure> {
+    let started = Instant::now();
+    let result = run(shared, events).await;
+    let (group, topic) = (shared.settings.group.as_str(), events[0].topic.as_str());
+    shared.metrics.handler_seconds.with_label_values(&[group, topic]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<Committed, Failure> {
+    let first = events.first().expect("a transaction handles at least one event");
+    let group = shared.settings.group.as_str();
+    let mut tx = shared.pool.begin().await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
+    let claimed: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer_group, event_id, topic, kafka_partition, kafka_offset)
+         SELECT $1, id, $2, $3, o FROM unnest($4::uuid[], $5::bigint[]) AS t(id, o)
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(group)
+    .bind(&first.topic)
+    .bind(first.partition)
+    .bind(&ids)
+    .bind(&offsets)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    if claimed.is_empty() {
+        tracing::debug!(group, events = events.len(), "duplicates skipped");
+        return Ok(Committed { processed: 0, deduped: events.len() });
+    }
+    shared.handler.prepare_batch(&mut tx, events).await?;
+    let mut handled = HashSet::new();
+    for event in events.iter().filter(|e| claimed.contains(&e.event_id)) {
+        // The same event twice in one batch (a producer retry) is handled once.
+        if handled.insert(event.event_id) {
+            shared.handler.handle(&mut tx, event).instrument(event.span.clone()).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Committed { processed: handled.len(), deduped: events.len() - handled.len() })
+}
