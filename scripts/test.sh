@@ -44,8 +44,11 @@ status=${PIPESTATUS[0]}
 log "checking the Helm chart, docker-compose.yml and the connector"
 "$ORDERFLOW_PYTHON" -m unittest discover -s tests/deploy -v 2>&1 | grep -v 'WARN missing required values' | tee -a "$log_file"
 deploy_status=${PIPESTATUS[0]}
-# Two checkouts sharing one build directory (a cold build of the schema crate: a few minutes).
-log "checking that checkouts sharing a build directory each run their own code"
+# The scripts themselves: Kafka's cache fetched once and again when damaged; two checkouts
+# sharing one build directory (a cold build of the schema crate: a few minutes).
+log "checking the scripts' Kafka cache and checkouts sharing a build directory"
+"$ORDERFLOW_PYTHON" -m unittest discover -s tests/scripts -v 2>&1 | tee -a "$log_file"
+scripts_status=${PIPESTATUS[0]}
 "$ORDERFLOW_PYTHON" -m unittest discover -s tests/checkouts -v 2>&1 | tee -a "$log_file"
 checkouts_status=${PIPESTATUS[0]}
 set -e
@@ -59,4 +62,4 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p +=
 rm -f "$log_file"
 # A test binary that does not compile reports no "test result" line: say so rather than "0 failed".
 [ "$status" -eq 0 ] || log "cargo test exited with status $status (a failure above, or a test binary that did not build)"
-[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ] && [ "$checkouts_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$deploy_status" -eq 0 ] && [ "$scripts_status" -eq 0 ] && [ "$checkouts_status" -eq 0 ]
