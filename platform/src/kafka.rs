@@ -146,7 +146,9 @@ impl KafkaSettings {
     }
 
     /// Creates the topics that do not exist yet (broker names: callers apply [`Self::topic`]);
-    /// existing ones are left as they are.
+    /// existing ones are left as they are. While no broker answers, it waits and logs, with
+    /// capped backoff, for as long as it takes (a service started before Kafka starts when Kafka
+    /// does); a topic the brokers refuse (bad settings, no rights) is an error at once.
     pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.base().create().context("creating a Kafka admin client")?;
         let new_topics: Vec<NewTopic> = topics
@@ -156,13 +158,42 @@ impl KafkaSettings {
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match admin.create_topics(&new_topics, &options).await {
+                Ok(results) => {
+                    let mut unanswered = None;
+                    for result in results {
+                        match result {
+                            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                            Err((topic, code)) if not_ready(code) => unanswered = Some(format!("{topic}: {code}")),
+                            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+                        }
+                    }
+                    let Some(error) = unanswered else { return Ok(()) };
+                    tracing::warn!(bootstrap = %self.bootstrap, %error, retry_in = ?wait, "waiting for Kafka");
+                }
+                Err(error) => {
+                    tracing::warn!(bootstrap = %self.bootstrap, %error, retry_in = ?wait, "waiting for Kafka")
+                }
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
         }
-        Ok(())
     }
+}
+
+/// Answers that mean the cluster is not (yet) able to serve, not that the request is wrong.
+fn not_ready(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+    )
 }

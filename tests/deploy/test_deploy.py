@@ -165,8 +165,9 @@ class ReviewersChecks(unittest.TestCase):
     def test_probes_hit_the_endpoints_the_binaries_serve(self):
         served = {  # program -> paths its HTTP server answers (see each binary's router)
             "order-api": {"/healthz", "/readyz"}, "orderflow-registry": {"/healthz"}, "lag-exporter": {"/healthz", "/readyz"},
-            "outbox-relay": {"/healthz"}, "payment": {"/healthz"}, "order-service": {"/healthz"}, "inventory": {"/healthz"},
-            "notifications": {"/healthz"}, "analytics": {"/healthz"}, "payment-simulator": {"/healthz"},
+            "outbox-relay": {"/healthz"}, "payment": {"/healthz", "/readyz"}, "order-service": {"/healthz", "/readyz"},
+            "inventory": {"/healthz", "/readyz"}, "notifications": {"/healthz", "/readyz"}, "analytics": {"/healthz", "/readyz"},
+            "payment-simulator": {"/healthz"},
             "notification-simulator": {"/healthz"},
         }
         for owner, spec in pod_specs(self.docs):

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_consumer_runtime::{backoff_ceiling, dlt_tools, retry_headers};
 use orderflow_tests::{
-    broker::header,
+    broker::{TestBroker, header},
     consumer::{GROUP, Plan, RuntimeBed, SOURCE, metric},
     intake::eventually,
 };
@@ -287,4 +287,41 @@ async fn a_failure_inside_a_batch_costs_only_that_record_a_retry() {
         &format!(r#"orderflow_consumer_handler_seconds_count{{group="{}",topic="{}"}}"#, bed.group(), bed.topic),
     );
     assert!(transactions < 300.0, "records shared transactions ({transactions} for 300 records)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_started_while_kafka_is_down_waits_for_it_and_then_consumes() {
+    // This test stops its broker: one of its own.
+    let mut bed = RuntimeBed::spawn_on(TestBroker::spawn_own(), 2).await;
+    bed.broker.kill();
+    // The service as a binary runs it: /metrics, /healthz and /readyz beside the consumer.
+    let listen = format!("127.0.0.1:{}", orderflow_tests::broker::free_port());
+    let (pool, codec) = (bed.pool.clone(), bed.codec.clone());
+    let handler = orderflow_tests::consumer::ScriptedHandler(bed.script.clone());
+    let (settings, at) = (bed.settings(), listen.clone());
+    let service = tokio::spawn(async move {
+        orderflow_consumer_runtime::run_service_with(settings, pool, codec, handler, &at, axum::Router::new()).await
+    });
+    let http = reqwest::Client::new();
+    let probe = |path: &'static str| {
+        let (http, listen) = (http.clone(), listen.clone());
+        async move { http.get(format!("http://{listen}{path}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    // It keeps waiting (and logging) rather than exiting, alive but not ready.
+    eventually(WAIT, "the service to answer", || async { probe("/healthz").await == 200 }).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!service.is_finished(), "the consumer gave up while Kafka was down");
+    assert_eq!(probe("/readyz").await, 503, "not ready while Kafka is down");
+
+    bed.broker.start();
+    eventually(WAIT, "ready once Kafka is up", || async { probe("/readyz").await == 200 }).await;
+    let ids = bed.publish("after-the-outage", 20).await;
+    eventually(WAIT, "every record published after Kafka came up handled", || async {
+        bed.effect_totals().await == (20, 20)
+    })
+    .await;
+    for id in ids {
+        assert_eq!(bed.effects(id).await, 1);
+    }
+    service.abort();
 }

@@ -4,7 +4,12 @@
 //! reports per-partition lag every `lag_interval`, and on shutdown lets the records in hand
 //! finish and commits synchronously.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use anyhow::Context;
 use orderflow_schemas::EventCodec;
@@ -32,7 +37,8 @@ pub async fn run_service<H: Handler>(
     run_service_with(settings, pool, codec, handler, metrics_listen, axum::Router::new()).await
 }
 
-/// As [`run_service`], serving the service's own `routes` beside `/metrics` and `/healthz`.
+/// As [`run_service`], serving the service's own `routes` beside `/metrics`, `/healthz` and
+/// `/readyz` (503 while the consumer waits for Kafka).
 pub async fn run_service_with<H: Handler>(
     settings: ConsumerSettings,
     pool: PgPool,
@@ -43,6 +49,19 @@ pub async fn run_service_with<H: Handler>(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let registry = settings.registry.clone();
+    let ready = settings.ready.clone();
+    let routes = routes.route(
+        "/readyz",
+        axum::routing::get(move || {
+            let ready = ready.load(Ordering::Acquire);
+            async move {
+                match ready {
+                    true => (axum::http::StatusCode::OK, "ready"),
+                    false => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "waiting for Kafka: not subscribed yet"),
+                }
+            }
+        }),
+    );
     // The service's own routes (analytics' API) are counted per route like order-api's.
     let routes = orderflow_platform::http_metrics::HttpMetrics::register(&registry, &settings.group)
         .context("registering the HTTP metrics")?
@@ -107,6 +126,7 @@ pub async fn run<H: Handler>(
         retry_sources,
         in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
     });
+    settings.ready.store(true, Ordering::Release);
     tracing::info!(%group, topics = ?subscribed, "consumer started");
 
     let mut slots: HashMap<(String, i32), Slot> = HashMap::new();
@@ -163,6 +183,7 @@ pub async fn run<H: Handler>(
             }
         }
     }
+    settings.ready.store(false, Ordering::Release);
     tracing::info!(%group, "stopping: finishing in-flight records");
     for slot in slots.values() {
         slot.state.stop();

@@ -232,6 +232,9 @@ pub struct ConsumerSettings {
     pub lag_interval: Duration,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
     pub registry: prometheus::Registry,
+    /// Set once the consumer has its topics and has subscribed (`/readyz` answers 200); unset
+    /// while it waits for Kafka and once it stops.
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConsumerSettings {
@@ -253,6 +256,7 @@ impl ConsumerSettings {
             revoke_grace: Duration::from_secs(10),
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),
+            ready: Default::default(),
         }
     }
 

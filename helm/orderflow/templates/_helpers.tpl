@@ -155,7 +155,7 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   {{- if hasKey $c "api" }}
   service: {port: 8082}
   {{- end }}
-  probes: {port: {{ ternary "http" "metrics" (hasKey $c "api") }}, live: /healthz, ready: /healthz}
+  probes: {port: {{ ternary "http" "metrics" (hasKey $c "api") }}, live: /healthz, ready: /readyz}
   metricsPort: {{ ternary "http" "metrics" (hasKey $c "api") }}
   reaches: [database, kafka, registry{{ if hasKey $c "provider" }}, {{ $c.provider }}Provider{{ end }}]
   {{- if hasKey $c "api" }}
