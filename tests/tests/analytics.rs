@@ -194,3 +194,88 @@ async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("RFC 3339"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revenue_overflow_goes_to_the_dlt_with_its_sqlstate_and_the_partition_goes_on() {
+    // Two OrderPaid of 2^62 minor units in one minute and currency: valid Avro longs, but their
+    // sum overflows the minute's bigint revenue (SQLSTATE 22003). Before, every database error
+    // was "unavailable" and the partition waited for ever behind the second one.
+    let broker = TestBroker::spawn();
+    broker.create_topic("orders", 1).await;
+    let topic = broker.topic("orders");
+    let registry = TestRegistry::spawn().await;
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    orderflow_analytics::migrate(&pool).await.unwrap();
+    let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+
+    let at: DateTime<Utc> = "2026-11-25T10:00:05Z".parse().unwrap();
+    let mut outgoing = Vec::new();
+    let mut after = Vec::new();
+    for (i, amount) in [1i64 << 62, 1 << 62, 500, 700, 900].into_iter().enumerate() {
+        let order_id = Uuid::new_v4();
+        let total = Money { amount_minor: amount, currency: "EUR".into() };
+        let paid = OrderPaid {
+            order_id,
+            payment_id: Uuid::new_v4(),
+            customer_id: format!("c-{i}"),
+            lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: amount }],
+            amount: total,
+            paid_at: at + TimeDelta::seconds(i as i64),
+        };
+        if i >= 2 {
+            after.push(order_id);
+        }
+        outgoing.push(frame(&codec, &paid).await);
+    }
+    let producer = broker.producer();
+    let mut ids = Vec::new();
+    for event in &outgoing {
+        let id = Uuid::now_v7().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "event_id", value: Some(&id) })
+            .insert(Header { key: "event_type", value: Some(event.event_type) });
+        ids.push(id.clone());
+        let record = FutureRecord::to(&topic).key(&event.key).payload(&event.payload).headers(headers).partition(0);
+        producer.send(record, WAIT).await.unwrap();
+    }
+
+    let mut settings =
+        orderflow_consumer_runtime::ConsumerSettings::new(orderflow_analytics::GROUP, &["orders"], broker.settings());
+    settings.max_attempts = 3;
+    settings.backoff_base = Duration::from_millis(50);
+    settings.backoff_cap = Duration::from_millis(200);
+    let (p, c) = (pool.clone(), codec.clone());
+    let _consumer = Running::spawn(move |stop| {
+        orderflow_consumer_runtime::run(settings, p, c, orderflow_analytics::AnalyticsHandler, stop)
+    });
+
+    // The records behind the overflow on the same partition are counted.
+    let facts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_facts WHERE order_id = ANY($1)")
+            .bind(&after)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    eventually(WAIT, "the orders after the overflow counted", || async { facts().await == 3 }).await;
+    let kafka = broker.settings();
+    let dlt = broker.topic("orders.analytics.DLT");
+    let mut letters = Vec::new();
+    eventually(WAIT, "the overflowing record in the DLT", || {
+        letters = orderflow_consumer_runtime::dlt_tools::read(&kafka, &dlt).unwrap_or_default();
+        let found = !letters.is_empty();
+        async move { found }
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "only the event whose sum overflows is refused");
+    let dead = &letters[0];
+    assert_eq!(dead.error_class, "sqlstate_22003", "{}", dead.error_message);
+    assert_eq!(dead.attempts.as_deref(), Some("3"), "tried again like any record-level failure first");
+    assert_eq!(orderflow_tests::broker::header(&dead.message, "event_id").as_deref(), Some(ids[1].as_str()));
+
+    let range = orderflow_analytics::Range::all();
+    let (counts, revenue) = orderflow_analytics::aggregates(&pool, range).await.unwrap();
+    assert_eq!(revenue.iter().map(|r| r.revenue_minor).sum::<i64>(), (1 << 62) + 500 + 700 + 900);
+    assert_eq!(orderflow_analytics::recount(&pool, range).await.unwrap(), (counts, revenue), "recount");
+}

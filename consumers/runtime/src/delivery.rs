@@ -164,22 +164,43 @@ async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>,
         decoded,
     );
     let count = |outcome: &str| shared.metrics.count(group, &event.topic, outcome);
-    let mut unavailable_streak = 0;
+    let (mut unavailable_streak, mut conflicts) = (0, 0);
     loop {
-        match transaction::handle(shared, std::slice::from_ref(&event)).await {
-            Ok(committed) if committed.processed == 1 => {
-                count("processed");
-                return true;
+        let failure = match transaction::handle(shared, std::slice::from_ref(&event)).await {
+            Err(Failure::Conflict(reason)) if conflicts < CONFLICT_RETRIES => {
+                // Lost a race with another transaction: at once again, after a short jitter.
+                conflicts += 1;
+                tracing::debug!(group, %event_id, %reason, conflicts, "transaction conflict; running it again");
+                let jitter = Duration::from_millis(rand::rng().random_range(5..=50));
+                if !pause(stop, jitter).await {
+                    return false;
+                }
+                continue;
             }
-            Ok(_) => {
-                count("deduped");
-                return true;
-            }
-            Err(Failure::Dead { class, reason }) => return dead(class, reason, attempts, stop.clone()).await,
-            Err(Failure::Retry(reason)) if attempts >= shared.settings.max_attempts => {
+            // Still conflicting after a few runs: an attempt, through the retry topic.
+            Err(Failure::Conflict(reason)) => Failure::Rejected { class: "conflict".into(), reason },
+            other => match other {
+                Ok(committed) if committed.processed == 1 => {
+                    count("processed");
+                    return true;
+                }
+                Ok(_) => {
+                    count("deduped");
+                    return true;
+                }
+                Err(failure) => failure,
+            },
+        };
+        match failure {
+            Failure::Dead { class, reason } => return dead(class, reason, attempts, stop.clone()).await,
+            Failure::Retry(reason) if attempts >= shared.settings.max_attempts => {
                 return dead("retries_exhausted".into(), reason, attempts, stop.clone()).await;
             }
-            Err(Failure::Retry(reason)) => {
+            // A refusal that outlived every attempt goes with its own class (`sqlstate_22003`).
+            Failure::Rejected { class, reason } if attempts >= shared.settings.max_attempts => {
+                return dead(class, reason, attempts, stop.clone()).await;
+            }
+            Failure::Retry(reason) | Failure::Rejected { reason, .. } => {
                 let due_at = Utc::now() + backoff(&shared.settings, attempts);
                 tracing::info!(group, %event_id, attempts, %reason, %due_at, "retrying through the retry topic");
                 let sent = until_sent(shared, stop.clone(), || {
@@ -191,7 +212,7 @@ async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>,
                 }
                 return sent;
             }
-            Err(Failure::Unavailable(reason)) => {
+            Failure::Unavailable(reason) => {
                 // Not the record's fault: wait for the dependency, holding this partition (it is
                 // paused once its queue fills) and spending no attempts.
                 unavailable_streak += 1;
@@ -201,7 +222,7 @@ async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>,
                     return false;
                 }
             }
-            Err(Failure::Backpressure { reason, wait }) => {
+            Failure::Backpressure { reason, wait } => {
                 count("waited_for_dependency");
                 tracing::debug!(group, %event_id, %reason, ?wait, "dependency asks to wait");
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
@@ -209,9 +230,13 @@ async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>,
                     return false;
                 }
             }
+            Failure::Conflict(_) => unreachable!("turned into an attempt above"),
         }
     }
 }
+
+/// Times a transaction that lost a race runs again at once before it costs an attempt.
+const CONFLICT_RETRIES: u32 = 3;
 
 async fn dead_letter<H>(
     shared: &Shared<H>,

@@ -44,6 +44,7 @@ mod context;
 mod delivery;
 mod dlt;
 pub mod dlt_tools;
+mod failure;
 mod fetch_loop;
 pub mod metrics;
 mod partition;
@@ -60,6 +61,7 @@ use uuid::Uuid;
 pub use context::RuntimeContext;
 pub use delivery::backoff_ceiling;
 pub use dlt::{dlt_topic, retry_headers, retry_topic};
+pub use failure::{Failure, classify_sqlstate};
 pub use fetch_loop::{run, run_service, run_service_with};
 
 /// Applies the dedupe-store migration (idempotent; shares the service's database).
@@ -134,47 +136,6 @@ impl ConsumedEvent {
             decoded,
             span,
             next_traceparent,
-        }
-    }
-}
-
-/// Why a handler did not finish a record.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Failure {
-    /// Transient: try again later; after `max_attempts` the record is dead-lettered.
-    #[error("retry: {0}")]
-    Retry(String),
-    /// A dependency is down: try again, with capped backoff, for as long as it takes.
-    #[error("dependency unavailable: {0}")]
-    Unavailable(String),
-    /// The dependency asks for a pause of at least `wait` (a 429's `Retry-After`, an open
-    /// circuit breaker, a spent retry budget): wait that long (plus up to 10% jitter) and try
-    /// again, spending no attempts.
-    #[error("dependency asks to wait {wait:?}: {reason}")]
-    Backpressure { reason: String, wait: Duration },
-    /// Permanent: dead-letter now with this reason.
-    #[error("dead-letter: {class}: {reason}")]
-    Dead { class: String, reason: String },
-}
-
-impl Failure {
-    pub fn dead(class: &str, reason: impl Into<String>) -> Self {
-        Failure::Dead { class: class.into(), reason: reason.into() }
-    }
-}
-
-impl From<sqlx::Error> for Failure {
-    fn from(e: sqlx::Error) -> Self {
-        Failure::Unavailable(format!("database: {e}"))
-    }
-}
-
-impl From<orderflow_outbox::EnqueueError> for Failure {
-    fn from(e: orderflow_outbox::EnqueueError) -> Self {
-        match e {
-            orderflow_outbox::EnqueueError::Codec(e) if e.is_retryable() => Failure::Unavailable(e.to_string()),
-            orderflow_outbox::EnqueueError::Codec(e) => Failure::dead(e.class(), e.to_string()),
-            orderflow_outbox::EnqueueError::Database(e) => e.into(),
         }
     }
 }
