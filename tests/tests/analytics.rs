@@ -32,6 +32,31 @@ async fn frame<E: Event>(codec: &EventCodec, event: &E) -> Outgoing {
     Outgoing { key: event.key(), event_type: E::NAME, payload: codec.encode_event(event).await.unwrap() }
 }
 
+/// A topic of the test's own, a registry, and the analytics database.
+struct Bed {
+    broker: TestBroker,
+    /// `orders`, as the broker knows it.
+    topic: String,
+    _registry: TestRegistry,
+    _db: TestDatabase,
+    pool: sqlx::PgPool,
+    codec: Arc<EventCodec>,
+}
+
+impl Bed {
+    async fn spawn(partitions: i32) -> Bed {
+        let broker = TestBroker::spawn();
+        broker.create_topic("orders", partitions).await;
+        let topic = broker.topic("orders");
+        let registry = TestRegistry::spawn().await;
+        let db = TestDatabase::create().await;
+        let pool = db.pool().await;
+        orderflow_analytics::migrate(&pool).await.unwrap();
+        let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        Bed { broker, topic, _registry: registry, _db: db, pool, codec }
+    }
+}
+
 #[derive(Default, Debug, PartialEq, Eq)]
 struct Expected {
     placed: i64,
@@ -43,14 +68,7 @@ struct Expected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
-    let broker = TestBroker::spawn();
-    broker.create_topic("orders", 6).await;
-    let topic = broker.topic("orders");
-    let registry = TestRegistry::spawn().await;
-    let db = TestDatabase::create().await;
-    let pool = db.pool().await;
-    orderflow_analytics::migrate(&pool).await.unwrap();
-    let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+    let Bed { broker, topic, _registry, _db, pool, codec } = Bed::spawn(6).await;
 
     // 60 orders over about four minutes: a quarter fail payment; every fifth paid one is short
     // of stock and cancelled.
@@ -200,14 +218,7 @@ async fn a_revenue_overflow_goes_to_the_dlt_with_its_sqlstate_and_the_partition_
     // Two OrderPaid of 2^62 minor units in one minute and currency: valid Avro longs, but their
     // sum overflows the minute's bigint revenue (SQLSTATE 22003). Before, every database error
     // was "unavailable" and the partition waited for ever behind the second one.
-    let broker = TestBroker::spawn();
-    broker.create_topic("orders", 1).await;
-    let topic = broker.topic("orders");
-    let registry = TestRegistry::spawn().await;
-    let db = TestDatabase::create().await;
-    let pool = db.pool().await;
-    orderflow_analytics::migrate(&pool).await.unwrap();
-    let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+    let Bed { broker, topic, _registry, _db, pool, codec } = Bed::spawn(1).await;
 
     let at: DateTime<Utc> = "2026-11-25T10:00:05Z".parse().unwrap();
     let mut outgoing = Vec::new();
