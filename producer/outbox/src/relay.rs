@@ -361,7 +361,11 @@ impl OutboxRelay {
         if let Some(traceparent) = &event.traceparent {
             headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
         }
-        let topic = format!("{}{}", self.settings.namespace, event.topic);
+        // Per record on the hot path: no allocation without a namespace.
+        let topic = match self.settings.namespace.as_str() {
+            "" => std::borrow::Cow::Borrowed(event.topic.as_str()),
+            namespace => std::borrow::Cow::Owned(format!("{namespace}{}", event.topic)),
+        };
         let mut record = FutureRecord::to(&topic).key(&event.key).payload(&event.payload).headers(headers);
         loop {
             match producer.send_result(record) {
