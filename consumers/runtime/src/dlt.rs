@@ -110,13 +110,13 @@ fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 impl Forwarder {
-    pub fn new(kafka: &KafkaSettings, group: &str) -> anyhow::Result<Self> {
+    /// `group` as the broker knows it; `topic_group` as its retry and DLT topics name it.
+    pub fn new(kafka: &KafkaSettings, group: &str, topic_group: &str) -> anyhow::Result<Self> {
         let producer = kafka
             .producer(&format!("{group}-forwarder"), Duration::from_secs(30))
             .create()
             .context("retry/DLT producer")?;
-        let topic_group = group.strip_prefix(&kafka.namespace).unwrap_or(group).to_string();
-        Ok(Forwarder { producer, group: group.into(), topic_group })
+        Ok(Forwarder { producer, group: group.into(), topic_group: topic_group.into() })
     }
 
     /// Publishes the record to its DLT and waits for the broker's acknowledgement.

@@ -121,7 +121,7 @@ pub async fn run<H: Handler>(
         codec,
         handler,
         consumer: consumer.clone(),
-        forwarder: dlt::Forwarder::new(&settings.kafka, &group)?,
+        forwarder: dlt::Forwarder::new(&settings.kafka, &group, settings.logical_group())?,
         metrics: metrics.clone(),
         retry_sources,
         in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),

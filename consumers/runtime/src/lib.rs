@@ -231,7 +231,8 @@ impl ConsumerSettings {
         dlt_topic(topic, self.logical_group())
     }
 
-    fn logical_group(&self) -> &str {
+    /// The group without the namespace: how its retry and DLT topics name it.
+    pub(crate) fn logical_group(&self) -> &str {
         self.group.strip_prefix(&self.kafka.namespace).unwrap_or(&self.group)
     }
 }
