@@ -1,6 +1,9 @@
 //! The OpenAPI 3.1 description of order-api, served at `/openapi.json`. A test checks that every
 //! route the router serves is described here, with its error statuses.
 
+use orderflow_schemas::contract::{
+    MAX_EMAIL_CHARS, MAX_ID_CHARS, MAX_LINES, MAX_QUANTITY, MAX_TOTAL_MINOR, MAX_UNIT_PRICE_MINOR,
+};
 use serde_json::{Value, json};
 
 fn problem(description: &str) -> Value {
@@ -60,15 +63,17 @@ pub fn document() -> Value {
                 "type": "object", "additionalProperties": false,
                 "required": ["customer_id", "currency", "items"],
                 "properties": {
-                    "customer_id": { "type": "string", "minLength": 1, "maxLength": 64 },
-                    "customer_email": { "type": ["string", "null"], "format": "email", "maxLength": 254 },
+                    "customer_id": { "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS },
+                    "customer_email": { "type": ["string", "null"], "format": "email", "maxLength": MAX_EMAIL_CHARS },
                     "currency": { "type": "string", "pattern": "^[A-Z]{3}$" },
-                    "items": { "type": "array", "minItems": 1, "maxItems": 100, "items": {
+                    "items": { "type": "array", "minItems": 1, "maxItems": MAX_LINES,
+                        "description": format!("The order's total (quantity × unit_price_minor, summed) must be from 1 to {MAX_TOTAL_MINOR}"),
+                        "items": {
                         "type": "object", "additionalProperties": false, "required": ["sku", "quantity", "unit_price_minor"],
                         "properties": {
-                            "sku": { "type": "string", "minLength": 1, "maxLength": 64 },
-                            "quantity": { "type": "integer", "minimum": 1, "maximum": 10000 },
-                            "unit_price_minor": { "type": "integer", "minimum": 0, "maximum": 10000000000i64, "description": "Price in the currency's minor unit" }
+                            "sku": { "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS },
+                            "quantity": { "type": "integer", "minimum": 1, "maximum": MAX_QUANTITY },
+                            "unit_price_minor": { "type": "integer", "minimum": 0, "maximum": MAX_UNIT_PRICE_MINOR, "description": "Price in the currency's minor unit" }
                         }
                     }}
                 }

@@ -1,7 +1,12 @@
 //! Parsing and validating `POST /orders` bodies. Every problem names its field as a JSON
-//! pointer; unknown fields and server-computed fields are refused, not ignored.
+//! pointer; unknown fields and server-computed fields are refused, not ignored. The limits are
+//! the order contract's ([`orderflow_schemas::contract`]), the same every consumer enforces, so
+//! an accepted order is never dead-lettered downstream for its values.
 
-use orderflow_schemas::events::OrderLine;
+use orderflow_schemas::{
+    contract::{self, MAX_EMAIL_CHARS, MAX_ID_CHARS, Rule},
+    events::OrderLine,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -15,9 +20,9 @@ pub struct OrderRequest {
 }
 
 impl OrderRequest {
-    /// Sum of the lines in minor units (bounded by validation, so it cannot overflow).
+    /// Sum of the lines in minor units (at most the contract's `MAX_TOTAL_MINOR`).
     pub fn total_minor(&self) -> i64 {
-        self.items.iter().map(|l| i64::from(l.quantity) * l.unit_price_minor).sum()
+        contract::lines_total(&self.items).expect("validated: the total is within the contract")
     }
 }
 
@@ -28,9 +33,7 @@ pub struct FieldError {
     pub message: String,
 }
 
-pub const MAX_ITEMS: usize = 100;
-pub const MAX_QUANTITY: i64 = 10_000;
-pub const MAX_UNIT_PRICE_MINOR: i64 = 10_000_000_000;
+pub use contract::{MAX_LINES as MAX_ITEMS, MAX_QUANTITY, MAX_TOTAL_MINOR, MAX_UNIT_PRICE_MINOR};
 const SERVER_FIELDS: [&str; 7] = ["order_id", "status", "total", "total_minor", "version", "created_at", "history"];
 const FIELDS: [&str; 4] = ["customer_id", "customer_email", "currency", "items"];
 const ITEM_FIELDS: [&str; 3] = ["sku", "quantity", "unit_price_minor"];
@@ -50,32 +53,30 @@ pub fn parse(body: &Value) -> Result<OrderRequest, Vec<FieldError>> {
             err(&format!("/{key}"), "is not a field of an order");
         }
     }
-    let customer_id = text(object, "customer_id", "/customer_id", 64, &mut err);
+    let customer_id = text(object, "customer_id", "/customer_id", MAX_ID_CHARS, &mut err);
     let customer_email = match object.get("customer_email") {
         None | Some(Value::Null) => None,
-        Some(Value::String(e)) if e.len() <= 254 && is_email(e) => Some(e.clone()),
+        Some(Value::String(e)) if contract::email(e).is_ok() => Some(e.clone()),
         Some(_) => {
-            err("/customer_email", "must be an e-mail address of at most 254 characters");
+            err("/customer_email", &format!("must be an e-mail address of at most {MAX_EMAIL_CHARS} characters"));
             None
         }
     };
-    let currency = match object.get("currency") {
-        Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => Some(c.clone()),
-        Some(_) => {
-            err("/currency", "must be an ISO 4217 code of three upper-case letters, e.g. EUR");
-            None
-        }
-        None => {
-            err("/currency", "is required");
-            None
-        }
-    };
+    let currency = checked(object, "currency", "/currency", contract::currency, &mut err);
     let items = match object.get("items") {
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_ITEMS => {
-            items.iter().enumerate().filter_map(|(i, item)| line(i, item, &mut err)).collect::<Vec<_>>()
+        Some(Value::Array(items)) if contract::line_count(items.len()).is_ok() => {
+            let lines: Vec<_> = items.iter().enumerate().filter_map(|(i, item)| line(i, item, &mut err)).collect();
+            // The total only when every line is valid: a bad line is reported, not its sum.
+            if lines.len() == items.len() {
+                let total = contract::lines_total(&lines).unwrap_or(i64::MAX);
+                if let Err(message) = contract::amount(total) {
+                    err("/items", &format!("the order's total (quantity × unit_price_minor, summed) {message}"));
+                }
+            }
+            lines
         }
-        Some(Value::Array(_)) => {
-            err("/items", &format!("must hold between 1 and {MAX_ITEMS} lines"));
+        Some(Value::Array(items)) => {
+            err("/items", &contract::line_count(items.len()).unwrap_err());
             Vec::new()
         }
         Some(_) => {
@@ -102,18 +103,30 @@ fn text(
     max: usize,
     err: &mut impl FnMut(&str, &str),
 ) -> Option<String> {
-    match object.get(key) {
-        Some(Value::String(s))
-            if !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) =>
-        {
-            Some(s.clone())
-        }
-        Some(_) => {
-            err(field, &format!("must be a non-empty string of at most {max} characters without control characters"));
+    checked(object, key, field, |s| contract::text(s, max), err)
+}
+
+/// A required string field that must meet `rule`.
+fn checked(
+    object: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    rule: impl Fn(&str) -> Rule,
+    err: &mut impl FnMut(&str, &str),
+) -> Option<String> {
+    let Some(value) = object.get(key) else {
+        err(field, "is required");
+        return None;
+    };
+    // A non-string gets the rule's own message, computed on an empty string.
+    match value.as_str().map(|s| (s, rule(s))) {
+        Some((s, Ok(()))) => Some(s.to_string()),
+        Some((_, Err(message))) => {
+            err(field, &message);
             None
         }
         None => {
-            err(field, "is required");
+            err(field, &rule("").unwrap_err());
             None
         }
     }
@@ -128,9 +141,9 @@ fn line(i: usize, item: &Value, err: &mut impl FnMut(&str, &str)) -> Option<Orde
     for key in object.keys().filter(|k| !ITEM_FIELDS.contains(&k.as_str())) {
         err(&at(key), "is not a field of an order line");
     }
-    let sku = text(object, "sku", &at("sku"), 64, err);
-    let quantity = integer(object, "quantity", &at("quantity"), 1, MAX_QUANTITY, err);
-    let price = integer(object, "unit_price_minor", &at("unit_price_minor"), 0, MAX_UNIT_PRICE_MINOR, err);
+    let sku = text(object, "sku", &at("sku"), MAX_ID_CHARS, err);
+    let quantity = integer(object, "quantity", &at("quantity"), contract::quantity, err);
+    let price = integer(object, "unit_price_minor", &at("unit_price_minor"), contract::unit_price, err);
     Some(OrderLine { sku: sku?, quantity: i32::try_from(quantity?).ok()?, unit_price_minor: price? })
 }
 
@@ -138,29 +151,21 @@ fn integer(
     object: &Map<String, Value>,
     key: &str,
     field: &str,
-    min: i64,
-    max: i64,
+    rule: impl Fn(i64) -> Rule,
     err: &mut impl FnMut(&str, &str),
 ) -> Option<i64> {
-    match object.get(key).and_then(Value::as_i64) {
-        Some(n) if (min..=max).contains(&n) => Some(n),
-        _ if !object.contains_key(key) => {
-            err(field, "is required");
-            None
-        }
-        _ => {
-            err(field, &format!("must be a whole number from {min} to {max} (amounts are in minor units)"));
+    let Some(value) = object.get(key) else {
+        err(field, "is required");
+        return None;
+    };
+    // Not a whole number at all gets the rule's message for a value out of range.
+    match value.as_i64().map(|n| (n, rule(n))).unwrap_or_else(|| (i64::MIN, rule(i64::MIN))) {
+        (n, Ok(())) => Some(n),
+        (_, Err(message)) => {
+            err(field, &message);
             None
         }
     }
-}
-
-fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else { return false };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -211,5 +216,21 @@ mod tests {
         );
         assert_eq!(found, vec!["/items/0/quantity", "/items/0/unit_price_minor"]);
         assert_eq!(fields(json!({"customer_id": "c", "currency": "EUR", "items": []})), vec!["/items"]);
+    }
+
+    #[test]
+    fn a_zero_total_and_a_total_past_the_contract_are_refused_at_the_edge() {
+        let free = json!({"customer_id": "c", "currency": "EUR", "items": [{"sku": "A", "quantity": 2, "unit_price_minor": 0}]});
+        let errors = parse(&free).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "/items");
+        assert!(errors[0].message.contains("total"), "{}", errors[0].message);
+        let huge = json!({"customer_id": "c", "currency": "EUR",
+            "items": [{"sku": "A", "quantity": MAX_QUANTITY, "unit_price_minor": MAX_UNIT_PRICE_MINOR}]});
+        assert_eq!(fields(huge), vec!["/items"]);
+        // A free line in a paid order is fine.
+        let mixed = json!({"customer_id": "c", "currency": "EUR",
+            "items": [{"sku": "A", "quantity": 1, "unit_price_minor": 0}, {"sku": "B", "quantity": 1, "unit_price_minor": 1}]});
+        assert_eq!(parse(&mixed).unwrap().total_minor(), 1);
     }
 }

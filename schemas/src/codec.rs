@@ -43,6 +43,9 @@ pub enum CodecError {
     Rejected { subject: String, detail: String },
     #[error("the schema registry is unreachable: {detail}")]
     RegistryUnavailable { detail: String },
+    /// The event's values break the order contract ([`crate::contract`]).
+    #[error(transparent)]
+    Contract(#[from] crate::contract::ContractViolation),
 }
 
 impl CodecError {
@@ -61,6 +64,7 @@ impl CodecError {
             CodecError::InvalidValue { .. } => "invalid_value",
             CodecError::Rejected { .. } => "schema_rejected",
             CodecError::RegistryUnavailable { .. } => "registry_unavailable",
+            CodecError::Contract(_) => "contract_violation",
         }
     }
 }
@@ -152,7 +156,9 @@ impl EventCodec {
 
     /// Encodes a typed event with the version this build writes.
     pub async fn encode_event<E: crate::events::Event>(&self, event: &E) -> Result<Vec<u8>, CodecError> {
-        // `to_avro` resolves the value against the schema, so it is valid by construction.
+        // No service publishes what a consumer would refuse; `to_avro` resolves the value
+        // against the schema, so it is valid by construction.
+        crate::contract::check(event)?;
         self.encode_valid(E::schema(), event.to_avro()?).await
     }
 

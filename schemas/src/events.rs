@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{Catalog, CodecError, EventSchema};
 
 /// An event type and the version this build writes.
-pub trait Event: Serialize + DeserializeOwned {
+pub trait Event: Serialize + DeserializeOwned + crate::contract::Checked {
     const NAME: &'static str;
     const VERSION: u32;
 

@@ -4,6 +4,8 @@
 //!   event type and version, loaded from disk (for the PR check) or embedded at build time (what
 //!   a service was built with).
 //! - [`compat`]: Avro schema-resolution compatibility with a readable reason per broken rule.
+//! - [`contract`]: the limits every order and event meets, checked at intake, at encoding and
+//!   by every consumer.
 //! - [`codec`]: the Confluent wire format (magic 0 + 4-byte schema id + Avro body), encoded and
 //!   decoded through `schema_registry_converter`, with errors a consumer can route on.
 //! - [`registry_client`]: the few registry REST calls the PR workflow needs.
@@ -11,6 +13,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod compat;
+pub mod contract;
 pub mod events;
 pub mod registry_client;
 pub mod wire;

@@ -104,6 +104,22 @@ impl TestBroker {
         self.topic(name)
     }
 
+    /// Every record in this test's dead-letter topics (`*.DLT` in its namespace), by topic.
+    pub fn dead_letters(&self) -> Vec<(String, orderflow_consumer_runtime::dlt_tools::DeadLetter)> {
+        let consumer: rdkafka::consumer::BaseConsumer = self.client_config().create().unwrap();
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let kafka = self.settings();
+        let mut letters = Vec::new();
+        for topic in metadata.topics() {
+            let name = topic.name();
+            if name.starts_with(&self.namespace) && name.ends_with(".DLT") && !topic.partitions().is_empty() {
+                let read = orderflow_consumer_runtime::dlt_tools::read(&kafka, name).unwrap();
+                letters.extend(read.into_iter().map(|letter| (name.to_string(), letter)));
+            }
+        }
+        letters
+    }
+
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);

@@ -197,7 +197,6 @@ impl TestStack {
         orderflow_notifications::migrate(&pool).await.unwrap();
         let handler = orderflow_notifications::NotificationHandler {
             provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout),
-            intents: db.pool().await,
         };
         let settings = self.consumer_settings(orderflow_notifications::GROUP, &["orders"]);
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));
@@ -268,6 +267,12 @@ impl TestStack {
     /// Starts a payment instance; its metrics are under `payment` (the first), then
     /// `payment#2`, `payment#3`…
     pub async fn start_payment(&mut self, provider: ProviderSettings) -> String {
+        let pool = self.payments.clone();
+        self.start_payment_on(provider, pool).await
+    }
+
+    /// Starts a payment instance on a pool of the test's choosing (its size, its timeouts).
+    pub async fn start_payment_on(&mut self, provider: ProviderSettings, pool: PgPool) -> String {
         let codec = self.codec();
         let settings = self.consumer_settings(orderflow_payment::GROUP, &["orders"]);
         let limits = match provider.rate_limit_per_sec {
@@ -282,7 +287,6 @@ impl TestStack {
             n => format!("{}#{}", orderflow_payment::GROUP, n + 1),
         };
         self.metrics.push((name.clone(), settings.registry.clone()));
-        let pool = self.payments.clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
         name

@@ -115,7 +115,8 @@ async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
             amount: total.clone(),
             paid_at: settled_at,
         };
-        outgoing.push(frame(&codec, &paid).await);
+        let payload = codec.encode(OrderPaid::schema(), paid.to_avro().unwrap()).await.unwrap();
+        outgoing.push(Outgoing { key: paid.key(), event_type: OrderPaid::NAME, payload });
         expected.entry(minute(settled_at)).or_default().paid += 1;
         *revenue.entry((minute(settled_at), currency.to_string())).or_default() += total.amount_minor;
         if i % 5 == 0 {
@@ -214,10 +215,12 @@ async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_revenue_overflow_goes_to_the_dlt_with_its_sqlstate_and_the_partition_goes_on() {
-    // Two OrderPaid of 2^62 minor units in one minute and currency: valid Avro longs, but their
-    // sum overflows the minute's bigint revenue (SQLSTATE 22003). Before, every database error
-    // was "unavailable" and the partition waited for ever behind the second one.
+async fn amounts_past_the_order_contract_are_dead_lettered_at_once_and_the_partition_goes_on() {
+    // Two OrderPaid of 2^62 minor units in one minute and currency, framed by a producer that
+    // skips the contract (as Confluent's serializer would): valid Avro longs whose sum would
+    // overflow the minute's bigint revenue (SQLSTATE 22003). Before, every database error was
+    // "unavailable" and the partition waited for ever behind the second one; now both break
+    // the order contract and go to the DLT before any statement runs.
     let Bed { broker, topic, _registry, _db, pool, codec } = Bed::spawn(1).await;
 
     let at: DateTime<Utc> = "2026-11-25T10:00:05Z".parse().unwrap();
@@ -237,7 +240,8 @@ async fn a_revenue_overflow_goes_to_the_dlt_with_its_sqlstate_and_the_partition_
         if i >= 2 {
             after.push(order_id);
         }
-        outgoing.push(frame(&codec, &paid).await);
+        let payload = codec.encode(OrderPaid::schema(), paid.to_avro().unwrap()).await.unwrap();
+        outgoing.push(Outgoing { key: paid.key(), event_type: OrderPaid::NAME, payload });
     }
     let producer = broker.producer();
     let mut ids = Vec::new();
@@ -273,20 +277,22 @@ async fn a_revenue_overflow_goes_to_the_dlt_with_its_sqlstate_and_the_partition_
     let kafka = broker.settings();
     let dlt = broker.topic("orders.analytics.DLT");
     let mut letters = Vec::new();
-    eventually(WAIT, "the overflowing record in the DLT", || {
+    eventually(WAIT, "both overflowing records in the DLT", || {
         letters = orderflow_consumer_runtime::dlt_tools::read(&kafka, &dlt).unwrap_or_default();
-        let found = !letters.is_empty();
+        let found = letters.len() >= 2;
         async move { found }
     })
     .await;
-    assert_eq!(letters.len(), 1, "only the event whose sum overflows is refused");
-    let dead = &letters[0];
-    assert_eq!(dead.error_class, "sqlstate_22003", "{}", dead.error_message);
-    assert_eq!(dead.attempts.as_deref(), Some("3"), "tried again like any record-level failure first");
-    assert_eq!(orderflow_tests::broker::header(&dead.message, "event_id").as_deref(), Some(ids[1].as_str()));
+    assert_eq!(letters.len(), 2, "only the two events past the contract are refused");
+    for (dead, id) in letters.iter().zip(&ids) {
+        assert_eq!(dead.error_class, "contract_violation", "{}", dead.error_message);
+        assert!(dead.error_message.contains("/amount/amount_minor"), "{}", dead.error_message);
+        assert_eq!(dead.attempts.as_deref(), Some("1"), "poison is not tried again");
+        assert_eq!(orderflow_tests::broker::header(&dead.message, "event_id").as_deref(), Some(id.as_str()));
+    }
 
     let range = orderflow_analytics::Range::all();
     let (counts, revenue) = orderflow_analytics::aggregates(&pool, range).await.unwrap();
-    assert_eq!(revenue.iter().map(|r| r.revenue_minor).sum::<i64>(), (1 << 62) + 500 + 700 + 900);
+    assert_eq!(revenue.iter().map(|r| r.revenue_minor).sum::<i64>(), 500 + 700 + 900);
     assert_eq!(orderflow_analytics::recount(&pool, range).await.unwrap(), (counts, revenue), "recount");
 }

@@ -48,14 +48,18 @@ async fn place_all(stack: &TestStack, orders: impl Iterator<Item = (String, Valu
     futures::future::join_all(orders.map(|(key, body)| async move { place(stack, &key, &body).await })).await
 }
 
-fn assert_nothing_dead_lettered(stack: &TestStack) {
+/// Payment's records with this outcome, from its metrics.
+fn records(stack: &TestStack, outcome: &str) -> f64 {
     let metrics = stack.metrics_text("payment");
-    let dead = orderflow_tools::drill::metric_sum(
+    orderflow_tools::drill::metric_sum(
         &metrics,
         "orderflow_consumer_records_total",
-        &[r#"outcome="dead_lettered""#],
-    );
-    assert_eq!(dead, 0.0, "nothing dead-lettered: {metrics}");
+        &[&format!(r#"outcome="{outcome}""#)],
+    )
+}
+
+fn assert_nothing_dead_lettered(stack: &TestStack) {
+    assert_eq!(records(stack, "dead_lettered"), 0.0, "nothing dead-lettered: {}", stack.metrics_text("payment"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,4 +215,59 @@ async fn two_payment_instances_share_the_provider_limit_and_never_exceed_it() {
         );
         assert_eq!(gauge(&metrics, "orderflow_provider_rate_limit_per_second"), Some(f64::from(LIMIT)));
     }
+}
+
+/// The oldest open transaction on the payments database, in seconds, sampled every 50 ms until
+/// `stop`: the longest any transaction stayed open while the test ran.
+async fn longest_transaction(pool: sqlx::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) -> f64 {
+    let mut longest: f64 = 0.0;
+    while !*stop.borrow() {
+        let age: Option<f64> = sqlx::query_scalar(
+            "SELECT max(EXTRACT(EPOCH FROM clock_timestamp() - xact_start))::float8 FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        longest = longest.max(age.unwrap_or(0.0));
+        let _ = tokio::time::timeout(Duration::from_millis(50), stop.changed()).await;
+    }
+    longest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_at_4s_latency_holds_no_transaction_and_no_connection_so_every_order_settles_without_a_pool_timeout()
+{
+    let mut stack = TestStack::spawn_without_payment().await;
+    stack.simulator.faults(json!({"mode": "latency", "delay_ms": 4000})).await;
+    // Three connections, given up on after 1 s: a transaction held across one 4 s call per
+    // busy partition would time the pool out at once.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&stack.payments_db.url)
+        .await
+        .unwrap();
+    let mut provider = stack.provider_settings();
+    provider.attempt_timeout = Duration::from_secs(10);
+    provider.deadline = Duration::from_secs(90);
+    stack.start_payment_on(provider, pool).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(longest_transaction(stack.payments_db.pool().await, stopped));
+
+    // Three orders per partition of `orders` (12), placed at once: every partition busy.
+    let orders = (0..36).map(|i| (format!("slow-{i}"), order(&format!("cust-{i}"), "SKU-1")));
+    let placed = place_all(&stack, orders).await;
+    for order in &placed {
+        stack.wait_for_status(*order, "PAID", Duration::from_secs(180)).await;
+    }
+    stop.send(true).unwrap();
+    let longest = sampler.await.unwrap();
+
+    assert!(longest < 2.0, "a transaction stayed open {longest:.1}s, across a 4 s provider call");
+    let waits = records(&stack, "waited_for_dependency");
+    assert_eq!(waits, 0.0, "no record waited for a dependency (a pool timeout is one)");
+    let ledger = stack.simulator.ledger().await;
+    assert_eq!(ledger.len(), placed.len(), "one charge per order");
+    assert_nothing_dead_lettered(&stack);
 }

@@ -130,27 +130,25 @@ impl Handler for AnalyticsHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
-        let value = &event.decoded.value;
         match event.event_type() {
             OrderPlaced::NAME => {
-                let e = OrderPlaced::from_avro(value).map_err(invalid)?;
+                let e = event.read::<OrderPlaced>()?;
                 record(tx, e.order_id, Step::Placed, e.placed_at, Some(&e.total)).await
             }
             OrderPaid::NAME => {
-                let e = OrderPaid::from_avro(value).map_err(invalid)?;
+                let e = event.read::<OrderPaid>()?;
                 record(tx, e.order_id, Step::Paid, e.paid_at, Some(&e.amount)).await
             }
             OrderPaymentFailed::NAME => {
-                let e = OrderPaymentFailed::from_avro(value).map_err(invalid)?;
+                let e = event.read::<OrderPaymentFailed>()?;
                 record(tx, e.order_id, Step::PaymentFailed, e.failed_at, None).await
             }
             InventoryShortage::NAME => {
-                let e = InventoryShortage::from_avro(value).map_err(invalid)?;
+                let e = event.read::<InventoryShortage>()?;
                 record(tx, e.order_id, Step::Shortage, e.detected_at, None).await
             }
             OrderCancelled::NAME => {
-                let e = OrderCancelled::from_avro(value).map_err(invalid)?;
+                let e = event.read::<OrderCancelled>()?;
                 record(tx, e.order_id, Step::Cancelled, e.cancelled_at, None).await
             }
             _ => Ok(()),

@@ -3,9 +3,10 @@
 //! order carried an address (OrderPlaced v2), else by SMS to the customer.
 //!
 //! Exactly one message per (order, kind), under redelivery, re-published events and provider
-//! timeouts: the intent (recipient and idempotency key `order-<id>-<kind>`) is committed first,
-//! the provider is called with that key — a retry after a lost answer is the same request
-//! under the same key, which the provider delivers once — and SENT commits with the dedupe row.
+//! timeouts: outside any transaction (`Handler::call_out`), the intent (recipient and
+//! idempotency key `order-<id>-<kind>`) is committed first, the provider is called with that
+//! key — a retry after a lost answer is the same request under the same key, which the provider
+//! delivers once — and SENT is committed; the dedupe row commits after it.
 //! A confirmation is only ever sent for OrderPaid, so never before the order is paid. A provider
 //! that is down or times out is `Unavailable`: the partition waits, nothing is dead-lettered.
 
@@ -97,28 +98,21 @@ impl NotificationClient {
 
 pub struct NotificationHandler {
     pub provider: NotificationClient,
-    /// For committing intents outside the consumer's transaction. It must be a pool of its own,
-    /// not the consumer's: a handler holds a consumer connection (its transaction) while it
-    /// writes the intent, and with one shared pool every connection could be held by a handler
-    /// waiting for another one.
-    pub intents: PgPool,
 }
 
 /// The message kind and the order an event is about, for the events that notify.
 fn notification_of(event: &ConsumedEvent) -> Result<Option<(&'static str, Uuid, String)>, Failure> {
-    let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
-    let value = &event.decoded.value;
     Ok(match event.event_type() {
         OrderPaid::NAME => {
-            let paid = OrderPaid::from_avro(value).map_err(invalid)?;
+            let paid = event.read::<OrderPaid>()?;
             Some(("order_confirmed", paid.order_id, paid.customer_id))
         }
         OrderPaymentFailed::NAME => {
-            let failed = OrderPaymentFailed::from_avro(value).map_err(invalid)?;
+            let failed = event.read::<OrderPaymentFailed>()?;
             Some(("payment_failed", failed.order_id, failed.customer_id))
         }
         OrderCancelled::NAME => {
-            let cancelled = OrderCancelled::from_avro(value).map_err(invalid)?;
+            let cancelled = event.read::<OrderCancelled>()?;
             Some(("order_cancelled", cancelled.order_id, cancelled.customer_id))
         }
         _ => None,
@@ -126,24 +120,20 @@ fn notification_of(event: &ConsumedEvent) -> Result<Option<(&'static str, Uuid, 
 }
 
 impl NotificationHandler {
-    async fn notify(
-        &self,
-        tx: &mut PgConnection,
-        kind: &str,
-        order_id: Uuid,
-        customer_id: String,
-    ) -> Result<(), Failure> {
+    /// Outside any transaction: the intent, the provider call, the outcome — each its own
+    /// commit, so no connection waits on the provider.
+    async fn notify(&self, pool: &PgPool, kind: &str, order_id: Uuid, customer_id: String) -> Result<(), Failure> {
         let email: Option<String> = sqlx::query_scalar("SELECT email FROM contacts WHERE order_id = $1")
             .bind(order_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(pool)
             .await?
             .flatten();
         let (channel, recipient) = match email {
             Some(address) => ("email", address),
             None => ("sms", customer_id),
         };
-        let key = message_key(order_id, kind);
-        // The intent, durable before the provider hears of it.
+        // The intent, durable before the provider hears of it; a retry reads back the first
+        // intent's recipient and key, so it is the same request.
         sqlx::query(
             "INSERT INTO notifications (order_id, kind, channel, recipient, idempotency_key, status)
              VALUES ($1, $2, $3, $4, $5, 'PENDING') ON CONFLICT (order_id, kind) DO NOTHING",
@@ -152,16 +142,15 @@ impl NotificationHandler {
         .bind(kind)
         .bind(channel)
         .bind(&recipient)
-        .bind(&key)
-        .execute(&self.intents)
+        .bind(message_key(order_id, kind))
+        .execute(pool)
         .await?;
         let (status, channel, recipient, key): (String, String, String, String) = sqlx::query_as(
-            "SELECT status, channel, recipient, idempotency_key FROM notifications
-             WHERE order_id = $1 AND kind = $2 FOR UPDATE",
+            "SELECT status, channel, recipient, idempotency_key FROM notifications WHERE order_id = $1 AND kind = $2",
         )
         .bind(order_id)
         .bind(kind)
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await?;
         if status == "SENT" {
             return Ok(());
@@ -173,12 +162,12 @@ impl NotificationHandler {
             })?;
         sqlx::query(
             "UPDATE notifications SET status = 'SENT', provider_message_id = $3, sent_at = now()
-             WHERE order_id = $1 AND kind = $2",
+             WHERE order_id = $1 AND kind = $2 AND status = 'PENDING'",
         )
         .bind(order_id)
         .bind(kind)
         .bind(message_id)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
         Ok(())
     }
@@ -189,21 +178,41 @@ impl Handler for NotificationHandler {
         [OrderPlaced::NAME, OrderPaid::NAME, OrderPaymentFailed::NAME, OrderCancelled::NAME].contains(&event_type)
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+    fn calls_out(&self, event_type: &str) -> bool {
+        self.handles(event_type)
+    }
+
+    /// OrderPlaced: where to reach the customer (committed here, so a later event of the same
+    /// batch finds it); the others: the message, sent once.
+    async fn call_out(&self, pool: &PgPool, event: &ConsumedEvent) -> Result<(), Failure> {
         if event.event_type() == OrderPlaced::NAME {
-            let placed = OrderPlaced::from_avro(&event.decoded.value)
-                .map_err(|e| Failure::dead("invalid_event", e.to_string()))?;
+            let placed = event.read::<OrderPlaced>()?;
             sqlx::query(
                 "INSERT INTO contacts (order_id, customer_id, email) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(placed.order_id)
             .bind(&placed.customer_id)
             .bind(&placed.customer_email)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?;
             return Ok(());
         }
         let Some((kind, order_id, customer_id)) = notification_of(event)? else { return Ok(()) };
-        self.notify(tx, kind, order_id, customer_id).await
+        self.notify(pool, kind, order_id, customer_id).await
+    }
+
+    /// The message was sent (by `call_out`): the dedupe row commits; nothing else to write.
+    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+        let Some((kind, order_id, _)) = notification_of(event)? else { return Ok(()) };
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM notifications WHERE order_id = $1 AND kind = $2")
+                .bind(order_id)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match status.as_deref() {
+            Some("SENT") => Ok(()),
+            _ => Err(Failure::Retry(format!("the {kind} message for order {order_id} is not sent yet"))),
+        }
     }
 }

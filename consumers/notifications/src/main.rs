@@ -39,9 +39,7 @@ async fn main() -> anyhow::Result<()> {
     orderflow_notifications::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let provider = NotificationClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms));
-    // Intents are committed on their own connections (see NotificationHandler::intents).
-    let intents = PgPoolOptions::new().max_connections(4).connect(&args.database_url).await?;
-    let handler = NotificationHandler { provider, intents };
+    let handler = NotificationHandler { provider };
     let settings = ConsumerSettings::new(GROUP, &["orders"], args.kafka.settings()?);
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -136,11 +136,10 @@ impl Handler for OrderStatusHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
         let pending = orderflow_producer::store::PENDING_PAYMENT;
         match event.event_type() {
             InventoryShortage::NAME => {
-                let shortage = InventoryShortage::from_avro(&event.decoded.value).map_err(invalid)?;
+                let shortage = event.read::<InventoryShortage>()?;
                 let skus: Vec<&str> = shortage.missing.iter().map(|m| m.sku.as_str()).collect();
                 let reason = format!("inventory shortage: {}", skus.join(", "));
                 let Some(order) = settle(tx, shortage.order_id, PAID, CANCELLED, Some(&reason)).await? else {
@@ -156,14 +155,14 @@ impl Handler for OrderStatusHandler {
                 return Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &cancelled, event.traceparent()).await?);
             }
             PaymentRefunded::NAME => {
-                let refunded = PaymentRefunded::from_avro(&event.decoded.value).map_err(invalid)?;
+                let refunded = event.read::<PaymentRefunded>()?;
                 settle(tx, refunded.order_id, CANCELLED, REFUNDED, Some(&refunded.refund_reference)).await?;
                 return Ok(());
             }
             _ => {}
         }
         if event.event_type() == PaymentAuthorized::NAME {
-            let paid = PaymentAuthorized::from_avro(&event.decoded.value).map_err(invalid)?;
+            let paid = event.read::<PaymentAuthorized>()?;
             let Some(order) = settle(tx, paid.order_id, pending, PAID, None).await? else { return Ok(()) };
             let waited = (chrono::Utc::now() - order.created_at).to_std().unwrap_or_default();
             self.accept_to_paid.observe(waited.as_secs_f64());
@@ -177,7 +176,7 @@ impl Handler for OrderStatusHandler {
             };
             Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
         } else {
-            let declined = PaymentDeclined::from_avro(&event.decoded.value).map_err(invalid)?;
+            let declined = event.read::<PaymentDeclined>()?;
             let Some(order) =
                 settle(tx, declined.order_id, pending, PAYMENT_FAILED, declined.message.as_deref()).await?
             else {

@@ -3,10 +3,13 @@
 //! OrderCancelled with `refund_required` (the inventory-shortage saga), refund the charge once
 //! under its own key (`order-<id>-refund`) and publish PaymentRefunded.
 //!
-//! The provider call happens inside the runtime's transaction, after the dedupe row is claimed,
-//! with an idempotency key derived from the order (`order-<id>-charge`): a crash after the
-//! charge and before the commit redelivers the event, the retry gets the provider's stored
-//! result for that key, and the customer is charged once. An ambiguous answer (timeout, 5xx) is
+//! No transaction is open while the provider is called (`Handler::call_out`): the call's intent
+//! is committed to `provider_calls` under an idempotency key derived from the order
+//! (`order-<id>-charge`), the provider is called, and its outcome committed; then the runtime's
+//! transaction applies the outcome — the payment row, its event, the dedupe row. A crash
+//! between the charge and any commit redelivers the event, the call is made again under the
+//! same key, the provider answers with its stored result, and the customer is charged once.
+//! However slow the provider, no consumer connection waits on it. An ambiguous answer (timeout, 5xx) is
 //! resolved by reading the provider's ledger under the same key, or retried later with the same
 //! key — never with a new one. Breaker, adaptive window, shared rate limit and retry budget: see
 //! [`resilience`].
@@ -68,24 +71,112 @@ fn decline_reason(code: &str) -> DeclineReason {
     }
 }
 
+/// A provider call's recorded outcome.
+enum Outcome {
+    Approved(String),
+    Declined(String),
+}
+
 impl PaymentHandler {
-    async fn charge(&self, tx: &mut PgConnection, event: &ConsumedEvent, order: OrderPlaced) -> Result<(), Failure> {
+    /// Outside any transaction: commits the call's intent under `key`, calls the provider if the
+    /// outcome is not recorded yet, and commits the outcome. Run again after a crash, it calls
+    /// again under the same key and the provider answers with its first result.
+    async fn call_once<F, Fut>(
+        &self,
+        pool: &PgPool,
+        key: &str,
+        operation: &str,
+        order_id: Uuid,
+        amount: &Money,
+        call: F,
+    ) -> Result<(), Failure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Outcome, ChargeError>>,
+    {
+        sqlx::query(
+            "INSERT INTO provider_calls (idempotency_key, order_id, operation, amount_minor, currency, status)
+             VALUES ($1, $2, $3, $4, $5, 'PENDING') ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(order_id)
+        .bind(operation)
+        .bind(amount.amount_minor)
+        .bind(&amount.currency)
+        .execute(pool)
+        .await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM provider_calls WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_one(pool)
+            .await?;
+        if status != "PENDING" {
+            return Ok(());
+        }
+        let (status, reference, decline) = match call().await.map_err(provider_failure)? {
+            Outcome::Approved(reference) => ("APPROVED", Some(reference), None),
+            Outcome::Declined(code) => ("DECLINED", None, Some(code)),
+        };
+        sqlx::query(
+            "UPDATE provider_calls SET status = $2, reference = $3, decline_code = $4, completed_at = now()
+             WHERE idempotency_key = $1 AND status = 'PENDING'",
+        )
+        .bind(key)
+        .bind(status)
+        .bind(reference)
+        .bind(decline)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The outcome `call_once` recorded under `key`; a `Retry` when there is none yet.
+    async fn outcome(tx: &mut PgConnection, key: &str) -> Result<Outcome, Failure> {
+        let row: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT status, reference, decline_code FROM provider_calls WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match row {
+            Some((status, Some(reference), _)) if status == "APPROVED" => Ok(Outcome::Approved(reference)),
+            Some((status, _, code)) if status == "DECLINED" => Ok(Outcome::Declined(code.unwrap_or_default())),
+            _ => Err(Failure::Retry(format!("no outcome recorded for provider call {key}"))),
+        }
+    }
+
+    async fn call_charge(&self, pool: &PgPool, order: &OrderPlaced) -> Result<(), Failure> {
+        let key = charge_key(order.order_id);
+        self.call_once(pool, &key, "charge", order.order_id, &order.total, || async {
+            let outcome = self
+                .provider
+                .charge(
+                    &key,
+                    order.total.amount_minor,
+                    &order.total.currency,
+                    &order.customer_id,
+                    &order.order_id.to_string(),
+                )
+                .await?;
+            Ok(match outcome {
+                ChargeOutcome::Approved { provider_reference } => Outcome::Approved(provider_reference),
+                ChargeOutcome::Declined { code } => Outcome::Declined(code),
+            })
+        })
+        .await
+    }
+
+    /// In the transaction: the payment row and its event, from the recorded charge.
+    async fn apply_charge(
+        &self,
+        tx: &mut PgConnection,
+        event: &ConsumedEvent,
+        order: OrderPlaced,
+    ) -> Result<(), Failure> {
         let payment_id = payment_id(order.order_id);
         let key = charge_key(order.order_id);
-        let outcome = self
-            .provider
-            .charge(
-                &key,
-                order.total.amount_minor,
-                &order.total.currency,
-                &order.customer_id,
-                &order.order_id.to_string(),
-            )
-            .await
-            .map_err(provider_failure)?;
+        let outcome = Self::outcome(tx, &key).await?;
         let (status, reference, decline) = match &outcome {
-            ChargeOutcome::Approved { provider_reference } => ("AUTHORIZED", Some(provider_reference.clone()), None),
-            ChargeOutcome::Declined { code } => ("DECLINED", None, Some(code.clone())),
+            Outcome::Approved(reference) => ("AUTHORIZED", Some(reference.clone()), None),
+            Outcome::Declined(code) => ("DECLINED", None, Some(code.clone())),
         };
         let inserted = sqlx::query(
             "INSERT INTO payments (payment_id, order_id, status, amount_minor, currency, provider_reference, decline_reason, idempotency_key)
@@ -108,7 +199,7 @@ impl PaymentHandler {
         }
         let now = Utc::now();
         match outcome {
-            ChargeOutcome::Approved { provider_reference } => {
+            Outcome::Approved(provider_reference) => {
                 let authorized = PaymentAuthorized {
                     order_id: order.order_id,
                     payment_id,
@@ -118,12 +209,12 @@ impl PaymentHandler {
                 };
                 Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &authorized, event.traceparent()).await?)
             }
-            ChargeOutcome::Declined { code } => {
+            Outcome::Declined(code) => {
                 let declined = PaymentDeclined {
                     order_id: order.order_id,
                     payment_id,
                     reason: decline_reason(&code),
-                    message: Some(format!("provider declined: {code}")),
+                    message: Some(format!("provider declined: {}", code.chars().take(100).collect::<String>())),
                     declined_at: now,
                 };
                 Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &declined, event.traceparent()).await?)
@@ -150,32 +241,52 @@ fn provider_failure(e: ChargeError) -> Failure {
 }
 
 impl PaymentHandler {
-    /// Gives an authorized payment back, once. No payment, a declined one or one already
-    /// refunded: nothing to do.
-    async fn refund(
-        &self,
-        tx: &mut PgConnection,
-        event: &ConsumedEvent,
-        cancelled: OrderCancelled,
-    ) -> Result<(), Failure> {
-        let payment: Option<(Uuid, String, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT payment_id, status, amount_minor, currency, provider_reference FROM payments WHERE order_id = $1 FOR UPDATE",
+    /// Outside any transaction: gives an authorized payment back, once, under its own key. No
+    /// payment, a declined one or one already refunded: nothing to call.
+    async fn call_refund(&self, pool: &PgPool, cancelled: &OrderCancelled) -> Result<(), Failure> {
+        let payment: Option<(String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT status, amount_minor, currency, provider_reference FROM payments WHERE order_id = $1",
         )
         .bind(cancelled.order_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(pool)
         .await?;
-        let Some((payment_id, status, amount_minor, currency, Some(charge_id))) = payment else {
+        let Some((status, amount_minor, currency, Some(charge_id))) = payment else {
             tracing::info!(order_id = %cancelled.order_id, "cancelled order has no charge to refund");
             return Ok(());
         };
         if status != "AUTHORIZED" {
             return Ok(());
         }
-        let reference = self
-            .provider
-            .refund(&refund_key(cancelled.order_id), &charge_id, amount_minor, &cancelled.order_id.to_string())
-            .await
-            .map_err(provider_failure)?;
+        let key = refund_key(cancelled.order_id);
+        let amount = Money { amount_minor, currency };
+        let order = cancelled.order_id.to_string();
+        self.call_once(pool, &key, "refund", cancelled.order_id, &amount, || async {
+            Ok(Outcome::Approved(self.provider.refund(&key, &charge_id, amount_minor, &order).await?))
+        })
+        .await
+    }
+
+    /// In the transaction: the payment marked refunded and PaymentRefunded, from the recorded
+    /// refund.
+    async fn apply_refund(
+        &self,
+        tx: &mut PgConnection,
+        event: &ConsumedEvent,
+        cancelled: OrderCancelled,
+    ) -> Result<(), Failure> {
+        let payment: Option<(Uuid, String, i64, String)> = sqlx::query_as(
+            "SELECT payment_id, status, amount_minor, currency FROM payments WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(cancelled.order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((payment_id, status, amount_minor, currency)) = payment else { return Ok(()) };
+        if status != "AUTHORIZED" {
+            return Ok(());
+        }
+        let Outcome::Approved(reference) = Self::outcome(tx, &refund_key(cancelled.order_id)).await? else {
+            return Err(Failure::Retry("the refund was declined".into()));
+        };
         sqlx::query(
             "UPDATE payments SET status = 'REFUNDED', refund_reference = $2, refunded_at = now() WHERE payment_id = $1",
         )
@@ -200,19 +311,31 @@ impl Handler for PaymentHandler {
         event_type == OrderPlaced::NAME || event_type == OrderCancelled::NAME
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let invalid = |e: orderflow_schemas::CodecError| Failure::dead("invalid_event", e.to_string());
+    fn calls_out(&self, event_type: &str) -> bool {
+        self.handles(event_type)
+    }
+
+    /// The provider calls, each committed as intent then outcome, with no transaction open.
+    async fn call_out(&self, pool: &PgPool, event: &ConsumedEvent) -> Result<(), Failure> {
         if event.event_type() == OrderCancelled::NAME {
-            let cancelled = OrderCancelled::from_avro(&event.decoded.value).map_err(invalid)?;
+            let cancelled = event.read::<OrderCancelled>()?;
+            return match cancelled.refund_required {
+                true => self.call_refund(pool, &cancelled).await,
+                false => Ok(()),
+            };
+        }
+        self.call_charge(pool, &event.read::<OrderPlaced>()?).await
+    }
+
+    /// The recorded outcome applied: the payment row, its event, with the dedupe row.
+    async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+        if event.event_type() == OrderCancelled::NAME {
+            let cancelled = event.read::<OrderCancelled>()?;
             if !cancelled.refund_required {
                 return Ok(());
             }
-            return self.refund(tx, event, cancelled).await;
+            return self.apply_refund(tx, event, cancelled).await;
         }
-        let order = OrderPlaced::from_avro(&event.decoded.value).map_err(invalid)?;
-        if order.total.amount_minor <= 0 {
-            return Err(Failure::dead("invalid_event", "an order total must be positive"));
-        }
-        self.charge(tx, event, order).await
+        self.apply_charge(tx, event, event.read::<OrderPlaced>()?).await
     }
 }

@@ -94,6 +94,15 @@ impl ConsumedEvent {
         &self.decoded.event_type
     }
 
+    /// The record as a typed event that meets the order contract; what does not decode or
+    /// breaks the contract is poison (`invalid_event`, `contract_violation`, every broken rule
+    /// named), dead-lettered at once.
+    pub fn read<E: orderflow_schemas::events::Event>(&self) -> Result<E, Failure> {
+        let event = E::from_avro(&self.decoded.value).map_err(|e| Failure::dead("invalid_event", e.to_string()))?;
+        orderflow_schemas::contract::check(&event).map_err(|e| Failure::dead("contract_violation", e.to_string()))?;
+        Ok(event)
+    }
+
     /// What an event caused by this record carries as its `traceparent`: this record's span,
     /// or the incoming value when no tracer is installed.
     pub fn traceparent(&self) -> Option<&str> {
@@ -154,6 +163,29 @@ pub trait Handler: Send + Sync + 'static {
         event: &'a ConsumedEvent,
     ) -> impl Future<Output = Result<(), Failure>> + Send + 'a;
 
+    /// Whether [`Handler::call_out`] has work for this event type (the runtime then checks the
+    /// dedupe store before the transaction, so a handled record never calls out again).
+    fn calls_out(&self, _event_type: &str) -> bool {
+        false
+    }
+
+    /// Work that must not hold a transaction or a connection open: a call to a provider. It
+    /// runs before the record's transaction, for records this group has not handled yet; one
+    /// order's records (one key) in order, different keys concurrently. It may run again for
+    /// the same record (a crash before the commit, a retry, a batch done again one by one), so
+    /// it must be idempotent: commit the intent under an idempotency key, call, commit the
+    /// outcome; [`Handler::handle`] then applies the recorded outcome in the transaction, with
+    /// the dedupe row and the events it causes. Connections come from `pool` one statement at
+    /// a time, so a slow provider never holds one.
+    fn call_out<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        event: &'a ConsumedEvent,
+    ) -> impl Future<Output = Result<(), Failure>> + Send + 'a {
+        let _ = (pool, event);
+        async { Ok(()) }
+    }
+
     /// Runs once at the start of a batch transaction, before `handle` is called for each event
     /// (some of which may turn out to be duplicates). A handler whose events lock shared rows
     /// takes those locks here, in a fixed order, so that two partitions' batches never
@@ -187,6 +219,8 @@ pub struct ConsumerSettings {
     /// Most records of one partition handled in one transaction (taken from what is already
     /// queued, so a quiet partition still goes one by one).
     pub batch_size: usize,
+    /// Orders (record keys) of one batch whose [`Handler::call_out`] runs at once.
+    pub call_out_concurrency: usize,
     /// How long a revocation waits for the revoked partitions' records in hand.
     pub revoke_grace: Duration,
     /// How often per-partition lag is read from the broker.
@@ -214,6 +248,7 @@ impl ConsumerSettings {
             partition_queue: 256,
             max_in_flight: 32,
             batch_size: 100,
+            call_out_concurrency: 16,
             revoke_grace: Duration::from_secs(10),
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),

@@ -1,11 +1,16 @@
-//! The one transaction every handled record goes through, alone or with the rest of its batch:
-//! the dedupe rows `(group, event_id)` are inserted (a duplicate's insert does nothing, and a
+//! The one transaction every handled record goes through, alone or with the rest of its batch.
+//! First, with no transaction open, the handler's `call_out` runs for the records not handled
+//! yet (provider calls; see [`Handler::call_out`]). Then the dedupe rows `(group, event_id)` are inserted (a duplicate's insert does nothing, and a
 //! concurrent duplicate waits on the row lock), the handler's `prepare_batch` takes its locks,
 //! the handler runs once per new event, and one commit makes the side effects and the dedupe
 //! rows durable together. Any failure rolls all of it back.
 
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
+use futures::{TryStreamExt, stream};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -33,6 +38,7 @@ pub(crate) async fn handle<H: Handler>(shared: &Shared<H>, events: &[ConsumedEve
 async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<Committed, Failure> {
     let first = events.first().expect("a transaction handles at least one event");
     let group = shared.settings.group.as_str();
+    call_out(shared, events).await?;
     let mut tx = shared.pool.begin().await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
@@ -64,4 +70,41 @@ async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result
     }
     tx.commit().await?;
     Ok(Committed { processed: handled.len(), deduped: events.len() - handled.len() })
+}
+
+/// The handler's work outside the transaction, for the events that have some and that this
+/// group has not handled yet: one key's events in order, up to `call_out_concurrency` keys at
+/// once. The first failure stops the rest (what finished is recorded by the handler and is not
+/// repeated).
+async fn call_out<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<(), Failure> {
+    let wanted: Vec<&ConsumedEvent> = events.iter().filter(|e| shared.handler.calls_out(e.event_type())).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = wanted.iter().map(|e| e.event_id).collect();
+    let handled: HashSet<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM processed_events WHERE consumer_group = $1 AND event_id = ANY($2)")
+            .bind(&shared.settings.group)
+            .bind(&ids)
+            .fetch_all(&shared.pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut chains: Vec<Vec<&ConsumedEvent>> = Vec::new();
+    let mut by_key: HashMap<Option<&str>, usize> = HashMap::new();
+    for event in wanted.into_iter().filter(|e| !handled.contains(&e.event_id)) {
+        let chain = *by_key.entry(event.key.as_deref()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[chain].push(event);
+    }
+    stream::iter(chains.into_iter().map(Ok))
+        .try_for_each_concurrent(shared.settings.call_out_concurrency.max(1), |chain| async move {
+            for event in chain {
+                shared.handler.call_out(&shared.pool, event).instrument(event.span.clone()).await?;
+            }
+            Ok(())
+        })
+        .await
 }

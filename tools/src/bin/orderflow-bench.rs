@@ -307,12 +307,11 @@ async fn consumers(args: &Args) -> anyhow::Result<()> {
     let rate = run_group(setup, "bench-inventory", &topic, handler, (n / 2) as i64).await?;
     report("inventory", rate, 0.5);
 
-    let (notifications_url, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
+    let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
     orderflow_notifications::migrate(&pool).await?;
     let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
     let provider = orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5));
-    let intents = PgPoolOptions::new().max_connections(4).connect(&notifications_url).await?;
-    let handler = orderflow_notifications::NotificationHandler { provider, intents };
+    let handler = orderflow_notifications::NotificationHandler { provider };
     let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64).await?;
     report("notifications", rate, 1.0);
 
