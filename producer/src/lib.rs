@@ -2,7 +2,8 @@
 //!
 //! - order-api ([`run_api`]): `POST /orders` writes the order and its OrderPlaced event in one
 //!   Postgres transaction (the outbox), idempotent per `Idempotency-Key`; `GET /orders/{id}`.
-//!   A 202 means both are committed: nothing accepted is lost.
+//!   A 202 means both are committed: nothing accepted is lost. `GET /orders/{id}?wait_for=…`
+//!   waits for a change, woken by LISTEN/NOTIFY ([`waiters`]).
 //! - outbox-relay: see `orderflow_outbox::relay`; the binary lives here.
 
 pub mod openapi;
@@ -11,6 +12,7 @@ pub mod problem;
 pub mod rate_limit;
 pub mod routes;
 pub mod store;
+pub mod waiters;
 
 use std::{
     future::Future,
@@ -43,6 +45,8 @@ pub struct ApiSettings {
     pub client_burst: f64,
     /// Where the API's metrics are registered; served on `/metrics` beside the API.
     pub registry: prometheus::Registry,
+    /// Requests that may wait for an order change at once (`GET /orders/{id}?wait_for=…`).
+    pub max_waiters: usize,
 }
 
 impl Default for ApiSettings {
@@ -52,6 +56,7 @@ impl Default for ApiSettings {
             client_rate: 1000.0,
             client_burst: 2000.0,
             registry: prometheus::Registry::new(),
+            max_waiters: 1000,
         }
     }
 }
@@ -65,6 +70,10 @@ pub struct AppState {
     pub schemas_ready: AtomicBool,
     /// Orders accepted (not replays) since start.
     pub accepted: AtomicU64,
+    /// Requests waiting for an order to change.
+    pub watch: Arc<waiters::OrderWatch>,
+    /// Waits by outcome: reached | timed_out | refused.
+    pub waits: prometheus::IntCounterVec,
 }
 
 /// Serves order-api on `listener` until `shutdown`, then drains in-flight requests.
@@ -78,6 +87,18 @@ pub async fn run_api(
     let http_metrics = orderflow_platform::http_metrics::HttpMetrics::register(&settings.registry, "order-api")
         .context("registering the HTTP metrics")?;
     let metrics_routes = orderflow_platform::metrics::metrics_route(settings.registry.clone());
+    let waiting = prometheus::IntGauge::new("orderflow_api_order_waiters", "Requests waiting for an order to change")?;
+    let waits = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "orderflow_api_order_waits_total",
+            "Requests that waited for an order change, by outcome",
+        ),
+        &["outcome"],
+    )?;
+    settings.registry.register(Box::new(waiting.clone())).context("registering the waiter metrics")?;
+    settings.registry.register(Box::new(waits.clone())).context("registering the waiter metrics")?;
+    let watch = waiters::OrderWatch::new(settings.max_waiters, waiting);
+    let listening = tokio::spawn(watch.clone().listen(pool.clone()));
     let state = Arc::new(AppState {
         pool,
         codec,
@@ -85,16 +106,25 @@ pub async fn run_api(
         settings,
         schemas_ready: AtomicBool::new(false),
         accepted: AtomicU64::new(0),
+        watch: watch.clone(),
+        waits,
     });
     tokio::spawn(warm_up_schemas(state.clone()));
     let app = http_metrics
         .layer(routes::router(state).merge(metrics_routes))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     tracing::info!(addr = %listener.local_addr()?, "order-api listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let shutdown = async move {
+        shutdown.await;
+        // Waiting requests answer now, so the drain does not wait for their timeouts.
+        watch.close();
+    };
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving order-api")
+        .context("serving order-api");
+    listening.abort();
+    served
 }
 
 /// Resolves the OrderPlaced schema id, retrying while the registry is unreachable.

@@ -6,6 +6,8 @@ use orderflow_schemas::contract::{
 };
 use serde_json::{Value, json};
 
+use crate::waiters;
+
 fn problem(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
 }
@@ -44,13 +46,23 @@ pub fn document() -> Value {
             }},
             "/orders/{order_id}": { "get": {
                 "operationId": "getOrder",
-                "summary": "An order's status and its history",
-                "parameters": [ { "name": "order_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } } ],
+                "summary": "An order's status and its history; optionally, wait for it to change",
+                "description": "With wait_for and/or newer_than the answer comes as soon as the order reaches one of those statuses (or a version above newer_than), woken by the database's change notification, or with the order as it is at the timeout. The Orderflow-Wait header says which: reached or timed-out. Each instance serves a bounded number of waiting requests; beyond, 503 with Retry-After.",
+                "parameters": [
+                    { "name": "order_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
+                    { "name": "wait_for", "in": "query", "required": false, "description": "Comma-separated statuses to wait for", "schema": { "type": "string", "example": "PAID,PAYMENT_FAILED,CANCELLED" } },
+                    { "name": "newer_than", "in": "query", "required": false, "description": "Wait for a version above this one", "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "timeout", "in": "query", "required": false, "description": format!("How long to wait: 10s, 1500ms or 10 (seconds); default {}s, at most {}s", waiters::DEFAULT_TIMEOUT.as_secs(), waiters::MAX_TIMEOUT.as_secs()), "schema": { "type": "string", "example": "10s" } }
+                ],
                 "responses": {
-                    "200": { "description": "The order", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Order" } } } },
-                    "400": problem("Not a UUID"),
+                    "200": {
+                        "description": "The order (when waiting: as soon as it got there, or as it is at the timeout)",
+                        "headers": { "Orderflow-Wait": { "description": "reached or timed-out, when the request waited", "schema": { "type": "string", "enum": ["reached", "timed-out"] } } },
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Order" } } }
+                    },
+                    "400": problem("Not a UUID, or a bad wait_for / newer_than / timeout"),
                     "404": problem("No such order"),
-                    "503": problem("Database unavailable")
+                    "503": problem("Database unavailable, or too many requests already waiting on this instance (Retry-After)")
                 }
             }},
             "/healthz": { "get": { "operationId": "health", "summary": "Liveness", "responses": { "200": { "description": "The process is serving" } } } },

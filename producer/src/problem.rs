@@ -31,6 +31,10 @@ pub enum ApiError {
     InvalidOrderId(String),
     #[error("no order {0}")]
     OrderNotFound(uuid::Uuid),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0} requests are already waiting for order changes on this instance; retry shortly or poll")]
+    TooManyWaiters(usize),
     #[error("too many requests from this client; retry after {0} s")]
     RateLimited(u64),
     #[error("the service cannot accept orders right now; retry with the same Idempotency-Key")]
@@ -41,7 +45,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson(_) | MissingIdempotencyKey | InvalidIdempotencyKey | InvalidOrderId(_) => {
+            MalformedJson(_) | MissingIdempotencyKey | InvalidIdempotencyKey | InvalidOrderId(_) | InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
             InvalidOrder(_) | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -49,7 +53,7 @@ impl ApiError {
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OrderNotFound(_) => StatusCode::NOT_FOUND,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | TooManyWaiters(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +70,8 @@ impl ApiError {
             TooLarge(_) => "body-too-large",
             InvalidOrderId(_) => "invalid-order-id",
             OrderNotFound(_) => "order-not-found",
+            InvalidQuery(_) => "invalid-query",
+            TooManyWaiters(_) => "too-many-waiters",
             RateLimited(_) => "rate-limited",
             Unavailable(_) => "unavailable",
         }

@@ -1,11 +1,11 @@
 //! order-api's routes: intake, status, health, and the OpenAPI document.
 
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -22,6 +22,7 @@ use crate::{
     AppState, openapi, order_request,
     problem::ApiError,
     store::{self, Intake, NewOrder},
+    waiters::WaitFor,
 };
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -143,10 +144,42 @@ async fn accept_order(
     Ok(response)
 }
 
-async fn get_order(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+/// The order; with `wait_for` / `newer_than`, as soon as it gets there, or as it is at the
+/// timeout (`Orderflow-Wait: reached | timed-out`).
+async fn get_order(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let order_id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidOrderId(raw))?;
-    let order = store::find(&state.pool, order_id).await?.ok_or(ApiError::OrderNotFound(order_id))?;
-    Ok(Json(order).into_response())
+    let Some(wait) = WaitFor::parse(&query).map_err(ApiError::InvalidQuery)? else {
+        let order = store::find(&state.pool, order_id).await?.ok_or(ApiError::OrderNotFound(order_id))?;
+        return Ok(Json(order).into_response());
+    };
+    let Some(subscription) = state.watch.subscribe(order_id) else {
+        state.waits.with_label_values(&["refused"]).inc();
+        return Err(ApiError::TooManyWaiters(state.settings.max_waiters));
+    };
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    loop {
+        // Registered before the read, so a change committed after it still wakes this request.
+        let changed = subscription.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let order = store::find(&state.pool, order_id).await?.ok_or(ApiError::OrderNotFound(order_id))?;
+        let reached = wait.reached(&order.status, order.version);
+        if reached || tokio::time::Instant::now() >= deadline || state.watch.is_closed() {
+            let outcome = if reached { "reached" } else { "timed-out" };
+            state.waits.with_label_values(&[&outcome.replace('-', "_")]).inc();
+            let mut response = Json(order).into_response();
+            response.headers_mut().insert("orderflow-wait", HeaderValue::from_static(outcome));
+            return Ok(response);
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

@@ -116,6 +116,7 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
     ORDERFLOW_API_CLIENT_RATE: {{ $v.orderApi.clientRate | quote }}
     ORDERFLOW_API_CLIENT_BURST: {{ $v.orderApi.clientBurst | quote }}
     ORDERFLOW_API_DB_POOL: {{ $v.orderApi.dbPool | quote }}
+    ORDERFLOW_API_MAX_WAITERS: {{ $v.orderApi.maxWaiters | quote }}
 {{- range $outbox := list "orders" "payments" "inventory" }}
 - name: relay-{{ $outbox }}
   command: [outbox-relay]

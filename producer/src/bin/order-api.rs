@@ -25,6 +25,10 @@ struct Args {
     client_burst: f64,
     #[arg(long, env = "ORDERFLOW_API_DB_POOL", default_value_t = 20)]
     db_pool: u32,
+    /// Requests that may wait for an order change at once (`GET /orders/{id}?wait_for=…`);
+    /// beyond, 503 with Retry-After.
+    #[arg(long, env = "ORDERFLOW_API_MAX_WAITERS", default_value_t = 1000)]
+    max_waiters: usize,
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         client_rate: args.client_rate,
         client_burst: args.client_burst,
+        max_waiters: args.max_waiters,
         ..Default::default()
     };
     let result =
