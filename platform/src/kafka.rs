@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::{
     ClientConfig,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
     error::RDKafkaErrorCode,
 };
@@ -180,6 +180,24 @@ impl KafkaSettings {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// How long each topic keeps records (`retention.ms`; `None`: for ever).
+    pub async fn retention(&self, topics: &[&str]) -> anyhow::Result<Vec<(String, Option<Duration>)>> {
+        let admin: AdminClient<DefaultClientContext> = self.base().create().context("creating a Kafka admin client")?;
+        let resources: Vec<ResourceSpecifier> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let mut kept = Vec::new();
+        for (topic, result) in topics.iter().zip(admin.describe_configs(&resources, &options).await?) {
+            let resource = result.map_err(|code| anyhow::anyhow!("describing {topic}: {code}"))?;
+            let ms = resource
+                .get("retention.ms")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+                .with_context(|| format!("{topic} has no retention.ms"))?;
+            kept.push((topic.to_string(), u64::try_from(ms).ok().map(Duration::from_millis)));
+        }
+        Ok(kept)
     }
 }
 

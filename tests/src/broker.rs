@@ -178,6 +178,22 @@ impl TestBroker {
         out
     }
 
+    /// Every record of `topic` from the beginning: waits until it has `at_least`, then reads
+    /// until nothing more arrives for `quiet`.
+    pub async fn read_all(&self, topic: &str, at_least: usize, quiet: Duration) -> Vec<OwnedMessage> {
+        self.read(topic, at_least, Duration::from_secs(60)).await;
+        let consumer = self.reader(topic);
+        let mut out = Vec::new();
+        // The first record waits for the group to be joined; then `quiet` ends the read.
+        let mut wait = Duration::from_secs(30).max(quiet);
+        while let Ok(Ok(message)) = tokio::time::timeout(wait, consumer.recv()).await {
+            out.push(message.detach());
+            wait = quiet;
+        }
+        assert!(out.len() >= at_least, "read {} of at least {at_least} records from {topic}", out.len());
+        out
+    }
+
     /// The first record of `topic` (from the beginning) that `wanted` accepts.
     pub async fn find(&self, topic: &str, timeout: Duration, wanted: impl Fn(&OwnedMessage) -> bool) -> OwnedMessage {
         let consumer = self.reader(topic);

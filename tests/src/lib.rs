@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod consumer;
 pub mod intake;
+pub mod proxy;
 pub mod registry;
 pub mod stack;
 
@@ -87,5 +88,34 @@ impl Drop for Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// A child process SIGKILLed (after a SIGCONT, should it be stopped) when the test ends,
+/// however it ends.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|exited| exited.is_none()) {
+            let _ = self.signal("CONT");
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    pub fn spawn(command: &mut std::process::Command) -> Process {
+        Process(command.spawn().unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program())))
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `KILL`, …); true when it was delivered.
+    pub fn signal(&self, name: &str) -> bool {
+        std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     Running, TestDatabase,
     broker::TestBroker,
     intake::{TestApi, TestRelay, eventually, quick_relay},
+    proxy::FaultProxy,
 };
 
 pub struct TestSimulator {
@@ -79,6 +80,11 @@ impl TestNotifier {
         reqwest::get(format!("{}/ledger", self.url)).await.unwrap().json().await.unwrap()
     }
 
+    /// The requests refused with 429 so far.
+    pub async fn throttled(&self) -> Vec<orderflow_notification_simulator::Throttled> {
+        reqwest::get(format!("{}/admin/throttled", self.url)).await.unwrap().json().await.unwrap()
+    }
+
     /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`.
     pub async fn faults(&self, faults: Value) {
         let response =
@@ -110,6 +116,15 @@ pub struct TestStack {
     pub analytics: Option<Extra>,
     /// The analytics HTTP API, when started.
     pub analytics_url: Option<String>,
+    /// The dedupe horizon and prune interval of consumers started from now on (the runtime's
+    /// defaults when unset).
+    pub retention: Option<(Duration, Duration)>,
+    /// The pools the relays and consumers use (orders, payments, inventory): the test's own
+    /// pools, or pools through [`TestStack::db_proxy`].
+    pub service_pools: [PgPool; 3],
+    /// Between the relays and consumers and Postgres, when the test asked for it (order-api
+    /// and the test's own pools connect directly).
+    pub db_proxy: Option<FaultProxy>,
 }
 
 impl TestStack {
@@ -141,7 +156,25 @@ impl TestStack {
         Self::spawn_without_consumers_on(TestBroker::spawn()).await
     }
 
+    /// As [`Self::spawn`], with every relay and consumer reaching Postgres through a fault
+    /// proxy (`db_proxy`).
+    pub async fn spawn_behind_db_proxy() -> TestStack {
+        let postgres = crate::admin_url();
+        let host = postgres.split_once("://").unwrap().1.split('/').next().unwrap();
+        let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host).to_string();
+        let proxy = FaultProxy::start(&host).await;
+        let mut stack = Self::spawn_without_consumers_with(TestBroker::spawn(), Some(proxy)).await;
+        let provider = stack.provider_settings();
+        stack.start_payment(provider).await;
+        stack.start_inventory();
+        stack
+    }
+
     async fn spawn_without_consumers_on(broker: TestBroker) -> TestStack {
+        Self::spawn_without_consumers_with(broker, None).await
+    }
+
+    async fn spawn_without_consumers_with(broker: TestBroker, db_proxy: Option<FaultProxy>) -> TestStack {
         broker.create_topic("orders", 12).await;
         broker.create_topic("payments", 12).await;
         let api = TestApi::spawn().await;
@@ -153,6 +186,17 @@ impl TestStack {
         let inventory = inventory_db.pool().await;
         orderflow_inventory::migrate(&inventory).await.unwrap();
         let simulator = TestSimulator::spawn().await;
+        let service_pools = match &db_proxy {
+            None => [api.pool.clone(), payments.clone(), inventory.clone()],
+            Some(proxy) => [&api.db, &payments_db, &inventory_db].map(|db| {
+                // Lazy: a pool made during a cut connects once the cut is over.
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(20)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy(&proxy.postgres_url(&db.url))
+                    .unwrap()
+            }),
+        };
         let mut stack = TestStack {
             broker,
             api,
@@ -168,10 +212,13 @@ impl TestStack {
             notifier: None,
             analytics: None,
             analytics_url: None,
+            retention: None,
+            service_pools,
+            db_proxy,
         };
-        stack.relays.push(TestRelay::spawn_named(&stack.api.pool, &stack.broker, quick_relay(), "orders"));
-        stack.relays.push(TestRelay::spawn_named(&stack.payments, &stack.broker, quick_relay(), "payments"));
-        stack.relays.push(TestRelay::spawn_named(&stack.inventory, &stack.broker, quick_relay(), "inventory"));
+        for (pool, name) in stack.service_pools.clone().iter().zip(["orders", "payments", "inventory"]) {
+            stack.relays.push(TestRelay::spawn_named(pool, &stack.broker, quick_relay(), name));
+        }
         stack.start_order_service();
         // Plenty of what `sample_order` buys, so only tests that want a shortage get one.
         stack.stock(&[("SKU-1", 1_000_000), ("SKU-2", 1_000_000)]).await;
@@ -183,7 +230,7 @@ impl TestStack {
         let handler = orderflow_inventory::InventoryHandler { codec: codec.clone() };
         let settings = self.consumer_settings(orderflow_inventory::GROUP, &["orders"]);
         self.metrics.push((orderflow_inventory::GROUP.into(), settings.registry.clone()));
-        let pool = self.inventory.clone();
+        let pool = self.service_pools[2].clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
     }
@@ -250,6 +297,9 @@ impl TestStack {
         settings.backoff_base = Duration::from_millis(20);
         settings.backoff_cap = Duration::from_millis(500);
         settings.lag_interval = Duration::from_millis(200);
+        if let Some((horizon, interval)) = self.retention {
+            (settings.retention, settings.prune_interval) = (horizon, interval);
+        }
         settings
     }
 
@@ -267,7 +317,7 @@ impl TestStack {
     /// Starts a payment instance; its metrics are under `payment` (the first), then
     /// `payment#2`, `payment#3`…
     pub async fn start_payment(&mut self, provider: ProviderSettings) -> String {
-        let pool = self.payments.clone();
+        let pool = self.service_pools[1].clone();
         self.start_payment_on(provider, pool).await
     }
 
@@ -297,7 +347,7 @@ impl TestStack {
         let settings = self.consumer_settings(orderflow_order_service::GROUP, &orderflow_order_service::TOPICS);
         let handler = orderflow_order_service::OrderStatusHandler::new(codec.clone(), &settings.registry).unwrap();
         self.metrics.push((orderflow_order_service::GROUP.into(), settings.registry.clone()));
-        let pool = self.api.pool.clone();
+        let pool = self.service_pools[0].clone();
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));
     }
@@ -311,6 +361,54 @@ impl TestStack {
     pub async fn status(&self, order_id: Uuid) -> String {
         let order: Value = self.api.get(&format!("/orders/{order_id}")).await.json().await.unwrap();
         order["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// A service binary run as a process against this stack: its broker and namespace, the
+    /// registry, metrics on a free port, warnings only; the caller adds its database.
+    pub fn service_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .env("ORDERFLOW_KAFKA_BOOTSTRAP", &self.broker.bootstrap)
+            .env("ORDERFLOW_KAFKA_NAMESPACE", &self.broker.namespace)
+            .env("ORDERFLOW_REGISTRY_URL", &self.api.registry.url)
+            .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    /// The sum of a consumer's `orderflow_consumer_records_total` with this outcome.
+    pub fn records(&self, group: &str, outcome: &str) -> f64 {
+        orderflow_tools::drill::metric_sum(
+            &self.metrics_text(group),
+            "orderflow_consumer_records_total",
+            &[&format!(r#"outcome="{outcome}""#)],
+        )
+    }
+
+    /// Publishes typed events to their topic (as any producer would: framed, with `event_id`
+    /// and `event_type` headers), pipelined; returns their event ids.
+    pub async fn publish<E: orderflow_schemas::events::Event>(&self, events: &[E]) -> Vec<Uuid> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let codec = self.codec();
+        let producer = self.broker.producer();
+        let topic = self.broker.topic(&E::schema().topic);
+        let mut sends = Vec::new();
+        let mut ids = Vec::new();
+        for event in events {
+            let payload = codec.encode_event(event).await.unwrap();
+            let (id, key) = (Uuid::now_v7(), event.key());
+            let id_text = id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event_id", value: Some(&id_text) })
+                .insert(Header { key: "event_type", value: Some(E::NAME) });
+            let record = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            sends.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            ids.push(id);
+        }
+        for send in sends {
+            send.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        ids
     }
 
     pub async fn wait_for_status(&self, order_id: Uuid, status: &str, timeout: Duration) {

@@ -1,11 +1,11 @@
 //! Inventory and the saga on the whole stack: concurrent orders for the last unit, a crash of
 //! the inventory process mid-batch, and redelivered OrderPaid events.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use chrono::Utc;
 use orderflow_schemas::events::{Event, Money, OrderLine, OrderPaid};
-use orderflow_tests::{broker::header, intake::eventually, stack::TestStack};
+use orderflow_tests::{Process, broker::header, intake::eventually, stack::TestStack};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::FutureRecord,
@@ -121,16 +121,6 @@ async fn publish_paid(stack: &TestStack, sku: &str, count: usize) -> Vec<Uuid> {
     orders
 }
 
-/// A child process SIGKILLed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn reservations(stack: &TestStack) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM reservations").fetch_one(&stack.inventory).await.unwrap()
 }
@@ -142,16 +132,10 @@ async fn a_sigkilled_inventory_process_restarted_takes_each_order_exactly_once()
     stack.stock(&[("KILL-SKU", 100_000)]).await;
     let orders = publish_paid(&stack, "KILL-SKU", 600).await;
     let spawn = || {
-        KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_inventory-under-test"))
-                .env("ORDERFLOW_INVENTORY_DATABASE_URL", &stack.inventory_db.url)
-                .env("ORDERFLOW_KAFKA_BOOTSTRAP", &stack.broker.bootstrap)
-                .env("ORDERFLOW_KAFKA_NAMESPACE", &stack.broker.namespace)
-                .env("ORDERFLOW_REGISTRY_URL", &stack.api.registry.url)
-                .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .expect("start the inventory process"),
+        Process::spawn(
+            stack
+                .service_command(env!("CARGO_BIN_EXE_inventory-under-test"))
+                .env("ORDERFLOW_INVENTORY_DATABASE_URL", &stack.inventory_db.url),
         )
     };
     let mut child = spawn();

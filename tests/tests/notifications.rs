@@ -158,3 +158,36 @@ async fn a_declined_order_gets_a_payment_failed_message_and_never_a_confirmation
     );
     assert_eq!(status(&stack, order, "order_confirmed").await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttling_provider_is_asked_again_only_after_its_retry_after_and_each_message_goes_once() {
+    let mut stack = TestStack::spawn().await;
+    stack.start_notifications(Duration::from_secs(5)).await;
+    let notifier = stack.notifier.as_ref().unwrap();
+    notifier.faults(json!({"mode": "throttled", "retry_after_secs": 2})).await;
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        orders.push(stack.api.place(&format!("throttled-{i}")).await);
+    }
+    eventually(WAIT, "the provider refusing", || async { notifier.throttled().await.len() >= 5 }).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    notifier.faults(json!({"mode": "none"})).await;
+    for order in &orders {
+        eventually(WAIT, "every confirmation sent", || async {
+            status(&stack, *order, "order_confirmed").await.as_deref() == Some("SENT")
+        })
+        .await;
+        assert_eq!(messages_for(&stack, *order).await.len(), 1, "one message for {order}");
+    }
+    // Each key asked again only after the 2 s it was told to wait.
+    let mut refused: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for t in notifier.throttled().await {
+        refused.entry(t.idempotency_key).or_default().push(t.at_ms);
+    }
+    let gaps: Vec<i64> = refused.values().flat_map(|at| at.windows(2).map(|w| w[1] - w[0])).collect();
+    assert!(!gaps.is_empty(), "some key was refused twice: {refused:?}");
+    assert!(gaps.iter().all(|gap| *gap >= 1_950), "asked again before Retry-After: {gaps:?}");
+    let metrics = stack.metrics_text("notifications");
+    let outcome = |o: &str| metric_sum(&metrics, "orderflow_consumer_records_total", &[&format!(r#"outcome="{o}""#)]);
+    assert_eq!(outcome("dead_lettered"), 0.0, "nothing dead-lettered: {metrics}");
+}

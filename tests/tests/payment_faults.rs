@@ -48,18 +48,13 @@ async fn place_all(stack: &TestStack, orders: impl Iterator<Item = (String, Valu
     futures::future::join_all(orders.map(|(key, body)| async move { place(stack, &key, &body).await })).await
 }
 
-/// Payment's records with this outcome, from its metrics.
-fn records(stack: &TestStack, outcome: &str) -> f64 {
-    let metrics = stack.metrics_text("payment");
-    orderflow_tools::drill::metric_sum(
-        &metrics,
-        "orderflow_consumer_records_total",
-        &[&format!(r#"outcome="{outcome}""#)],
-    )
-}
-
 fn assert_nothing_dead_lettered(stack: &TestStack) {
-    assert_eq!(records(stack, "dead_lettered"), 0.0, "nothing dead-lettered: {}", stack.metrics_text("payment"));
+    assert_eq!(
+        stack.records("payment", "dead_lettered"),
+        0.0,
+        "nothing dead-lettered: {}",
+        stack.metrics_text("payment")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,7 +260,7 @@ async fn a_provider_at_4s_latency_holds_no_transaction_and_no_connection_so_ever
     let longest = sampler.await.unwrap();
 
     assert!(longest < 2.0, "a transaction stayed open {longest:.1}s, across a 4 s provider call");
-    let waits = records(&stack, "waited_for_dependency");
+    let waits = stack.records("payment", "waited_for_dependency");
     assert_eq!(waits, 0.0, "no record waited for a dependency (a pool timeout is one)");
     let ledger = stack.simulator.ledger().await;
     assert_eq!(ledger.len(), placed.len(), "one charge per order");

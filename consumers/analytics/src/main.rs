@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use orderflow_analytics::{AnalyticsHandler, GROUP};
-use orderflow_consumer_runtime::ConsumerSettings;
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -15,6 +14,8 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    runtime: orderflow_consumer_runtime::RuntimeArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
     /// Where `/aggregates`, `/funnel`, `/metrics` and `/healthz` are served.
@@ -33,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the analytics database")?;
     orderflow_analytics::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
-    let settings = ConsumerSettings::new(GROUP, &["orders"], args.kafka.settings()?);
+    let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
     let routes = orderflow_analytics::http::router(pool.clone());
     orderflow_consumer_runtime::run_service_with(settings, pool, codec, AnalyticsHandler, &args.listen, routes).await
 }

@@ -13,7 +13,6 @@ use std::{sync::Arc, time::Duration};
 use crate::{GROUP, InventoryHandler};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orderflow_consumer_runtime::ConsumerSettings;
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -23,6 +22,8 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    runtime: orderflow_consumer_runtime::RuntimeArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
@@ -88,7 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
             let handler = InventoryHandler { codec: codec.clone() };
-            let settings = ConsumerSettings::new(GROUP, &["orders"], args.kafka.settings()?);
+            let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
             orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
         }
     }

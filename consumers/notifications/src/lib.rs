@@ -36,9 +36,27 @@ pub enum SendError {
     /// No answer, a timeout or a 5xx: the message may have gone out; ask again with the same key.
     #[error("provider unavailable or answer lost: {0}")]
     Unavailable(String),
+    /// A 429: ask again after the provider's `Retry-After` (1 s when it names none; at most
+    /// 5 minutes), not before.
+    #[error("provider throttles us; retry after {0:?}")]
+    Throttled(Duration),
     /// A 4xx retrying cannot fix.
     #[error("provider rejected the message: {0}")]
     Rejected(String),
+}
+
+/// The wait a 429 asks for: `Retry-After` in seconds (an HTTP date counts from now), 1 s
+/// without one, capped at 5 minutes.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let value = headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::trim);
+    let wait = match value {
+        Some(v) => v.parse::<u64>().map(Duration::from_secs).ok().or_else(|| {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.to_utc() - chrono::Utc::now()).to_std().ok()
+        }),
+        None => None,
+    };
+    wait.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(300))
 }
 
 #[derive(Clone)]
@@ -83,8 +101,11 @@ impl NotificationClient {
         }
         let response = request.send().instrument(span).await.map_err(|e| SendError::Unavailable(e.to_string()))?;
         let status = response.status();
+        if status.as_u16() == 429 {
+            return Err(SendError::Throttled(retry_after(response.headers())));
+        }
         let text = response.text().await.map_err(|e| SendError::Unavailable(e.to_string()))?;
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.is_server_error() {
             return Err(SendError::Unavailable(format!("{status}: {text}")));
         }
         if !status.is_success() {
@@ -158,6 +179,9 @@ impl NotificationHandler {
         let message_id =
             self.provider.send(&key, &channel, &recipient, kind, &order_id.to_string()).await.map_err(|e| match e {
                 SendError::Unavailable(m) => Failure::Unavailable(format!("notification provider: {m}")),
+                SendError::Throttled(wait) => {
+                    Failure::Backpressure { reason: "notification provider throttles (429)".into(), wait }
+                }
                 SendError::Rejected(m) => Failure::dead("provider_rejected", m),
             })?;
         sqlx::query(
@@ -214,5 +238,31 @@ impl Handler for NotificationHandler {
             Some("SENT") => Ok(()),
             _ => Err(Failure::Retry(format!("the {kind} message for order {order_id} is not sent yet"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::*;
+
+    fn wait(value: Option<&str>) -> Duration {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        }
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date_and_bounded() {
+        assert_eq!(wait(Some("7")), Duration::from_secs(7));
+        assert_eq!(wait(None), Duration::from_secs(1));
+        assert_eq!(wait(Some("soon")), Duration::from_secs(1));
+        assert_eq!(wait(Some("86400")), Duration::from_secs(300));
+        let in_a_minute = (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).to_rfc2822();
+        let from_date = wait(Some(&in_a_minute));
+        assert!(from_date > Duration::from_secs(50) && from_date <= Duration::from_secs(60), "{from_date:?}");
     }
 }

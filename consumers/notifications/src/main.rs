@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use orderflow_consumer_runtime::ConsumerSettings;
 use orderflow_notifications::{GROUP, NotificationClient, NotificationHandler};
 use sqlx::postgres::PgPoolOptions;
 
@@ -15,6 +14,8 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    runtime: orderflow_consumer_runtime::RuntimeArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
@@ -40,6 +41,6 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let provider = NotificationClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms));
     let handler = NotificationHandler { provider };
-    let settings = ConsumerSettings::new(GROUP, &["orders"], args.kafka.settings()?);
+    let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

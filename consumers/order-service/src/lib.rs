@@ -111,7 +111,7 @@ async fn transition(
 }
 
 /// Moves an order from `from` to `status`; `None` when it is not in `from` (a replayed or late
-/// event changes nothing), a retry when another writer moved it meanwhile.
+/// event changes nothing), a conflict (run again at once) when another writer moved it meanwhile.
 async fn settle(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -124,7 +124,8 @@ async fn settle(
         return Ok(None);
     }
     if !transition(tx, order_id, order.version, status, reason).await? {
-        return Err(Failure::Retry(format!("order {order_id} changed concurrently")));
+        // Lost the race with another writer: run again at once, from the order as it is now.
+        return Err(Failure::Conflict(format!("order {order_id} changed concurrently")));
     }
     Ok(Some(order))
 }

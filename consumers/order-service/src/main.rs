@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use orderflow_consumer_runtime::ConsumerSettings;
 use orderflow_order_service::{GROUP, OrderStatusHandler};
 use sqlx::postgres::PgPoolOptions;
 
@@ -14,6 +13,8 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    runtime: orderflow_consumer_runtime::RuntimeArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
@@ -29,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     orderflow_order_service::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
-    let settings = ConsumerSettings::new(GROUP, &orderflow_order_service::TOPICS, kafka);
+    let settings = args.runtime.settings(GROUP, &orderflow_order_service::TOPICS, kafka);
     let handler = OrderStatusHandler::new(codec.clone(), &settings.registry)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

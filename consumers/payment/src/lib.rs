@@ -19,7 +19,7 @@ pub mod resilience;
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
 use orderflow_schemas::{
     EventCodec,
@@ -144,6 +144,15 @@ impl PaymentHandler {
     }
 
     async fn call_charge(&self, pool: &PgPool, order: &OrderPlaced) -> Result<(), Failure> {
+        // The business key: an order with a payment is never charged again, whatever its event
+        // id and however long after (its dedupe row and call record may be pruned by then).
+        let paid: Option<i32> = sqlx::query_scalar("SELECT 1 FROM payments WHERE order_id = $1")
+            .bind(order.order_id)
+            .fetch_optional(pool)
+            .await?;
+        if paid.is_some() {
+            return Ok(());
+        }
         let key = charge_key(order.order_id);
         self.call_once(pool, &key, "charge", order.order_id, &order.total, || async {
             let outcome = self
@@ -173,6 +182,15 @@ impl PaymentHandler {
     ) -> Result<(), Failure> {
         let payment_id = payment_id(order.order_id);
         let key = charge_key(order.order_id);
+        let paid: Option<i32> = sqlx::query_scalar("SELECT 1 FROM payments WHERE order_id = $1")
+            .bind(order.order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if paid.is_some() {
+            // This order was paid for under another event id (a re-published OrderPlaced, a
+            // replay past the horizon): nothing more to do.
+            return Ok(());
+        }
         let outcome = Self::outcome(tx, &key).await?;
         let (status, reference, decline) = match &outcome {
             Outcome::Approved(reference) => ("AUTHORIZED", Some(reference.clone()), None),
@@ -194,7 +212,7 @@ impl PaymentHandler {
         .await?
         .rows_affected();
         if inserted == 0 {
-            // This order was paid for under another event id (a re-published OrderPlaced).
+            // A concurrent duplicate inserted it first.
             return Ok(());
         }
         let now = Utc::now();
@@ -325,6 +343,25 @@ impl Handler for PaymentHandler {
             };
         }
         self.call_charge(pool, &event.read::<OrderPlaced>()?).await
+    }
+
+    /// Completed provider calls past the horizon (the payments rows keep what they decided);
+    /// a call still PENDING is kept until it completes.
+    async fn prune(&self, pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<Vec<(&'static str, u64)>> {
+        let deleted = orderflow_consumer_runtime::retention::in_batches(|limit| async move {
+            let result = sqlx::query(
+                "DELETE FROM provider_calls WHERE idempotency_key IN (
+                     SELECT idempotency_key FROM provider_calls
+                     WHERE status <> 'PENDING' AND completed_at < $1 ORDER BY completed_at LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        })
+        .await?;
+        Ok(vec![("provider_calls", deleted)])
     }
 
     /// The recorded outcome applied: the payment row, its event, with the dedupe row.

@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use orderflow_consumer_runtime::ConsumerSettings;
 use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings};
 use sqlx::postgres::PgPoolOptions;
 
@@ -14,6 +13,8 @@ struct Args {
     database_url: String,
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    runtime: orderflow_consumer_runtime::RuntimeArgs,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
@@ -50,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     orderflow_payment::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
-    let settings = ConsumerSettings::new(GROUP, &["orders"], kafka);
+    let settings = args.runtime.settings(GROUP, &["orders"], kafka);
     let mut provider = ProviderSettings::new(&args.provider_url);
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);
@@ -58,11 +59,10 @@ async fn main() -> anyhow::Result<()> {
     provider.breaker.failure_threshold = args.breaker_failures.max(1);
     provider.max_window = args.provider_max_window;
     provider.retry_ratio = args.retry_ratio;
-    // The shared bucket is taken while the handler's transaction holds a connection: a pool of
-    // its own, so the two never wait for each other.
-    let limits = PgPoolOptions::new().max_connections(2).connect(&args.database_url).await?;
+    // The shared bucket is taken in `call_out`, where no transaction holds a connection: the
+    // consumer's pool serves it.
     let handler = PaymentHandler {
-        provider: PaymentProviderClient::new(provider, &settings.registry, Some(limits)).await?,
+        provider: PaymentProviderClient::new(provider, &settings.registry, Some(pool.clone())).await?,
         codec: codec.clone(),
     };
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await

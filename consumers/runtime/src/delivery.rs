@@ -35,6 +35,15 @@ pub(crate) async fn deliver<H: Handler>(
     if batch.len() > 1 && !shared.retry_sources.contains_key(batch[0].topic()) {
         match together(shared, batch).await {
             Ok(()) => return batch.len(),
+            Err(Failure::Backpressure { reason, wait }) => {
+                // The dependency asked for a pause (a 429's Retry-After): honour it before the
+                // records go again one by one, instead of asking again at once.
+                tracing::debug!(group = %shared.settings.group, %reason, ?wait, "batch held back; waiting, then one by one");
+                let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
+                if !pause(stop, wait + jitter).await {
+                    return 0;
+                }
+            }
             Err(reason) => tracing::debug!(group = %shared.settings.group, %reason, "batch falls back to one by one"),
         }
     }
@@ -46,16 +55,17 @@ pub(crate) async fn deliver<H: Handler>(
     batch.len()
 }
 
-/// The whole batch in one transaction, or an error and nothing done.
-async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Result<(), String> {
+/// The whole batch in one transaction, or the failure and nothing done.
+async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Result<(), Failure> {
+    let poison = |reason: &str| Failure::Retry(reason.to_string());
     let group = shared.settings.group.as_str();
     let mut events = Vec::with_capacity(batch.len());
     let mut skipped = 0;
     for message in batch {
         let headers = headers_of(message);
-        let event_id = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()).ok_or("no event id")?;
-        let payload = message.payload().ok_or("no payload")?;
-        let decoded = shared.codec.decode(payload).await.map_err(|e| e.to_string())?;
+        let event_id = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()).ok_or(poison("no event id"))?;
+        let payload = message.payload().ok_or(poison("no payload"))?;
+        let decoded = shared.codec.decode(payload).await.map_err(|e| poison(&e.to_string()))?;
         if !shared.handler.handles(&decoded.event_type) {
             skipped += 1;
             continue;
@@ -65,7 +75,7 @@ async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Res
     }
     let topic = batch[0].topic();
     if !events.is_empty() {
-        let committed = transaction::handle(shared, &events).await.map_err(|e| e.to_string())?;
+        let committed = transaction::handle(shared, &events).await?;
         shared.metrics.records.with_label_values(&[group, topic, "processed"]).inc_by(committed.processed as u64);
         shared.metrics.records.with_label_values(&[group, topic, "deduped"]).inc_by(committed.deduped as u64);
     }

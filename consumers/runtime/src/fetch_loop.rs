@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use crate::{
     ConsumerSettings, Handler, RuntimeContext, context, dlt, metrics,
     partition::{self, Partitions, Shared, Slot},
+    retention,
 };
 
 /// What a consumer binary runs: `/metrics` on `metrics_listen`, then [`run`] until SIGTERM or
@@ -128,6 +129,12 @@ pub async fn run<H: Handler>(
     });
     settings.ready.store(true, Ordering::Release);
     tracing::info!(%group, topics = ?subscribed, "consumer started");
+    tokio::spawn({
+        let settings = settings.clone();
+        async move { retention::check_horizon(&settings).await }
+    });
+    let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
+    let pruner = tokio::spawn(retention::run(shared.clone(), metrics.pruned.clone(), pruning_stopped));
 
     let mut slots: HashMap<(String, i32), Slot> = HashMap::new();
     let mut commit_tick = tokio::time::interval(settings.commit_interval);
@@ -185,6 +192,8 @@ pub async fn run<H: Handler>(
     }
     settings.ready.store(false, Ordering::Release);
     tracing::info!(%group, "stopping: finishing in-flight records");
+    let _ = stop_pruning.send(true);
+    let _ = pruner.await;
     for slot in slots.values() {
         slot.state.stop();
     }

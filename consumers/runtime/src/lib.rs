@@ -48,6 +48,7 @@ mod failure;
 mod fetch_loop;
 pub mod metrics;
 mod partition;
+pub mod retention;
 mod transaction;
 
 use std::{collections::HashMap, future::Future, time::Duration};
@@ -186,6 +187,18 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Deletes this handler's per-event rows older than `before` (the dedupe horizon), in
+    /// batches ([`retention::in_batches`]), never the business keys that absorb a late replay;
+    /// returns the rows deleted per table.
+    fn prune<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> impl Future<Output = sqlx::Result<Vec<(&'static str, u64)>>> + Send + 'a {
+        let _ = (pool, before);
+        async { Ok(Vec::new()) }
+    }
+
     /// Runs once at the start of a batch transaction, before `handle` is called for each event
     /// (some of which may turn out to be duplicates). A handler whose events lock shared rows
     /// takes those locks here, in a fixed order, so that two partitions' batches never
@@ -197,6 +210,36 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Failure>> + Send + 'a {
         let _ = (tx, events);
         async { Ok(()) }
+    }
+}
+
+/// The runtime's flags every consumer binary takes (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Hours dedupe rows (and a handler's per-event rows) are kept: longer than the source
+    /// topics' retention (Kafka's default is 168).
+    #[arg(long = "dedupe-retention-hours", env = "ORDERFLOW_DEDUPE_RETENTION_HOURS", default_value_t = 336,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_hours: u64,
+    /// Seconds between two pruning rounds.
+    #[arg(long = "prune-interval-secs", env = "ORDERFLOW_PRUNE_INTERVAL_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub prune_interval_secs: u64,
+    /// Seconds a record's transaction may sit idle before Postgres ends it (a frozen or
+    /// partitioned consumer must not hold its row locks for ever).
+    #[arg(long = "transaction-idle-limit-secs", env = "ORDERFLOW_TRANSACTION_IDLE_LIMIT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_idle_limit_secs: u64,
+}
+
+impl RuntimeArgs {
+    /// The consumer settings for `group` and `topics`, with these flags applied.
+    pub fn settings(&self, group: &str, topics: &[&str], kafka: KafkaSettings) -> ConsumerSettings {
+        let mut settings = ConsumerSettings::new(group, topics, kafka);
+        settings.retention = Duration::from_secs(self.retention_hours * 3600);
+        settings.prune_interval = Duration::from_secs(self.prune_interval_secs);
+        settings.transaction_idle_limit = Duration::from_secs(self.transaction_idle_limit_secs);
+        settings
     }
 }
 
@@ -225,6 +268,15 @@ pub struct ConsumerSettings {
     pub revoke_grace: Duration,
     /// How often per-partition lag is read from the broker.
     pub lag_interval: Duration,
+    /// How long dedupe rows (and a handler's per-event rows) are kept: longer than the source
+    /// topics' retention (see [`retention`]).
+    pub retention: Duration,
+    /// How often rows past the horizon are pruned.
+    pub prune_interval: Duration,
+    /// How long a record's transaction may idle before the server ends it
+    /// (`idle_in_transaction_session_timeout`): a consumer frozen mid-transaction (SIGSTOP, a
+    /// VM pause, a partition) releases its locks instead of stalling every other member.
+    pub transaction_idle_limit: Duration,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
     pub registry: prometheus::Registry,
     /// Set once the consumer has its topics and has subscribed (`/readyz` answers 200); unset
@@ -252,6 +304,9 @@ impl ConsumerSettings {
             revoke_grace: Duration::from_secs(10),
             registry: prometheus::Registry::new(),
             lag_interval: Duration::from_secs(10),
+            retention: Duration::from_secs(14 * 24 * 3600),
+            prune_interval: Duration::from_secs(600),
+            transaction_idle_limit: Duration::from_secs(30),
             ready: Default::default(),
         }
     }

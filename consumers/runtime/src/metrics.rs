@@ -26,6 +26,8 @@ pub struct ConsumerMetrics {
     pub rebalances: IntCounterVec,
     /// Time from revoke to committed offsets (finishing the records in hand).
     pub revoke_seconds: HistogramVec,
+    /// Rows deleted past the retention horizon, by table.
+    pub pruned: IntCounterVec,
 }
 
 impl ConsumerMetrics {
@@ -76,6 +78,10 @@ impl ConsumerMetrics {
             .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["group"],
         )?;
+        let pruned = IntCounterVec::new(
+            Opts::new("orderflow_consumer_pruned_rows_total", "Rows deleted past the retention horizon, by table"),
+            &["group", "table"],
+        )?;
         // One registry per consumer: a second registration of these names fails loudly.
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
@@ -87,6 +93,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(pauses.clone()))?;
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(revoke_seconds.clone()))?;
+        registry.register(Box::new(pruned.clone()))?;
         Ok(ConsumerMetrics {
             records,
             handler_seconds,
@@ -98,6 +105,7 @@ impl ConsumerMetrics {
             pauses,
             rebalances,
             revoke_seconds,
+            pruned,
         })
     }
 

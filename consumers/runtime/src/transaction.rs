@@ -40,6 +40,12 @@ async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result
     let group = shared.settings.group.as_str();
     call_out(shared, events).await?;
     let mut tx = shared.pool.begin().await?;
+    // A frozen consumer's transaction ends at the server instead of holding its locks.
+    let idle_limit = shared.settings.transaction_idle_limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+        .bind(idle_limit.to_string())
+        .execute(&mut *tx)
+        .await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
     let claimed: HashSet<Uuid> = sqlx::query_scalar(

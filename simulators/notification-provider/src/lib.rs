@@ -8,7 +8,10 @@
 //! - `fail_after_send`: the message is delivered, then the answer is a 500 (the sender cannot
 //!   tell it went out);
 //! - `slow`: the message is delivered, then the answer waits `delay_ms` (longer than the
-//!   sender's timeout: the answer is lost).
+//!   sender's timeout: the answer is lost);
+//! - `throttled`: 429 with `Retry-After: <retry_after_secs>`, nothing delivered; every refused
+//!   request is listed at `GET /admin/throttled` (key and time), so a test can check that the
+//!   sender waited as asked.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -65,6 +68,7 @@ pub enum FaultMode {
     Unavailable,
     FailAfterSend,
     Slow,
+    Throttled,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
@@ -74,12 +78,28 @@ pub struct Faults {
     /// For `slow`: how long the answer waits after delivery.
     #[serde(default)]
     pub delay_ms: u64,
+    /// For `throttled`: the `Retry-After` asked for, in seconds.
+    #[serde(default = "one_second")]
+    pub retry_after_secs: u64,
+}
+
+fn one_second() -> u64 {
+    1
+}
+
+/// A request refused with 429.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Throttled {
+    pub idempotency_key: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
 }
 
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
     faults: Arc<RwLock<Faults>>,
+    throttled: Arc<std::sync::Mutex<Vec<Throttled>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +118,8 @@ enum ProviderError {
     Internal(#[from] sqlx::Error),
     #[error("internal error after delivery (simulated)")]
     AfterSend,
+    #[error("too many requests; retry after {0} s")]
+    Throttled(u64),
 }
 
 impl IntoResponse for ProviderError {
@@ -108,22 +130,29 @@ impl IntoResponse for ProviderError {
             ProviderError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ProviderError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ProviderError::AfterSend => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ProviderError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ProviderError::Internal(e) => {
                 tracing::error!(error = %e, "ledger failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response()
+        let mut response =
+            (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response();
+        if let ProviderError::Throttled(seconds) = self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
 pub fn router(pool: PgPool) -> Router {
-    let state = AppState { pool, faults: Arc::default() };
+    let state = AppState { pool, faults: Arc::default(), throttled: Arc::default() };
     Router::new()
         .route("/v1/messages", post(send))
         .route("/v1/messages/{key}", get(by_key))
         .route("/ledger", get(ledger))
         .route("/admin/faults", get(faults).put(set_faults))
+        .route("/admin/throttled", get(throttled))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .with_state(state)
 }
@@ -152,6 +181,11 @@ async fn send(
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .map(str::to_string)
         .ok_or(ProviderError::MissingKey)?;
+    if faults.mode == FaultMode::Throttled {
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        state.throttled.lock().expect("throttled lock").push(Throttled { idempotency_key: key, at_ms });
+        return Err(ProviderError::Throttled(faults.retry_after_secs));
+    }
     let request: MessageRequest = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
     if !matches!(request.channel.as_str(), "email" | "sms") {
         return Err(ProviderError::Invalid(format!("channel must be email or sms, not {:?}", request.channel)));
@@ -183,7 +217,7 @@ async fn send(
     match faults.mode {
         FaultMode::FailAfterSend => return Err(ProviderError::AfterSend),
         FaultMode::Slow => tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await,
-        FaultMode::None | FaultMode::Unavailable => {}
+        FaultMode::None | FaultMode::Unavailable | FaultMode::Throttled => {}
     }
     let status = if delivered_now { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!({ "id": id, "status": "delivered", "duplicate": !delivered_now }))).into_response())
@@ -217,6 +251,10 @@ async fn ledger(State(state): State<AppState>) -> Result<Response, ProviderError
         .fetch_all(&state.pool)
         .await?;
     Ok(Json(rows.iter().map(delivered_of).collect::<Vec<_>>()).into_response())
+}
+
+async fn throttled(State(state): State<AppState>) -> Json<Vec<Throttled>> {
+    Json(state.throttled.lock().expect("throttled lock").clone())
 }
 
 async fn faults(State(state): State<AppState>) -> Json<Faults> {
