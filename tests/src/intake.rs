@@ -25,8 +25,12 @@ impl TestApi {
     }
 
     pub async fn spawn_with(settings: ApiSettings) -> TestApi {
+        Self::spawn_on(TestDatabase::create().await, settings).await
+    }
+
+    /// order-api on a database the test made (e.g. in a tablespace of its own).
+    pub async fn spawn_on(db: TestDatabase, settings: ApiSettings) -> TestApi {
         let registry = TestRegistry::spawn().await;
-        let db = TestDatabase::create().await;
         let pool = db.pool().await;
         orderflow_producer::migrate(&pool).await.expect("migrate orders db");
         let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());

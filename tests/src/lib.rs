@@ -39,11 +39,19 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates `oft_<random>` on the test server.
     pub async fn create() -> TestDatabase {
+        Self::create_with("").await
+    }
+
+    /// Creates `oft_<random>` with extra `CREATE DATABASE` options (e.g. `TABLESPACE small`).
+    pub async fn create_with(options: &str) -> TestDatabase {
         let admin = admin_url();
         let name = format!("oft_{}", uuid::Uuid::new_v4().simple());
         let pool =
             PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to the admin database");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&pool).await.expect("create test database");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\" {options}"))
+            .execute(&pool)
+            .await
+            .expect("create test database");
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap_or(admin);
         TestDatabase { url: format!("{base}/{name}"), name }
