@@ -11,6 +11,7 @@ pub mod order_request;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
+pub mod status;
 pub mod store;
 pub mod waiters;
 

@@ -6,7 +6,7 @@ use orderflow_schemas::contract::{
 };
 use serde_json::{Value, json};
 
-use crate::waiters;
+use crate::{status::OrderStatus, waiters};
 
 fn problem(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
@@ -96,7 +96,7 @@ pub fn document() -> Value {
                 "order_id": { "type": "string", "format": "uuid" }, "customer_id": { "type": "string" },
                 "customer_email": { "type": ["string", "null"] }, "currency": { "type": "string" },
                 "items": { "type": "array" }, "total_minor": { "type": "integer" },
-                "status": { "type": "string", "enum": ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED", "CANCELLED", "REFUNDED"] },
+                "status": { "type": "string", "enum": OrderStatus::ALL.map(OrderStatus::as_str) },
                 "version": { "type": "integer" }, "created_at": { "type": "string", "format": "date-time" },
                 "updated_at": { "type": "string", "format": "date-time" },
                 "trace_id": { "type": ["string", "null"], "description": "The trace the order was accepted in (W3C trace id, 32 hex digits); every event about the order continues it" },

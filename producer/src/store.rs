@@ -8,9 +8,9 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::{order_request::OrderRequest, problem::ApiError};
+use crate::{order_request::OrderRequest, problem::ApiError, status::OrderStatus};
 
-pub const PENDING_PAYMENT: &str = "PENDING_PAYMENT";
+const PENDING_PAYMENT: &str = OrderStatus::PendingPayment.as_str();
 
 /// The answer to an accepted order; a replay with the same key gets the same one.
 #[derive(Debug, Clone, Serialize)]

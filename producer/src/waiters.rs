@@ -22,6 +22,8 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::status::OrderStatus;
+
 pub const CHANNEL: &str = "orderflow_order_changed";
 
 /// The orders being waited on, and how many may wait at once.
@@ -143,8 +145,6 @@ pub struct WaitFor {
     pub timeout: Duration,
 }
 
-/// The statuses an order can be in.
-pub const STATUSES: [&str; 5] = ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED", "CANCELLED", "REFUNDED"];
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -159,11 +159,10 @@ impl WaitFor {
             Some(list) => list
                 .split(',')
                 .map(|s| {
-                    let s = s.trim();
-                    match STATUSES.contains(&s) {
-                        true => Ok(s.to_string()),
-                        false => Err(format!("wait_for: {s:?} is not a status; use {}", STATUSES.join(", "))),
-                    }
+                    s.trim()
+                        .parse::<OrderStatus>()
+                        .map(|s| s.as_str().to_string())
+                        .map_err(|e| format!("wait_for: {e}"))
                 })
                 .collect::<Result<_, _>>()?,
         };

@@ -8,6 +8,7 @@
 //!   by every consumer.
 //! - [`codec`]: the Confluent wire format (magic 0 + 4-byte schema id + Avro body), encoded and
 //!   decoded through `schema_registry_converter`, with errors a consumer can route on.
+//! - [`headers`]: the Kafka record headers events carry, and those on retry and DLT copies.
 //! - [`registry_client`]: the few registry REST calls the PR workflow needs.
 
 pub mod catalog;
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod compat;
 pub mod contract;
 pub mod events;
+pub mod headers;
 pub mod registry_client;
 pub mod wire;
 pub mod workflow;

@@ -13,6 +13,7 @@ use anyhow::bail;
 use chrono::Utc;
 use orderflow_consumer_runtime::{ConsumerSettings, Handler};
 use orderflow_platform::kafka::KafkaSettings;
+use orderflow_schemas::headers;
 use orderflow_schemas::{
     EventCodec,
     events::{Event, Money, OrderLine, OrderPaid, OrderPlaced},
@@ -73,8 +74,8 @@ pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize)
         ] {
             let (id, key) = (Uuid::now_v7().to_string(), placed.key());
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "event_id", value: Some(&id) })
-                .insert(Header { key: "event_type", value: Some(event_type) });
+                .insert(Header { key: headers::EVENT_ID, value: Some(&id) })
+                .insert(Header { key: headers::EVENT_TYPE, value: Some(event_type) });
             let record = FutureRecord::to(&topic).key(&key).payload(&payload[..]).headers(headers);
             deliveries.push(crate::send_queued(&producer, record).await);
         }

@@ -132,23 +132,23 @@ impl Handler for AnalyticsHandler {
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         match event.event_type() {
             OrderPlaced::NAME => {
-                let e = event.read::<OrderPlaced>()?;
+                let e = event.decode::<OrderPlaced>()?;
                 record(tx, e.order_id, Step::Placed, e.placed_at, Some(&e.total)).await
             }
             OrderPaid::NAME => {
-                let e = event.read::<OrderPaid>()?;
+                let e = event.decode::<OrderPaid>()?;
                 record(tx, e.order_id, Step::Paid, e.paid_at, Some(&e.amount)).await
             }
             OrderPaymentFailed::NAME => {
-                let e = event.read::<OrderPaymentFailed>()?;
+                let e = event.decode::<OrderPaymentFailed>()?;
                 record(tx, e.order_id, Step::PaymentFailed, e.failed_at, None).await
             }
             InventoryShortage::NAME => {
-                let e = event.read::<InventoryShortage>()?;
+                let e = event.decode::<InventoryShortage>()?;
                 record(tx, e.order_id, Step::Shortage, e.detected_at, None).await
             }
             OrderCancelled::NAME => {
-                let e = event.read::<OrderCancelled>()?;
+                let e = event.decode::<OrderCancelled>()?;
                 record(tx, e.order_id, Step::Cancelled, e.cancelled_at, None).await
             }
             _ => Ok(()),

@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the analytics database")?;
     orderflow_analytics::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
-    let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
+    let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], args.kafka.settings()?);
     let routes = orderflow_analytics::http::router(pool.clone());
     orderflow_consumer_runtime::run_service_with(settings, pool, codec, AnalyticsHandler, &args.listen, routes).await
 }

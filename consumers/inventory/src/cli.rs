@@ -89,7 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
             let handler = InventoryHandler { codec: codec.clone() };
-            let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
+            let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], args.kafka.settings()?);
             orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
         }
     }

@@ -112,7 +112,7 @@ impl Handler for InventoryHandler {
     async fn prepare_batch(&self, tx: &mut PgConnection, events: &[ConsumedEvent]) -> Result<(), Failure> {
         let mut skus: Vec<String> = events
             .iter()
-            .filter_map(|e| e.read::<OrderPaid>().ok())
+            .filter_map(|e| e.decode::<OrderPaid>().ok())
             .flat_map(|paid| paid.lines.into_iter().map(|l| l.sku))
             .collect();
         skus.sort();
@@ -125,7 +125,7 @@ impl Handler for InventoryHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let paid = event.read::<OrderPaid>()?;
+        let paid = event.decode::<OrderPaid>()?;
         // The contract bounds lines and quantities, so a SKU's sum fits.
         let mut wanted: BTreeMap<String, i32> = BTreeMap::new();
         for line in &paid.lines {

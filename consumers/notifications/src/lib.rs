@@ -125,15 +125,15 @@ pub struct NotificationHandler {
 fn notification_of(event: &ConsumedEvent) -> Result<Option<(&'static str, Uuid, String)>, Failure> {
     Ok(match event.event_type() {
         OrderPaid::NAME => {
-            let paid = event.read::<OrderPaid>()?;
+            let paid = event.decode::<OrderPaid>()?;
             Some(("order_confirmed", paid.order_id, paid.customer_id))
         }
         OrderPaymentFailed::NAME => {
-            let failed = event.read::<OrderPaymentFailed>()?;
+            let failed = event.decode::<OrderPaymentFailed>()?;
             Some(("payment_failed", failed.order_id, failed.customer_id))
         }
         OrderCancelled::NAME => {
-            let cancelled = event.read::<OrderCancelled>()?;
+            let cancelled = event.decode::<OrderCancelled>()?;
             Some(("order_cancelled", cancelled.order_id, cancelled.customer_id))
         }
         _ => None,
@@ -210,7 +210,7 @@ impl Handler for NotificationHandler {
     /// batch finds it); the others: the message, sent once.
     async fn call_out(&self, pool: &PgPool, event: &ConsumedEvent) -> Result<(), Failure> {
         if event.event_type() == OrderPlaced::NAME {
-            let placed = event.read::<OrderPlaced>()?;
+            let placed = event.decode::<OrderPlaced>()?;
             sqlx::query(
                 "INSERT INTO contacts (order_id, customer_id, email) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
             )

@@ -41,6 +41,6 @@ async fn main() -> anyhow::Result<()> {
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let provider = NotificationClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms));
     let handler = NotificationHandler { provider };
-    let settings = args.runtime.settings(GROUP, &["orders"], args.kafka.settings()?);
+    let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], args.kafka.settings()?);
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -12,23 +12,21 @@
 use std::sync::Arc;
 
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
+use orderflow_producer::status::OrderStatus;
 use orderflow_schemas::{
     EventCodec,
     events::{
         CancelReason, Event, InventoryShortage, OrderCancelled, OrderLine, OrderPaid, OrderPaymentFailed,
         PaymentAuthorized, PaymentDeclined, PaymentRefunded,
     },
+    topics,
 };
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 pub const GROUP: &str = "order-service";
-pub const PAID: &str = "PAID";
-pub const PAYMENT_FAILED: &str = "PAYMENT_FAILED";
-pub const CANCELLED: &str = "CANCELLED";
-pub const REFUNDED: &str = "REFUNDED";
 /// The topics order-service reads: payment outcomes, and inventory's verdicts on `orders`.
-pub const TOPICS: [&str; 2] = ["payments", "orders"];
+pub const TOPICS: [&str; 2] = [topics::PAYMENTS, topics::ORDERS];
 
 /// Orders, outbox and dedupe migrations (order-service shares the orders database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -85,13 +83,13 @@ async fn transition(
     tx: &mut PgConnection,
     order_id: Uuid,
     version: i32,
-    status: &str,
+    status: OrderStatus,
     reason: Option<&str>,
 ) -> Result<bool, Failure> {
     let updated = sqlx::query(
         "UPDATE orders SET status = $1, version = version + 1, updated_at = now() WHERE order_id = $2 AND version = $3",
     )
-    .bind(status)
+    .bind(status.as_str())
     .bind(order_id)
     .bind(version)
     .execute(&mut *tx)
@@ -103,7 +101,7 @@ async fn transition(
     sqlx::query("INSERT INTO order_status_history (order_id, version, status, reason) VALUES ($1, $2, $3, $4)")
         .bind(order_id)
         .bind(version + 1)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .execute(&mut *tx)
         .await?;
@@ -115,12 +113,12 @@ async fn transition(
 async fn settle(
     tx: &mut PgConnection,
     order_id: Uuid,
-    from: &str,
-    status: &str,
+    from: OrderStatus,
+    status: OrderStatus,
     reason: Option<&str>,
 ) -> Result<Option<CurrentOrder>, Failure> {
     let order = load(tx, order_id).await?;
-    if order.status != from {
+    if order.status != from.as_str() {
         return Ok(None);
     }
     if !transition(tx, order_id, order.version, status, reason).await? {
@@ -137,13 +135,13 @@ impl Handler for OrderStatusHandler {
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
-        let pending = orderflow_producer::store::PENDING_PAYMENT;
+        use OrderStatus::{Cancelled, Paid, PaymentFailed, PendingPayment as pending, Refunded};
         match event.event_type() {
             InventoryShortage::NAME => {
-                let shortage = event.read::<InventoryShortage>()?;
+                let shortage = event.decode::<InventoryShortage>()?;
                 let skus: Vec<&str> = shortage.missing.iter().map(|m| m.sku.as_str()).collect();
                 let reason = format!("inventory shortage: {}", skus.join(", "));
-                let Some(order) = settle(tx, shortage.order_id, PAID, CANCELLED, Some(&reason)).await? else {
+                let Some(order) = settle(tx, shortage.order_id, Paid, Cancelled, Some(&reason)).await? else {
                     return Ok(());
                 };
                 let cancelled = OrderCancelled {
@@ -156,15 +154,15 @@ impl Handler for OrderStatusHandler {
                 return Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &cancelled, event.traceparent()).await?);
             }
             PaymentRefunded::NAME => {
-                let refunded = event.read::<PaymentRefunded>()?;
-                settle(tx, refunded.order_id, CANCELLED, REFUNDED, Some(&refunded.refund_reference)).await?;
+                let refunded = event.decode::<PaymentRefunded>()?;
+                settle(tx, refunded.order_id, Cancelled, Refunded, Some(&refunded.refund_reference)).await?;
                 return Ok(());
             }
             _ => {}
         }
         if event.event_type() == PaymentAuthorized::NAME {
-            let paid = event.read::<PaymentAuthorized>()?;
-            let Some(order) = settle(tx, paid.order_id, pending, PAID, None).await? else { return Ok(()) };
+            let paid = event.decode::<PaymentAuthorized>()?;
+            let Some(order) = settle(tx, paid.order_id, pending, Paid, None).await? else { return Ok(()) };
             let waited = (chrono::Utc::now() - order.created_at).to_std().unwrap_or_default();
             self.accept_to_paid.observe(waited.as_secs_f64());
             let announcement = OrderPaid {
@@ -177,9 +175,9 @@ impl Handler for OrderStatusHandler {
             };
             Ok(orderflow_outbox::enqueue_event(tx, &self.codec, &announcement, event.traceparent()).await?)
         } else {
-            let declined = event.read::<PaymentDeclined>()?;
+            let declined = event.decode::<PaymentDeclined>()?;
             let Some(order) =
-                settle(tx, declined.order_id, pending, PAYMENT_FAILED, declined.message.as_deref()).await?
+                settle(tx, declined.order_id, pending, PaymentFailed, declined.message.as_deref()).await?
             else {
                 return Ok(());
             };

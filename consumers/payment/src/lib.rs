@@ -336,13 +336,13 @@ impl Handler for PaymentHandler {
     /// The provider calls, each committed as intent then outcome, with no transaction open.
     async fn call_out(&self, pool: &PgPool, event: &ConsumedEvent) -> Result<(), Failure> {
         if event.event_type() == OrderCancelled::NAME {
-            let cancelled = event.read::<OrderCancelled>()?;
+            let cancelled = event.decode::<OrderCancelled>()?;
             return match cancelled.refund_required {
                 true => self.call_refund(pool, &cancelled).await,
                 false => Ok(()),
             };
         }
-        self.call_charge(pool, &event.read::<OrderPlaced>()?).await
+        self.call_charge(pool, &event.decode::<OrderPlaced>()?).await
     }
 
     /// Completed provider calls past the horizon (the payments rows keep what they decided);
@@ -367,12 +367,12 @@ impl Handler for PaymentHandler {
     /// The recorded outcome applied: the payment row, its event, with the dedupe row.
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
         if event.event_type() == OrderCancelled::NAME {
-            let cancelled = event.read::<OrderCancelled>()?;
+            let cancelled = event.decode::<OrderCancelled>()?;
             if !cancelled.refund_required {
                 return Ok(());
             }
             return self.apply_refund(tx, event, cancelled).await;
         }
-        self.apply_charge(tx, event, event.read::<OrderPlaced>()?).await
+        self.apply_charge(tx, event, event.decode::<OrderPlaced>()?).await
     }
 }

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     orderflow_payment::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
     let kafka = args.kafka.settings()?;
-    let settings = args.runtime.settings(GROUP, &["orders"], kafka);
+    let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], kafka);
     let mut provider = ProviderSettings::new(&args.provider_url);
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);

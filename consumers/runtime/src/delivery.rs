@@ -10,6 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::Utc;
+use orderflow_schemas::headers::EVENT_ID;
 use rand::Rng;
 use rdkafka::{
     Message,
@@ -63,7 +64,7 @@ async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Res
     let mut skipped = 0;
     for message in batch {
         let headers = headers_of(message);
-        let event_id = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()).ok_or(poison("no event id"))?;
+        let event_id = headers.get(EVENT_ID).and_then(|v| Uuid::parse_str(v).ok()).ok_or(poison("no event id"))?;
         let payload = message.payload().ok_or(poison("no payload"))?;
         let decoded = shared.codec.decode(payload).await.map_err(|e| poison(&e.to_string()))?;
         if !shared.handler.handles(&decoded.event_type) {
@@ -138,7 +139,7 @@ async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>,
             dead_letter(shared, stop, message, origin, reason).await
         }
     };
-    let Some(event_id) = headers.get("event_id").and_then(|v| Uuid::parse_str(v).ok()) else {
+    let Some(event_id) = headers.get(EVENT_ID).and_then(|v| Uuid::parse_str(v).ok()) else {
         let reason = "the record has no valid event_id header".into();
         return dead("missing_event_id".into(), reason, 1, stop.clone()).await;
     };

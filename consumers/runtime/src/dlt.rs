@@ -15,6 +15,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use orderflow_platform::kafka::KafkaSettings;
+use orderflow_schemas::headers;
 use rdkafka::{
     Message,
     message::{Header, Headers, OwnedHeaders, OwnedMessage},
@@ -32,16 +33,8 @@ pub fn retry_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.retry")
 }
 
-/// Header names on retry records.
-pub mod retry_headers {
-    pub const ATTEMPTS: &str = "retry_attempts";
-    pub const DUE_AT_MS: &str = "retry_due_at_ms";
-    pub const ORIGINAL_TOPIC: &str = "retry_original_topic";
-    pub const ORIGINAL_PARTITION: &str = "retry_original_partition";
-    pub const ORIGINAL_OFFSET: &str = "retry_original_offset";
-    pub const FIRST_FAILURE_AT: &str = "retry_first_failure_at";
-    pub const LAST_ERROR: &str = "retry_last_error";
-}
+/// Header names on retry records (the contract lives in `orderflow_schemas::headers`).
+pub use orderflow_schemas::headers::retry as retry_headers;
 
 /// Where a record was first consumed, and its delivery history so far. For a record read from a
 /// retry topic this comes from its `retry_*` headers.
@@ -131,16 +124,17 @@ impl Forwarder {
         let (partition, offset) = (origin.partition.to_string(), origin.offset.to_string());
         let (attempts, first, last) =
             (reason.attempts.to_string(), timestamp(reason.first_failure), timestamp(Utc::now()));
+        use orderflow_schemas::headers::dlt as h;
         let added = [
-            ("dlt_original_topic", origin.topic.as_str()),
-            ("dlt_original_partition", &partition),
-            ("dlt_original_offset", &offset),
-            ("dlt_consumer_group", &self.group),
-            ("dlt_attempts", &attempts),
-            ("dlt_error_class", reason.class),
-            ("dlt_error_message", &message),
-            ("dlt_first_failure_at", &first),
-            ("dlt_last_failure_at", &last),
+            (h::ORIGINAL_TOPIC, origin.topic.as_str()),
+            (h::ORIGINAL_PARTITION, &partition),
+            (h::ORIGINAL_OFFSET, &offset),
+            (h::CONSUMER_GROUP, &self.group),
+            (h::ATTEMPTS, &attempts),
+            (h::ERROR_CLASS, reason.class),
+            (h::ERROR_MESSAGE, &message),
+            (h::FIRST_FAILURE_AT, &first),
+            (h::LAST_FAILURE_AT, &last),
         ];
         self.forward(&topic, original, &added).await
     }
@@ -177,7 +171,8 @@ impl Forwarder {
     async fn forward(&self, topic: &str, original: &OwnedMessage, added: &[(&str, &str)]) -> anyhow::Result<()> {
         let mut headers = OwnedHeaders::new();
         if let Some(existing) = original.headers() {
-            for header in existing.iter().filter(|h| !h.key.starts_with("dlt_") && !h.key.starts_with("retry_")) {
+            let ours = |key: &str| key.starts_with(headers::dlt::PREFIX) || key.starts_with(headers::retry::PREFIX);
+            for header in existing.iter().filter(|h| !ours(h.key)) {
                 headers = headers.insert(Header { key: header.key, value: header.value });
             }
         }

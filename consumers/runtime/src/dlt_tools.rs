@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
 use orderflow_platform::kafka::KafkaSettings;
+use orderflow_schemas::headers;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -64,12 +65,12 @@ pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>>
         out.push(DeadLetter {
             partition: message.partition(),
             offset: message.offset(),
-            event_id: header(&message, "event_id"),
-            event_type: header(&message, "event_type"),
-            original_topic: header(&message, "dlt_original_topic"),
-            error_class: header(&message, "dlt_error_class").unwrap_or_else(|| "unknown".into()),
-            error_message: header(&message, "dlt_error_message").unwrap_or_default(),
-            attempts: header(&message, "dlt_attempts"),
+            event_id: header(&message, headers::EVENT_ID),
+            event_type: header(&message, headers::EVENT_TYPE),
+            original_topic: header(&message, headers::dlt::ORIGINAL_TOPIC),
+            error_class: header(&message, headers::dlt::ERROR_CLASS).unwrap_or_else(|| "unknown".into()),
+            error_message: header(&message, headers::dlt::ERROR_MESSAGE).unwrap_or_default(),
+            attempts: header(&message, headers::dlt::ATTEMPTS),
             message,
         });
     }
@@ -100,11 +101,11 @@ pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> 
     let producer: FutureProducer = kafka.producer("orderflow-dlt-replay", Duration::from_secs(30)).create()?;
     for dead in &chosen {
         let Some(topic) = dead.original_topic.as_deref() else {
-            bail!("{dlt} offset {} has no dlt_original_topic header", dead.offset);
+            bail!("{dlt} offset {} has no {} header", dead.offset, headers::dlt::ORIGINAL_TOPIC);
         };
         let mut headers = OwnedHeaders::new();
         if let Some(existing) = dead.message.headers() {
-            for h in existing.iter().filter(|h| !h.key.starts_with("dlt_")) {
+            for h in existing.iter().filter(|h| !h.key.starts_with(headers::dlt::PREFIX)) {
                 headers = headers.insert(Header { key: h.key, value: h.value });
             }
         }

@@ -54,7 +54,7 @@ mod transaction;
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use orderflow_platform::kafka::KafkaSettings;
-use orderflow_schemas::Decoded;
+use orderflow_schemas::{Decoded, headers};
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -98,7 +98,7 @@ impl ConsumedEvent {
     /// The record as a typed event that meets the order contract; what does not decode or
     /// breaks the contract is poison (`invalid_event`, `contract_violation`, every broken rule
     /// named), dead-lettered at once.
-    pub fn read<E: orderflow_schemas::events::Event>(&self) -> Result<E, Failure> {
+    pub fn decode<E: orderflow_schemas::events::Event>(&self) -> Result<E, Failure> {
         let event = E::from_avro(&self.decoded.value).map_err(|e| Failure::dead("invalid_event", e.to_string()))?;
         orderflow_schemas::contract::check(&event).map_err(|e| Failure::dead("contract_violation", e.to_string()))?;
         Ok(event)
@@ -107,7 +107,7 @@ impl ConsumedEvent {
     /// What an event caused by this record carries as its `traceparent`: this record's span,
     /// or the incoming value when no tracer is installed.
     pub fn traceparent(&self) -> Option<&str> {
-        self.next_traceparent.as_deref().or_else(|| self.headers.get("traceparent").map(String::as_str))
+        self.next_traceparent.as_deref().or_else(|| self.headers.get(headers::TRACEPARENT).map(String::as_str))
     }
 
     pub(crate) fn new(
@@ -133,7 +133,10 @@ impl ConsumedEvent {
             attempt,
             trace_id = tracing::field::Empty,
         );
-        orderflow_platform::trace::continue_trace(&span, headers.get("traceparent").map(String::as_str));
+        orderflow_platform::trace::continue_trace(
+            &span,
+            headers.get(orderflow_schemas::headers::TRACEPARENT).map(String::as_str),
+        );
         let next_traceparent = orderflow_platform::trace::traceparent_of(&span);
         ConsumedEvent {
             topic: topic.to_string(),

@@ -27,6 +27,7 @@ use std::{
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::join_all;
+use orderflow_schemas::headers;
 use rdkafka::{
     ClientConfig, ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
@@ -354,12 +355,12 @@ impl OutboxRelay {
         let version = event.schema_version.to_string();
         let occurred = event.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "event_id", value: Some(&event_id) })
-            .insert(Header { key: "event_type", value: Some(&event.event_type) })
-            .insert(Header { key: "schema_version", value: Some(&version) })
-            .insert(Header { key: "occurred_at", value: Some(&occurred) });
+            .insert(Header { key: headers::EVENT_ID, value: Some(&event_id) })
+            .insert(Header { key: headers::EVENT_TYPE, value: Some(&event.event_type) })
+            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
+            .insert(Header { key: headers::OCCURRED_AT, value: Some(&occurred) });
         if let Some(traceparent) = &event.traceparent {
-            headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
+            headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent) });
         }
         // Per record on the hot path: no allocation without a namespace.
         let topic = match self.settings.namespace.as_str() {
