@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The drain drill (seed 000 §8) on its own stack: payments stopped, N orders accepted, K
+# The drain drill (docs/failure-catalog.md §8) on its own stack: payments stopped, N orders accepted, K
 # payment instances brought back at once against the provider's limit. Arguments go to
 # orderflow-drill: --orders 50000 --instances 4 --limit 200 (the defaults).
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-release}"

@@ -1,4 +1,4 @@
-//! Postgres out of disk (seed 000 §3, issue 16 item 4): the orders database lives in a
+//! Postgres out of disk (docs/failure-catalog.md §3): the orders database lives in a
 //! tablespace on a small tmpfs the test fills; order-api refuses new orders with 503 and
 //! `Retry-After`, nothing is half-written (no order without its OrderPlaced, no event without
 //! its order), and once space returns the same request with the same key is accepted, once.

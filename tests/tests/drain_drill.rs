@@ -1,4 +1,4 @@
-//! The small drain drill (seed 000 §8 at test scale; the full 50,000-order drill is
+//! The small drain drill (docs/failure-catalog.md §8 at test scale; the full 50,000-order drill is
 //! `scripts/drill.sh`): 2,000 orders pile up while the provider is down; two payment instances
 //! start into the outage, then the provider comes back. The backlog drains with the provider's
 //! limit never exceeded, no order charged twice, nothing dead-lettered, none left pending.

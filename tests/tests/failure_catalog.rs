@@ -1,4 +1,4 @@
-//! `docs/failure-catalog.md` stays true: every section of seed 000 and seed 003 has a row per
+//! `docs/failure-catalog.md` stays true: every section of the two seeds it catalogs has a row per
 //! point, every row names a test that exists or gives a `reason:`, and every named test
 //! (`path::name`, Rust `fn` or Python `def`) is in the file it names.
 

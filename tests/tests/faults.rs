@@ -1,6 +1,6 @@
-//! Faults provoked, invariants checked against the providers' ledgers and the databases (issue
-//! 16, item 4; seed 000 §3, §5, §8, §9, §12): the relays' and consumers' databases cut for 15 s
-//! under load; payment SIGKILLed between the provider's charge and its commit; a consumer
+//! Faults provoked, invariants checked against the providers' ledgers and the databases
+//! (docs/failure-catalog.md §3, §5, §8, §9, §12): the relays' and consumers' databases cut for
+//! 15 s under load; payment SIGKILLed between the provider's charge and its commit; a consumer
 //! SIGSTOPped past its session timeout and resumed; an optimistic-concurrency conflict on an
 //! order's status; a duplicate and a stale event replayed late; multi-SKU orders locking in
 //! opposite orders in batches of 100.

@@ -1,4 +1,4 @@
-//! `GET /orders/{id}?wait_for=…` (seed 000 §9.9, eventual consistency a client can live with):
+//! `GET /orders/{id}?wait_for=…` (docs/failure-catalog.md §9, eventual consistency, eventual consistency a client can live with):
 //! many waiters are woken by the order's change through LISTEN/NOTIFY, not by their timeouts; a
 //! wait that times out answers with the order as it is; waiters are bounded per instance (503
 //! with Retry-After beyond); a lost LISTEN connection still wakes them once it is back.

@@ -1,4 +1,4 @@
-//! The payment path through every provider fault the simulator injects (seed 000 §6–§7): once
+//! The payment path through every provider fault the simulator injects (docs/failure-catalog.md §6–§7): once
 //! the fault clears, every order is PAID or PAYMENT_FAILED, charged exactly once per the
 //! provider's ledger (a declined order never approved), every refund given once, nothing
 //! dead-lettered; an outage opens the circuit breaker (the provider sees a trickle, not a

@@ -1,4 +1,4 @@
-//! Retention (issue 16, item 5): dedupe rows and payment's provider-call records past the
+//! Retention (README, "The consumer runtime"): dedupe rows and payment's provider-call records past the
 //! horizon are pruned in batches while the consumer goes on (recent rows and calls still
 //! pending stay); a replay older than the horizon — its dedupe rows gone — is absorbed by the
 //! business keys: no second charge, no second message, no second reservation, no new event.

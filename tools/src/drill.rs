@@ -1,4 +1,4 @@
-//! The drain drill's measures (seed 000 §8: payments down, a backlog, instances come back),
+//! The drain drill's measures (docs/failure-catalog.md §8: payments down, a backlog, instances come back),
 //! shared by `orderflow-drill` and the small drill in the test suite.
 
 use std::{collections::HashMap, fmt};

@@ -3,9 +3,11 @@
 //! rebalances and offset commits.
 //!
 //! Guarantee: at-least-once delivery, effectively-once side effects. For each record:
-//! decode → open a transaction → insert the dedupe row `(group, event_id)` (a duplicate stops
-//! here, and a concurrent duplicate waits on the row lock) → the handler's side effect in the
-//! same transaction → commit → store the offset. Offsets are committed only for records whose
+//! decode (and check the order contract) → the handler's provider calls, if it makes any, with
+//! no transaction open ([`Handler::call_out`]: intent, call, outcome, each committed under an
+//! idempotency key) → open a transaction → insert the dedupe row `(group, event_id)` (a
+//! duplicate stops here, and a concurrent duplicate waits on the row lock) → the handler's side
+//! effect in the same transaction → commit → store the offset. Offsets are committed only for records whose
 //! transaction committed or that were forwarded (retry topic, DLT) with the broker's ack —
 //! periodically, on revoke (after the records in hand finish) and on shutdown.
 //!
@@ -153,7 +155,8 @@ impl ConsumedEvent {
     }
 }
 
-/// A service's reaction to one event, run inside the runtime's transaction.
+/// A service's reaction to one event: [`Handler::handle`] inside the runtime's transaction,
+/// and, for a handler that calls a provider, [`Handler::call_out`] before it with none open.
 pub trait Handler: Send + Sync + 'static {
     /// Whether this service reacts to an event type at all. Others are acknowledged without a
     /// transaction or a dedupe row (one topic carries every lifecycle event).

@@ -1,6 +1,6 @@
 //! Faults the payment simulator injects, switched at runtime (`PUT /admin/faults`, read back with
-//! `GET /admin/faults`), per test. Each mode reproduces one way a real provider fails (seed 000
-//! §6–§8):
+//! `GET /admin/faults`), per test. Each mode reproduces one way a real provider fails
+//! (docs/failure-catalog.md §6–§8):
 //!
 //! | mode | what the caller sees | charged? |
 //! |---|---|---|
@@ -15,7 +15,7 @@
 //! | `api_version_mismatch` | 400 `api_version_mismatch` | no |
 //!
 //! Independently, `transient_timeout_pct` of requests hang for `delay_ms` after charging
-//! (seed 003's 2% of transient timeouts), decided by a random generator seeded with `seed`, so a
+//! (the catalog's flash-sale example: 2% of transient timeouts), decided by a random generator seeded with `seed`, so a
 //! run is repeatable; and `rate_limit_per_sec` answers requests beyond the limit of the current
 //! second with 429 and `Retry-After`.
 //!

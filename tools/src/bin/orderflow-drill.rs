@@ -1,4 +1,4 @@
-//! `orderflow-drill`: seed 000 §8 at a chosen scale. With the payment service stopped, accept
+//! `orderflow-drill`: docs/failure-catalog.md §8 at a chosen scale. With the payment service stopped, accept
 //! N orders (they pile up on `orders`), then start K payment instances at once and watch the
 //! backlog drain against the provider's limit. Live progress every second; at the end the
 //! report: drain time against 1.1 × N / limit, provider requests per second (peak, mean),

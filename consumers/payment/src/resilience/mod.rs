@@ -1,4 +1,4 @@
-//! What stands between the payment service and a failing provider (seed 000 §6–§8, seed 003):
+//! What stands between the payment service and a failing provider (docs/failure-catalog.md §6–§8, docs/failure-catalog.md (delivery discipline)):
 //!
 //! - [`Breaker`]: after `failure_threshold` failures in a row (no answer, 5xx, an error payload)
 //!   the circuit opens and calls fail fast, costing the provider nothing; after `open_for` one
