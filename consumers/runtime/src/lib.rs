@@ -219,22 +219,79 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// The runtime's flags every consumer binary takes (`#[command(flatten)]`).
+/// The runtime's defaults, each written once: [`ConsumerSettings::new`] and the flags
+/// ([`RuntimeArgs`]) both take them from here.
+pub mod defaults {
+    pub const MAX_ATTEMPTS: u32 = 5;
+    pub const BACKOFF_BASE_MS: u64 = 500;
+    pub const BACKOFF_CAP_MS: u64 = 30_000;
+    pub const COMMIT_INTERVAL_MS: u64 = 1_000;
+    pub const PARTITION_QUEUE: usize = 256;
+    pub const MAX_IN_FLIGHT: usize = 32;
+    pub const BATCH_SIZE: usize = 100;
+    pub const CALL_OUT_CONCURRENCY: usize = 16;
+    pub const REVOKE_GRACE_SECS: u64 = 10;
+    pub const LAG_INTERVAL_SECS: u64 = 10;
+    /// Twice Kafka's default topic retention (168 hours).
+    pub const RETENTION_HOURS: u64 = 336;
+    pub const PRUNE_INTERVAL_SECS: u64 = 600;
+    pub const TRANSACTION_IDLE_LIMIT_SECS: u64 = 30;
+}
+
+/// The runtime's flags every consumer binary takes (`#[command(flatten)]`): every knob of
+/// [`ConsumerSettings`], listed in `--help` with its default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
-    /// Hours dedupe rows (and a handler's per-event rows) are kept: longer than the source
-    /// topics' retention (Kafka's default is 168).
-    #[arg(long = "dedupe-retention-hours", env = "ORDERFLOW_DEDUPE_RETENTION_HOURS", default_value_t = 336,
+    /// Handler attempts of a record (its first delivery and its retries) before the DLT.
+    #[arg(long, env = "ORDERFLOW_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// The first retry's backoff ceiling, doubled per attempt (full jitter below it).
+    #[arg(long, env = "ORDERFLOW_BACKOFF_BASE_MS", default_value_t = defaults::BACKOFF_BASE_MS)]
+    pub backoff_base_ms: u64,
+    /// The most any retry or dependency wait backs off.
+    #[arg(long, env = "ORDERFLOW_BACKOFF_CAP_MS", default_value_t = defaults::BACKOFF_CAP_MS)]
+    pub backoff_cap_ms: u64,
+    /// How often stored offsets are committed.
+    #[arg(long, env = "ORDERFLOW_COMMIT_INTERVAL_MS", default_value_t = defaults::COMMIT_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
+    pub commit_interval_ms: u64,
+    /// Records queued per partition; a full queue pauses fetching for that partition.
+    #[arg(long, env = "ORDERFLOW_PARTITION_QUEUE", default_value_t = defaults::PARTITION_QUEUE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub partition_queue: usize,
+    /// Partitions handled at once.
+    #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_in_flight: usize,
+    /// Most records of one partition in one transaction.
+    #[arg(long, env = "ORDERFLOW_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
+    /// Orders of one batch whose provider calls run at once.
+    #[arg(long, env = "ORDERFLOW_CALL_OUT_CONCURRENCY", default_value_t = defaults::CALL_OUT_CONCURRENCY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub call_out_concurrency: usize,
+    /// How long a revocation waits for the revoked partitions' records in hand.
+    #[arg(long, env = "ORDERFLOW_REVOKE_GRACE_SECS", default_value_t = defaults::REVOKE_GRACE_SECS)]
+    pub revoke_grace_secs: u64,
+    /// How often per-partition lag is read from the broker.
+    #[arg(long, env = "ORDERFLOW_LAG_INTERVAL_SECS", default_value_t = defaults::LAG_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lag_interval_secs: u64,
+    /// Hours dedupe rows (and a handler's per-event rows) are kept: longer than the source
+    /// topics' retention.
+    #[arg(long = "dedupe-retention-hours", env = "ORDERFLOW_DEDUPE_RETENTION_HOURS",
+          default_value_t = defaults::RETENTION_HOURS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_hours: u64,
     /// Seconds between two pruning rounds.
-    #[arg(long = "prune-interval-secs", env = "ORDERFLOW_PRUNE_INTERVAL_SECS", default_value_t = 600,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "prune-interval-secs", env = "ORDERFLOW_PRUNE_INTERVAL_SECS",
+          default_value_t = defaults::PRUNE_INTERVAL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub prune_interval_secs: u64,
     /// Seconds a record's transaction may sit idle before Postgres ends it (a frozen or
     /// partitioned consumer must not hold its row locks for ever).
-    #[arg(long = "transaction-idle-limit-secs", env = "ORDERFLOW_TRANSACTION_IDLE_LIMIT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "transaction-idle-limit-secs", env = "ORDERFLOW_TRANSACTION_IDLE_LIMIT_SECS",
+          default_value_t = defaults::TRANSACTION_IDLE_LIMIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub transaction_idle_limit_secs: u64,
 }
 
@@ -242,6 +299,16 @@ impl RuntimeArgs {
     /// The consumer settings for `group` and `topics`, with these flags applied.
     pub fn settings(&self, group: &str, topics: &[&str], kafka: KafkaSettings) -> ConsumerSettings {
         let mut settings = ConsumerSettings::new(group, topics, kafka);
+        settings.max_attempts = self.max_attempts;
+        settings.backoff_base = Duration::from_millis(self.backoff_base_ms);
+        settings.backoff_cap = Duration::from_millis(self.backoff_cap_ms);
+        settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        settings.partition_queue = self.partition_queue;
+        settings.max_in_flight = self.max_in_flight;
+        settings.batch_size = self.batch_size;
+        settings.call_out_concurrency = self.call_out_concurrency;
+        settings.revoke_grace = Duration::from_secs(self.revoke_grace_secs);
+        settings.lag_interval = Duration::from_secs(self.lag_interval_secs);
         settings.retention = Duration::from_secs(self.retention_hours * 3600);
         settings.prune_interval = Duration::from_secs(self.prune_interval_secs);
         settings.transaction_idle_limit = Duration::from_secs(self.transaction_idle_limit_secs);
@@ -299,20 +366,20 @@ impl ConsumerSettings {
             group: kafka.group(group),
             topics: topics.iter().map(|t| kafka.topic(t)).collect(),
             kafka,
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(500),
-            backoff_cap: Duration::from_secs(30),
-            commit_interval: Duration::from_secs(1),
-            partition_queue: 256,
-            max_in_flight: 32,
-            batch_size: 100,
-            call_out_concurrency: 16,
-            revoke_grace: Duration::from_secs(10),
+            max_attempts: defaults::MAX_ATTEMPTS,
+            backoff_base: Duration::from_millis(defaults::BACKOFF_BASE_MS),
+            backoff_cap: Duration::from_millis(defaults::BACKOFF_CAP_MS),
+            commit_interval: Duration::from_millis(defaults::COMMIT_INTERVAL_MS),
+            partition_queue: defaults::PARTITION_QUEUE,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            batch_size: defaults::BATCH_SIZE,
+            call_out_concurrency: defaults::CALL_OUT_CONCURRENCY,
+            revoke_grace: Duration::from_secs(defaults::REVOKE_GRACE_SECS),
             registry: prometheus::Registry::new(),
-            lag_interval: Duration::from_secs(10),
-            retention: Duration::from_secs(14 * 24 * 3600),
-            prune_interval: Duration::from_secs(600),
-            transaction_idle_limit: Duration::from_secs(30),
+            lag_interval: Duration::from_secs(defaults::LAG_INTERVAL_SECS),
+            retention: Duration::from_secs(defaults::RETENTION_HOURS * 3600),
+            prune_interval: Duration::from_secs(defaults::PRUNE_INTERVAL_SECS),
+            transaction_idle_limit: Duration::from_secs(defaults::TRANSACTION_IDLE_LIMIT_SECS),
             ready: Default::default(),
         }
     }
@@ -330,5 +397,57 @@ impl ConsumerSettings {
     /// The group without the namespace: how its retry and DLT topics name it.
     pub(crate) fn logical_group(&self) -> &str {
         self.group.strip_prefix(&self.kafka.namespace).unwrap_or(&self.group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    }
+
+    fn knobs(s: &ConsumerSettings) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?}",
+            s.max_attempts,
+            s.backoff_base,
+            s.backoff_cap,
+            s.commit_interval,
+            s.partition_queue,
+            s.max_in_flight,
+            s.batch_size,
+            s.call_out_concurrency,
+            s.revoke_grace,
+            s.lag_interval,
+            s.retention,
+            s.prune_interval,
+            s.transaction_idle_limit
+        )
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_settings_defaults_and_every_knob_is_settable() {
+        let kafka = KafkaSettings::new("127.0.0.1:1");
+        let plain = ConsumerSettings::new("g", &["t"], kafka.clone());
+        let defaults = Cli::try_parse_from(["consumer"]).unwrap().runtime.settings("g", &["t"], kafka.clone());
+        assert_eq!(knobs(&defaults), knobs(&plain));
+        let set =
+            Cli::try_parse_from(["consumer", "--batch-size", "7", "--max-attempts", "2", "--backoff-cap-ms", "900"])
+                .unwrap()
+                .runtime
+                .settings("g", &["t"], kafka);
+        assert_eq!((set.batch_size, set.max_attempts, set.backoff_cap), (7, 2, Duration::from_millis(900)));
+    }
+
+    #[test]
+    fn a_knob_out_of_range_is_refused_with_its_name() {
+        let error = Cli::try_parse_from(["consumer", "--batch-size", "0"]).err().unwrap().to_string();
+        assert!(error.contains("--batch-size"), "{error}");
     }
 }
