@@ -8,9 +8,20 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::{order_request::OrderRequest, problem::ApiError, status::OrderStatus};
+use crate::{order_request::OrderRequest, status::OrderStatus};
 
 const PENDING_PAYMENT: &str = OrderStatus::PendingPayment.as_str();
+
+/// Why the store did not do what was asked; the routes say what that means over HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("this idempotency key was already used with a different request body")]
+    KeyReused,
+    #[error("the orders database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("an order's lines do not serialize: {0}")]
+    Encoding(#[from] serde_json::Error),
+}
 
 /// The answer to an accepted order; a replay with the same key gets the same one.
 #[derive(Debug, Clone, Serialize)]
@@ -42,12 +53,12 @@ pub struct NewOrder<'a> {
 }
 
 /// Inserts the order and its OrderPlaced event in one transaction, unless the key was used:
-/// then the earlier answer (same body) or [`ApiError::IdempotencyKeyReused`] (other body).
+/// then the earlier answer (same body) or [`StoreError::KeyReused`] (other body).
 /// Concurrent requests with one key meet at the unique index: one inserts, the others wait
 /// for its commit and replay.
-pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, ApiError> {
+pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, StoreError> {
     let mut tx = pool.begin().await?;
-    let lines = serde_json::to_value(&order.request.items).map_err(|e| ApiError::Unavailable(e.into()))?;
+    let lines = serde_json::to_value(&order.request.items)?;
     let inserted = sqlx::query(
         "INSERT INTO orders (order_id, idempotency_key, request_fingerprint, customer_id, customer_email, currency,
                              lines, total_minor, status, traceparent)
@@ -75,7 +86,7 @@ pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, ApiErr
             .await?;
         let fingerprint: Vec<u8> = row.get(1);
         if fingerprint != order.fingerprint {
-            return Err(ApiError::IdempotencyKeyReused);
+            return Err(StoreError::KeyReused);
         }
         return Ok(Intake::Replayed(Accepted::for_order(row.get(0))));
     }
@@ -110,7 +121,7 @@ pub struct OrderView {
     pub history: Vec<StatusChange>,
 }
 
-pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
+pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT customer_id, customer_email, currency, lines, total_minor, status, version, created_at, updated_at,
                 traceparent
