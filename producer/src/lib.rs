@@ -50,14 +50,24 @@ pub struct ApiSettings {
     pub max_waiters: usize,
 }
 
+/// order-api's defaults, written once: [`ApiSettings::default`] and the `order-api` flags take
+/// them from here.
+pub mod defaults {
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    pub const CLIENT_RATE: f64 = 1000.0;
+    pub const CLIENT_BURST: f64 = 2000.0;
+    pub const MAX_WAITERS: usize = 1000;
+    pub const DB_POOL: u32 = 20;
+}
+
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
-            max_body_bytes: 64 * 1024,
-            client_rate: 1000.0,
-            client_burst: 2000.0,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            client_rate: defaults::CLIENT_RATE,
+            client_burst: defaults::CLIENT_BURST,
             registry: prometheus::Registry::new(),
-            max_waiters: 1000,
+            max_waiters: defaults::MAX_WAITERS,
         }
     }
 }

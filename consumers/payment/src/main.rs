@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings};
+use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings, provider::defaults};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -23,23 +23,25 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_PROVIDER_URL", default_value = "http://127.0.0.1:8090")]
     provider_url: String,
     /// Per-attempt timeout of a provider request.
-    #[arg(long, env = "ORDERFLOW_PROVIDER_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "ORDERFLOW_PROVIDER_TIMEOUT_MS", default_value_t = defaults::ATTEMPT_TIMEOUT_MS)]
     provider_timeout_ms: u64,
     /// Overall deadline of one provider call (waits for a token, the request, the ledger read).
-    #[arg(long, env = "ORDERFLOW_PROVIDER_DEADLINE_MS", default_value_t = 15000)]
+    #[arg(long, env = "ORDERFLOW_PROVIDER_DEADLINE_MS", default_value_t = defaults::DEADLINE_MS)]
     provider_deadline_ms: u64,
     /// The provider's request limit per second, shared by every payment instance through a
     /// token bucket in the payments database. Unset: no limit.
     #[arg(long, env = "ORDERFLOW_PROVIDER_RATE_LIMIT")]
     provider_rate_limit: Option<f64>,
     /// Failures in a row that open the circuit breaker.
-    #[arg(long, env = "ORDERFLOW_PROVIDER_BREAKER_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "ORDERFLOW_PROVIDER_BREAKER_FAILURES", default_value_t = defaults::BREAKER_FAILURES,
+          value_parser = clap::value_parser!(u32).range(1..))]
     breaker_failures: u32,
     /// The most provider calls one instance has in flight (the adaptive window's ceiling).
-    #[arg(long, env = "ORDERFLOW_PROVIDER_MAX_WINDOW", default_value_t = 64)]
+    #[arg(long, env = "ORDERFLOW_PROVIDER_MAX_WINDOW", default_value_t = defaults::MAX_WINDOW,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     provider_max_window: usize,
     /// Retries allowed as a share of first requests.
-    #[arg(long, env = "ORDERFLOW_PROVIDER_RETRY_RATIO", default_value_t = 0.1)]
+    #[arg(long, env = "ORDERFLOW_PROVIDER_RETRY_RATIO", default_value_t = defaults::RETRY_RATIO)]
     retry_ratio: f64,
 }
 
@@ -56,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);
     provider.rate_limit_per_sec = args.provider_rate_limit;
-    provider.breaker.failure_threshold = args.breaker_failures.max(1);
+    provider.breaker.failure_threshold = args.breaker_failures;
     provider.max_window = args.provider_max_window;
     provider.retry_ratio = args.retry_ratio;
     // The shared bucket is taken in `call_out`, where no transaction holds a connection: the

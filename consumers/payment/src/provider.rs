@@ -69,16 +69,27 @@ pub struct ProviderSettings {
     pub rate_limit_per_sec: Option<f64>,
 }
 
+/// The provider client's defaults, written once: [`ProviderSettings::new`] and the `payment`
+/// flags take them from here.
+pub mod defaults {
+    pub const ATTEMPT_TIMEOUT_MS: u64 = 5_000;
+    pub const DEADLINE_MS: u64 = 15_000;
+    pub const MAX_WINDOW: usize = 64;
+    pub const RETRY_RATIO: f64 = 0.1;
+    pub const RETRY_FLOOR_PER_SEC: f64 = 2.0;
+    pub const BREAKER_FAILURES: u32 = 5;
+}
+
 impl ProviderSettings {
     pub fn new(base_url: &str) -> Self {
         ProviderSettings {
             base_url: base_url.trim_end_matches('/').into(),
-            attempt_timeout: Duration::from_secs(5),
-            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_millis(defaults::ATTEMPT_TIMEOUT_MS),
+            deadline: Duration::from_millis(defaults::DEADLINE_MS),
             breaker: BreakerSettings::default(),
-            max_window: 64,
-            retry_ratio: 0.1,
-            retry_floor_per_sec: 2.0,
+            max_window: defaults::MAX_WINDOW,
+            retry_ratio: defaults::RETRY_RATIO,
+            retry_floor_per_sec: defaults::RETRY_FLOOR_PER_SEC,
             rate_limit_per_sec: None,
         }
     }

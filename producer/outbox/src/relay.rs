@@ -52,13 +52,22 @@ pub struct RelaySettings {
     pub namespace: String,
 }
 
+/// The relay's defaults, written once: [`RelaySettings::default`] and the `outbox-relay` flags
+/// take them from here.
+pub mod defaults {
+    pub const BATCH_SIZE: i64 = 2000;
+    pub const CONCURRENT_BATCHES: usize = 4;
+    pub const POLL_MS: u64 = 500;
+    pub const MAX_BACKOFF_MS: u64 = 5_000;
+}
+
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch_size: 2000,
-            concurrent_batches: 4,
-            poll_interval: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(5),
+            batch_size: defaults::BATCH_SIZE,
+            concurrent_batches: defaults::CONCURRENT_BATCHES,
+            poll_interval: Duration::from_millis(defaults::POLL_MS),
+            max_backoff: Duration::from_millis(defaults::MAX_BACKOFF_MS),
             namespace: String::new(),
         }
     }

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use orderflow_producer::ApiSettings;
+use orderflow_producer::{ApiSettings, defaults};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -16,18 +16,21 @@ struct Args {
     database_url: String,
     #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
-    #[arg(long, env = "ORDERFLOW_API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, env = "ORDERFLOW_API_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Requests per second per client (X-Client-Id or peer address).
-    #[arg(long, env = "ORDERFLOW_API_CLIENT_RATE", default_value_t = 1000.0)]
+    #[arg(long, env = "ORDERFLOW_API_CLIENT_RATE", default_value_t = defaults::CLIENT_RATE)]
     client_rate: f64,
-    #[arg(long, env = "ORDERFLOW_API_CLIENT_BURST", default_value_t = 2000.0)]
+    /// Requests a client may send at once above its rate.
+    #[arg(long, env = "ORDERFLOW_API_CLIENT_BURST", default_value_t = defaults::CLIENT_BURST)]
     client_burst: f64,
-    #[arg(long, env = "ORDERFLOW_API_DB_POOL", default_value_t = 20)]
+    #[arg(long, env = "ORDERFLOW_API_DB_POOL", default_value_t = defaults::DB_POOL,
+          value_parser = clap::value_parser!(u32).range(1..))]
     db_pool: u32,
     /// Requests that may wait for an order change at once (`GET /orders/{id}?wait_for=…`);
     /// beyond, 503 with Retry-After.
-    #[arg(long, env = "ORDERFLOW_API_MAX_WAITERS", default_value_t = 1000)]
+    #[arg(long, env = "ORDERFLOW_API_MAX_WAITERS", default_value_t = defaults::MAX_WAITERS)]
     max_waiters: usize,
 }
 

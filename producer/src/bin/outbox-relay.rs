@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use orderflow_outbox::{OutboxRelay, RelaySettings};
+use orderflow_outbox::{OutboxRelay, RelaySettings, relay::defaults};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -22,13 +22,20 @@ struct Args {
     /// Topics to create at start-up if missing, `name:partitions,...`.
     #[arg(long, env = "ORDERFLOW_RELAY_ENSURE_TOPICS", default_value = "orders:12,payments:12")]
     ensure_topics: String,
-    #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = 2000)]
+    /// Rows claimed per transaction.
+    #[arg(long, env = "ORDERFLOW_RELAY_BATCH", default_value_t = defaults::BATCH_SIZE,
+          value_parser = clap::value_parser!(i64).range(1..))]
     batch_size: i64,
     /// Batches in flight at once.
-    #[arg(long, env = "ORDERFLOW_RELAY_CONCURRENT_BATCHES", default_value_t = 4)]
+    #[arg(long, env = "ORDERFLOW_RELAY_CONCURRENT_BATCHES", default_value_t = defaults::CONCURRENT_BATCHES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrent_batches: usize,
-    #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = 500)]
+    /// How long to sleep without a notification before looking again.
+    #[arg(long, env = "ORDERFLOW_RELAY_POLL_MS", default_value_t = defaults::POLL_MS)]
     poll_ms: u64,
+    /// Longest backoff after a failed batch.
+    #[arg(long, env = "ORDERFLOW_RELAY_MAX_BACKOFF_MS", default_value_t = defaults::MAX_BACKOFF_MS)]
+    max_backoff_ms: u64,
     /// How long a send may be retried by the producer before the batch gives up on it.
     #[arg(long, env = "ORDERFLOW_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 120_000)]
     delivery_timeout_ms: u64,
@@ -86,8 +93,8 @@ async fn main() -> anyhow::Result<()> {
         batch_size: args.batch_size,
         concurrent_batches: args.concurrent_batches,
         poll_interval: Duration::from_millis(args.poll_ms),
+        max_backoff: Duration::from_millis(args.max_backoff_ms),
         namespace: kafka.namespace.clone(),
-        ..Default::default()
     };
     let (outbox, metrics) = serve_metrics(&pool, &args).await?;
     tracing::info!(outbox, metrics = %args.metrics_listen, "outbox relay started");

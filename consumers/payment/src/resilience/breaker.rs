@@ -17,7 +17,7 @@ pub struct BreakerSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings {
-            failure_threshold: 5,
+            failure_threshold: crate::provider::defaults::BREAKER_FAILURES,
             open_for: Duration::from_secs(1),
             max_open_for: Duration::from_secs(30),
         }
