@@ -5,6 +5,7 @@ pub mod http_metrics;
 pub mod kafka;
 pub mod metrics;
 pub mod migrations;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

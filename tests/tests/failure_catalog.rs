@@ -33,10 +33,12 @@ fn sections(text: &str) -> Vec<(String, Vec<String>)> {
     for line in text.lines() {
         if line.starts_with("## ") {
             out.push((line.to_string(), Vec::new()));
-        } else if line.starts_with("| ") && !line.starts_with("| failure point") && !line.starts_with("| rule ") {
-            if let Some((_, rows)) = out.last_mut() {
-                rows.push(line.to_string());
-            }
+        } else if line.starts_with("| ")
+            && !line.starts_with("| failure point")
+            && !line.starts_with("| rule ")
+            && let Some((_, rows)) = out.last_mut()
+        {
+            rows.push(line.to_string());
         }
     }
     out

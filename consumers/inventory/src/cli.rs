@@ -8,12 +8,8 @@
 //! inventory stock show
 //! ```
 
-use std::{sync::Arc, time::Duration};
-
 use crate::{GROUP, InventoryHandler};
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(name = "inventory", about = "Reserves stock for paid orders; seeds and shows stock")]
@@ -21,11 +17,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_INVENTORY_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     #[command(flatten)]
-    kafka: orderflow_platform::kafka::KafkaArgs,
-    #[command(flatten)]
-    runtime: orderflow_consumer_runtime::RuntimeArgs,
-    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-    registry_url: String,
+    consumer: orderflow_consumer_runtime::ConsumerArgs,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
     #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9103")]
     metrics_listen: String,
@@ -68,11 +60,7 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("inventory");
-    let pool = PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&args.database_url)
-        .await
-        .context("connecting to the inventory database")?;
+    let pool = orderflow_platform::service::connect(&args.database_url, 20, "inventory").await?;
     crate::migrate(&pool).await?;
     match args.command {
         Some(Command::Stock(StockCommand::Set { levels })) => {
@@ -87,9 +75,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+            let codec = args.consumer.codec()?;
             let handler = InventoryHandler { codec: codec.clone() };
-            let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], args.kafka.settings()?);
+            let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
             orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
         }
     }

@@ -1,10 +1,7 @@
 //! `order-service`: applies payment outcomes to orders (group `order-service`).
 
-use std::{sync::Arc, time::Duration};
-
 use clap::Parser;
 use orderflow_order_service::{GROUP, OrderStatusHandler};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(name = "order-service", about = "Applies payment outcomes to orders")]
@@ -12,11 +9,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     #[command(flatten)]
-    kafka: orderflow_platform::kafka::KafkaArgs,
-    #[command(flatten)]
-    runtime: orderflow_consumer_runtime::RuntimeArgs,
-    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-    registry_url: String,
+    consumer: orderflow_consumer_runtime::ConsumerArgs,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
     #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
     metrics_listen: String,
@@ -26,11 +19,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("order-service");
     let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
+    let pool = orderflow_platform::service::connect(&args.database_url, 20, "orders").await?;
     orderflow_order_service::migrate(&pool).await?;
-    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
-    let kafka = args.kafka.settings()?;
-    let settings = args.runtime.settings(GROUP, &orderflow_order_service::TOPICS, kafka);
+    let codec = args.consumer.codec()?;
+    let settings = args.consumer.settings(GROUP, &orderflow_order_service::TOPICS)?;
     let handler = OrderStatusHandler::new(codec.clone(), &settings.registry)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -1,10 +1,9 @@
 //! `payment`: the payment consumer (group `payment`).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings, provider::defaults};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(name = "payment", about = "Charges placed orders through the payment provider")]
@@ -12,11 +11,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_PAYMENTS_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     #[command(flatten)]
-    kafka: orderflow_platform::kafka::KafkaArgs,
-    #[command(flatten)]
-    runtime: orderflow_consumer_runtime::RuntimeArgs,
-    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-    registry_url: String,
+    consumer: orderflow_consumer_runtime::ConsumerArgs,
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
     #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     metrics_listen: String,
@@ -49,11 +44,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("payment");
     let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
+    let pool = orderflow_platform::service::connect(&args.database_url, 20, "payments").await?;
     orderflow_payment::migrate(&pool).await?;
-    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
-    let kafka = args.kafka.settings()?;
-    let settings = args.runtime.settings(GROUP, &[orderflow_schemas::topics::ORDERS], kafka);
+    let codec = args.consumer.codec()?;
+    let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
     let mut provider = ProviderSettings::new(&args.provider_url);
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);

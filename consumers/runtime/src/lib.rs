@@ -219,6 +219,31 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// The flags every consumer binary takes besides its database and its own (`#[command(flatten)]`):
+/// Kafka, the runtime's knobs, the schema registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    #[command(flatten)]
+    pub kafka: orderflow_platform::kafka::KafkaArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub registry: orderflow_platform::service::RegistryArgs,
+}
+
+impl ConsumerArgs {
+    /// The settings for consuming `topics` (logical names) as `group`.
+    pub fn settings(&self, group: &str, topics: &[&str]) -> anyhow::Result<ConsumerSettings> {
+        Ok(self.runtime.settings(group, topics, self.kafka.settings()?))
+    }
+
+    /// The event codec on the registry.
+    pub fn codec(&self) -> anyhow::Result<std::sync::Arc<orderflow_schemas::EventCodec>> {
+        let codec = orderflow_schemas::EventCodec::new(&self.registry.url, Duration::from_secs(5))?;
+        Ok(std::sync::Arc::new(codec))
+    }
+}
+
 /// The runtime's defaults, each written once: [`ConsumerSettings::new`] and the flags
 /// ([`RuntimeArgs`]) both take them from here.
 pub mod defaults {
