@@ -14,8 +14,8 @@ struct Args {
     /// Orders database (never logged).
     #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-    registry_url: String,
+    #[command(flatten)]
+    registry: orderflow_platform::service::RegistryArgs,
     /// Largest request body accepted (413 beyond).
     #[arg(long, env = "ORDERFLOW_API_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the orders database: {e}"))?;
     orderflow_producer::migrate(&pool).await?;
-    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry.url, Duration::from_secs(5))?);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -1,0 +1,40 @@
+# What a fresh machine lacks: Debian packages and the Python tools (a virtualenv).
+# Sourced by scripts/lib.sh (which sets ROOT, the ORDERFLOW_* defaults, log and die).
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+# Debian packages the build and the local stack need.
+ensure_apt_packages() {
+    # prometheus: promtool checks the alert rules, and the dashboards are tested on a live server.
+    # docker-compose: `docker-compose config` checks docker-compose.yml (no Docker engine needed).
+    # python3-venv: the deployment tests' own Python environment (ensure_python_tools).
+    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates
+        python3 python3-venv prometheus docker-compose)
+    local missing=()
+    for p in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# The deployment tests' Python packages, pinned, in a virtualenv of the project's own (Debian's
+# Python refuses system-wide pip installs). Exports ORDERFLOW_PYTHON.
+PYTHON_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2)
+ensure_python_tools() {
+    local venv="${ORDERFLOW_VENV:-$HOME/.cache/orderflow/venv}"
+    export ORDERFLOW_PYTHON="$venv/bin/python"
+    if [ -x "$ORDERFLOW_PYTHON" ] && "$ORDERFLOW_PYTHON" - "${PYTHON_TOOLS[@]}" <<'PY' 2>/dev/null; then return; fi
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (a.split("==") for a in sys.argv[1:])))
+PY
+    log "installing the deployment tests' Python packages into $venv"
+    [ -x "$ORDERFLOW_PYTHON" ] || python3 -m venv "$venv" || die "cannot create a virtualenv (Debian: apt-get install python3-venv)"
+    "$ORDERFLOW_PYTHON" -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
+}
