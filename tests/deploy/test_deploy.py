@@ -490,7 +490,7 @@ class Connector(unittest.TestCase):
     def outbox_columns(self) -> set[str]:
         """The outbox table's columns as the migrations leave them (CREATE, then ALTER ADD/DROP)."""
         columns: set[str] = set()
-        for sql in sorted((ROOT / "producer" / "outbox" / "migrations").glob("*.sql")):
+        for sql in sorted((ROOT / "outbox" / "migrations").glob("*.sql")):
             text = re.sub(r"--[^\n]*", "", sql.read_text())
             create = re.search(r"CREATE TABLE\s+outbox\s*\((.*?)\);", text, re.S | re.I)
             if create:
@@ -526,7 +526,7 @@ class Connector(unittest.TestCase):
         self.assertEqual(config["table.include.list"], "public.outbox")
 
     def test_the_relay_sets_the_same_headers(self):
-        relay = (ROOT / "producer" / "outbox" / "src" / "relay.rs").read_text()
+        relay = (ROOT / "outbox" / "src" / "relay.rs").read_text()
         config = json.loads((ROOT / "connect" / "outbox-connector.json").read_text())
         headers = {e.split(":")[2] for e in config["transforms.outbox.table.fields.additional.placement"].split(",")}
         # The relay names its headers from the contract module (orderflow_schemas::headers).
