@@ -13,13 +13,9 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-debug}"
 export ORDERFLOW_STATE_DIR="${ORDERFLOW_STATE_DIR:-/var/tmp/orderflow}"
 export ORDERFLOW_PG_PORT="${ORDERFLOW_PG_PORT:-55432}"
-export ORDERFLOW_REGISTRY_PORT="${ORDERFLOW_REGISTRY_PORT:-18081}"
 export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_KAFKA_PORT:-19092}"
-export ORDERFLOW_API_PORT="${ORDERFLOW_API_PORT:-18080}"
-export ORDERFLOW_SIMULATOR_PORT="${ORDERFLOW_SIMULATOR_PORT:-18090}"
-export ORDERFLOW_SIMULATOR_ADMIN_PORT="${ORDERFLOW_SIMULATOR_ADMIN_PORT:-18089}"
-export ORDERFLOW_NOTIFY_SIMULATOR_PORT="${ORDERFLOW_NOTIFY_SIMULATOR_PORT:-18091}"
-export ORDERFLOW_ANALYTICS_PORT="${ORDERFLOW_ANALYTICS_PORT:-18082}"
+# Every service's local port is this plus its offset in ops/services.toml (order-api: +80).
+export ORDERFLOW_PORT_BASE="${ORDERFLOW_PORT_BASE:-18000}"
 # Database names are <prefix>_orders, <prefix>_payments, … (the benchmark uses its own).
 export ORDERFLOW_DB_PREFIX="${ORDERFLOW_DB_PREFIX:-orderflow}"
 # The broker's controller listener (KRaft); the broker itself is on ORDERFLOW_KAFKA_PORT.

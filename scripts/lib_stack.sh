@@ -28,23 +28,6 @@ launch() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_process NAME COMMAND...: a service without an HTTP health endpoint (relays, consumers).
-# Reused when its pid file names a live process; otherwise started and checked to stay up.
-start_process() {
-    local name="$1"; shift
-    local run="$ORDERFLOW_STATE_DIR/run"
-    mkdir -p "$run"
-    if [ -s "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
-        log "reusing $name (pid $(cat "$run/$name.pid"))"
-        return
-    fi
-    launch "$name" "$@"
-    local pid="${STARTED_PIDS[-1]}"
-    sleep 1
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$run/$name.log" >&2; die "$name exited at start"; }
-}
-
-
 # The bench's and the drill's own stack, from empty: installs what is missing, builds, drops
 # the $ORDERFLOW_DB_PREFIX databases and the broker's log (unless a broker already runs on the
 # port), then starts every service. The caller sets the EXIT trap that stops them.
@@ -61,67 +44,68 @@ start_fresh_stack() {
 
 # Drops the $ORDERFLOW_DB_PREFIX databases, so the stack starts from empty.
 drop_stack_databases() {
-    local db
-    for db in orders payments registry simulator inventory notifications analytics notify_simulator; do
+    local db databases
+    databases="$(python3 "$ROOT/scripts/manifest.py" databases)" || die "the service manifest is broken (above)"
+    for db in $databases; do
         psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"${ORDERFLOW_DB_PREFIX}_$db\" with (force)" >/dev/null
     done
 }
 
-# Every orderflow service, each on its own database; exports the URLs the tools need.
+# Every service of the manifest (ops/services.toml), in its order, each on its own database and
+# ports (ORDERFLOW_PORT_BASE + the manifest's offset); ORDERFLOW_SKIP_SERVICES="a b" leaves some
+# out (the drill starts its own payment instances). Exports each listener's url_env and each
+# database's ORDERFLOW_<DATABASE>_DATABASE_URL for the tools and the services started after it.
 start_stack() {
-    local bin="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE"
-    export ORDERFLOW_REGISTRY_URL="http://127.0.0.1:$ORDERFLOW_REGISTRY_PORT"
-    export ORDERFLOW_API_URL="http://127.0.0.1:$ORDERFLOW_API_PORT"
-    export ORDERFLOW_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_PORT"
-    export ORDERFLOW_PROVIDER_ADMIN_URL="http://127.0.0.1:$ORDERFLOW_SIMULATOR_ADMIN_PORT"
-    export ORDERFLOW_ORDERS_DATABASE_URL ORDERFLOW_PAYMENTS_DATABASE_URL
-    ORDERFLOW_ORDERS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_orders")"
-    ORDERFLOW_PAYMENTS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_payments")"
+    local lines line name binary database database_env health listens env_list
+    lines="$(python3 "$ROOT/scripts/manifest.py" shell)" || die "the service manifest is broken (above)"
+    mapfile -t lines <<<"$lines"
+    for line in "${lines[@]}"; do
+        IFS='|' read -r name binary database database_env health listens env_list <<<"$line"
+        if [[ " ${ORDERFLOW_SKIP_SERVICES:-} " == *" $name "* ]]; then
+            log "not starting $name (ORDERFLOW_SKIP_SERVICES)"
+            continue
+        fi
+        start_manifest_service "$name" "$binary" "$database" "$database_env" "$health" "$listens" "$env_list"
+    done
+}
 
-    ORDERFLOW_REGISTRY_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_registry")" \
-    ORDERFLOW_REGISTRY_LISTEN="127.0.0.1:$ORDERFLOW_REGISTRY_PORT" \
-        start_service registry "$ORDERFLOW_REGISTRY_URL/healthz" "$bin/orderflow-registry"
-    (cd "$ROOT" && "$bin/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
-    ORDERFLOW_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_simulator")" \
-    ORDERFLOW_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_PORT" \
-    ORDERFLOW_SIMULATOR_ADMIN_LISTEN="127.0.0.1:$ORDERFLOW_SIMULATOR_ADMIN_PORT" \
-        start_service payment-simulator "$ORDERFLOW_PROVIDER_URL/healthz" "$bin/payment-simulator"
-    ORDERFLOW_API_LISTEN="127.0.0.1:$ORDERFLOW_API_PORT" \
-        start_service order-api "$ORDERFLOW_API_URL/readyz" "$bin/order-api"
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_ORDERS_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=orders \
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 25))" start_process relay-orders "$bin/outbox-relay"
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_PAYMENTS_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=payments \
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 26))" start_process relay-payments "$bin/outbox-relay"
-    # The drill starts its own payment instances.
-    if [ "${ORDERFLOW_START_PAYMENT:-1}" = 1 ]; then
-        ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 21))" start_process payment "$bin/payment"
+# start_manifest_service NAME BINARY DATABASE DATABASE_ENV HEALTH LISTENS ENV: one manifest line.
+start_manifest_service() {
+    local name="$1" binary="$2" database="$3" database_env="$4" health="$5" listens="$6" env_list="$7"
+    local vars=() listeners=() settings=() url listener env offset url_env port first_port="" setting
+    if [ -n "$database" ]; then
+        url="$(ensure_database "${ORDERFLOW_DB_PREFIX}_$database")"
+        export "ORDERFLOW_${database^^}_DATABASE_URL=$url"
+        vars+=("$database_env=$url")
     fi
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 22))" start_process order-service "$bin/order-service"
+    IFS=',' read -ra listeners <<<"$listens"
+    for listener in "${listeners[@]}"; do
+        IFS=':' read -r env offset url_env <<<"$listener"
+        port=$((ORDERFLOW_PORT_BASE + offset))
+        first_port="${first_port:-$port}"
+        vars+=("$env=127.0.0.1:$port")
+        [ -z "$url_env" ] || export "$url_env=http://127.0.0.1:$port"
+    done
+    if [ -n "$env_list" ]; then
+        IFS=',' read -ra settings <<<"$env_list"
+        for setting in "${settings[@]}"; do vars+=("$setting"); done
+    fi
+    if declare -F "before_start_${name//-/_}" >/dev/null; then "before_start_${name//-/_}"; fi
+    start_service "$name" "http://127.0.0.1:$first_port$health" env "${vars[@]}" "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/$binary"
+    if declare -F "after_start_${name//-/_}" >/dev/null; then "after_start_${name//-/_}"; fi
+}
 
-    export ORDERFLOW_INVENTORY_DATABASE_URL ORDERFLOW_NOTIFICATIONS_DATABASE_URL ORDERFLOW_ANALYTICS_DATABASE_URL
-    ORDERFLOW_INVENTORY_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_inventory")"
-    ORDERFLOW_NOTIFICATIONS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notifications")"
-    ORDERFLOW_ANALYTICS_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_analytics")"
-    export ORDERFLOW_NOTIFY_PROVIDER_URL="http://127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT"
-    export ORDERFLOW_ANALYTICS_URL="http://127.0.0.1:$ORDERFLOW_ANALYTICS_PORT"
-    # First start only: stock for every SKU the demo orders (later runs keep what is left).
-    if [ -z "$("$bin/inventory" stock show)" ]; then
-        "$bin/inventory" stock set "${ORDERFLOW_DEMO_STOCK[@]}" >/dev/null
+# The stack's two set-up steps: every event schema once the registry is up; opening stock before
+# inventory first starts (later runs keep what is left).
+after_start_registry() {
+    (cd "$ROOT" && "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
+}
+
+before_start_inventory() {
+    local inventory="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/inventory"
+    if [ -z "$("$inventory" stock show)" ]; then
+        "$inventory" stock set "${ORDERFLOW_DEMO_STOCK[@]}" >/dev/null
     fi
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 23))" start_process inventory "$bin/inventory"
-    # inventory's outbox (InventoryShortage) needs its relay like the other two.
-    ORDERFLOW_OUTBOX_DATABASE_URL="$ORDERFLOW_INVENTORY_DATABASE_URL" ORDERFLOW_OUTBOX_NAME=inventory \
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 27))" start_process relay-inventory "$bin/outbox-relay"
-    ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL="$(ensure_database "${ORDERFLOW_DB_PREFIX}_notify_simulator")" \
-    ORDERFLOW_NOTIFY_SIMULATOR_LISTEN="127.0.0.1:$ORDERFLOW_NOTIFY_SIMULATOR_PORT" \
-        start_service notification-simulator "$ORDERFLOW_NOTIFY_PROVIDER_URL/healthz" "$bin/notification-simulator"
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 24))" start_process notifications "$bin/notifications"
-    ORDERFLOW_ANALYTICS_LISTEN="127.0.0.1:$ORDERFLOW_ANALYTICS_PORT" \
-        start_service analytics "$ORDERFLOW_ANALYTICS_URL/healthz" "$bin/analytics"
-    # Lag per group and partition, read from the broker (demo: :18108/metrics).
-    export ORDERFLOW_LAG_EXPORTER_URL="http://127.0.0.1:$((ORDERFLOW_API_PORT + 28))"
-    ORDERFLOW_METRICS_LISTEN="127.0.0.1:$((ORDERFLOW_API_PORT + 28))" \
-        start_service lag-exporter "$ORDERFLOW_LAG_EXPORTER_URL/healthz" "$bin/lag-exporter"
 }
 
 # Opening stock for the demo's SKUs (tools/src/lib.rs): enough for minutes of orders, not for

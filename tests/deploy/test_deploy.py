@@ -205,21 +205,6 @@ class ReviewersChecks(unittest.TestCase):
                         if env["name"].endswith("DATABASE_URL") or env["name"] == "ORDERFLOW_KAFKA_PROPERTIES":
                             self.assertIn("secretKeyRef", env.get("valueFrom", {}), f'{c["name"]}: {env["name"]} must come from a Secret')
 
-    def test_each_service_gets_only_its_own_database(self):
-        own = {"order-api": "orders-url", "order-service": "orders-url", "payment": "payments-url",
-               "inventory": "inventory-url", "notifications": "notifications-url", "analytics": "analytics-url",
-               "registry": "registry-url", "relay-orders": "orders-url", "relay-payments": "payments-url",
-               "relay-inventory": "inventory-url", "lag-exporter": None}
-        for d in self.docs:
-            if d["kind"] != "Deployment":
-                continue
-            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
-            if component not in own:
-                continue
-            keys = [e["valueFrom"]["secretKeyRef"]["key"] for c in d["spec"]["template"]["spec"]["containers"]
-                    for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-            self.assertEqual(keys, [own[component]] if own[component] else [], component)
-
     def test_keda_never_scales_a_group_past_its_partitions(self):
         for values, docs in ((EVERYTHING, self.docs), (PRODUCTION, self.production)):
             merged = merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)

@@ -2,8 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use orderflow_order_api::ApiSettings;
 use orderflow_outbox::{OutboxRelay, RelaySettings};
-use orderflow_producer::ApiSettings;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -32,13 +32,13 @@ impl TestApi {
     pub async fn spawn_on(db: TestDatabase, settings: ApiSettings) -> TestApi {
         let registry = TestRegistry::spawn().await;
         let pool = db.pool().await;
-        orderflow_producer::migrate(&pool).await.expect("migrate orders db");
+        orderflow_order_api::migrate(&pool).await.expect("migrate orders db");
         let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let api_pool = pool.clone();
         let running =
-            Running::spawn(move |stop| orderflow_producer::run_api(listener, api_pool, codec, settings, stop));
+            Running::spawn(move |stop| orderflow_order_api::run_api(listener, api_pool, codec, settings, stop));
         TestApi { url, pool, db, registry, http: reqwest::Client::new(), _running: running }
     }
 
@@ -81,6 +81,8 @@ pub fn sample_order(customer: &str) -> Value {
 pub struct TestRelay {
     running: Running,
     pub registry: prometheus::Registry,
+    /// The outbox it relays (its metrics' `outbox` label).
+    pub outbox: String,
 }
 
 impl TestRelay {
@@ -102,7 +104,7 @@ impl TestRelay {
                 () = metrics.sample_backlog(pool, Duration::from_millis(100)) => Ok(()),
             }
         });
-        TestRelay { running, registry }
+        TestRelay { running, registry, outbox: name.to_string() }
     }
 
     pub async fn stop(self) {

@@ -228,7 +228,7 @@ impl TestStack {
     pub fn start_inventory(&mut self) {
         let codec = self.codec();
         let handler = orderflow_inventory::InventoryHandler { codec: codec.clone() };
-        let settings = self.consumer_settings(orderflow_inventory::GROUP, &["orders"]);
+        let settings = self.consumer_settings(orderflow_inventory::GROUP, &orderflow_inventory::TOPICS);
         self.metrics.push((orderflow_inventory::GROUP.into(), settings.registry.clone()));
         let pool = self.service_pools[2].clone();
         self.parts
@@ -245,7 +245,7 @@ impl TestStack {
         let handler = orderflow_notifications::NotificationHandler {
             provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout),
         };
-        let settings = self.consumer_settings(orderflow_notifications::GROUP, &["orders"]);
+        let settings = self.consumer_settings(orderflow_notifications::GROUP, &orderflow_notifications::TOPICS);
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));
         let (codec, p) = (self.codec(), pool.clone());
         self.parts.push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, p, codec, handler, stop)));
@@ -265,7 +265,7 @@ impl TestStack {
             axum::serve(listener, routes).with_graceful_shutdown(stop).await?;
             Ok(())
         }));
-        let settings = self.consumer_settings(orderflow_analytics::GROUP, &["orders"]);
+        let settings = self.consumer_settings(orderflow_analytics::GROUP, &orderflow_analytics::TOPICS);
         self.metrics.push((orderflow_analytics::GROUP.into(), settings.registry.clone()));
         let (codec, p) = (self.codec(), pool.clone());
         self.parts.push(Running::spawn(move |stop| {
@@ -324,7 +324,7 @@ impl TestStack {
     /// Starts a payment instance on a pool of the test's choosing (its size, its timeouts).
     pub async fn start_payment_on(&mut self, provider: ProviderSettings, pool: PgPool) -> String {
         let codec = self.codec();
-        let settings = self.consumer_settings(orderflow_payment::GROUP, &["orders"]);
+        let settings = self.consumer_settings(orderflow_payment::GROUP, &orderflow_payment::TOPICS);
         let limits = match provider.rate_limit_per_sec {
             Some(_) => Some(self.payments_db.pool().await),
             None => None,

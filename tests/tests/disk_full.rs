@@ -6,7 +6,7 @@
 
 use std::{io::Write, path::PathBuf, process::Command, time::Duration};
 
-use orderflow_producer::ApiSettings;
+use orderflow_order_api::ApiSettings;
 use orderflow_tests::{
     TestDatabase,
     intake::{TestApi, sample_order},

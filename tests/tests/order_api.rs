@@ -1,6 +1,6 @@
 //! order-api over real HTTP on a real Postgres: intake, idempotency, validation, limits, status.
 
-use orderflow_producer::ApiSettings;
+use orderflow_order_api::ApiSettings;
 use orderflow_tests::intake::{TestApi, sample_order};
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use orderflow_producer::ApiSettings;
+use orderflow_order_api::ApiSettings;
 use orderflow_tests::intake::{TestApi, eventually};
 use serde_json::Value;
 use uuid::Uuid;

@@ -21,6 +21,8 @@ use uuid::Uuid;
 pub mod http;
 
 pub const GROUP: &str = "analytics";
+/// The topics the group reads.
+pub const TOPICS: [&str; 1] = [orderflow_schemas::topics::ORDERS];
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_consumer_runtime::migrate(pool).await?;

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "analytics").await?;
     orderflow_analytics::migrate(&pool).await?;
     let codec = args.consumer.codec()?;
-    let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
+    let settings = args.consumer.settings(GROUP, &orderflow_analytics::TOPICS)?;
     let routes = orderflow_analytics::http::router(pool.clone());
     orderflow_consumer_runtime::run_service_with(settings, pool, codec, AnalyticsHandler, &args.listen, routes).await
 }

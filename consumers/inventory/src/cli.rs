@@ -8,7 +8,7 @@
 //! inventory stock show
 //! ```
 
-use crate::{GROUP, InventoryHandler};
+use crate::{GROUP, InventoryHandler, TOPICS};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -77,7 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let codec = args.consumer.codec()?;
             let handler = InventoryHandler { codec: codec.clone() };
-            let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
+            let settings = args.consumer.settings(GROUP, &TOPICS)?;
             orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
         }
     }

@@ -23,6 +23,8 @@ use orderflow_schemas::{
 use sqlx::{PgConnection, PgPool};
 
 pub const GROUP: &str = "inventory";
+/// The topics the group reads.
+pub const TOPICS: [&str; 1] = [orderflow_schemas::topics::ORDERS];
 
 /// Stock, reservations, outbox and dedupe migrations.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

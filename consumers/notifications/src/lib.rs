@@ -21,6 +21,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub const GROUP: &str = "notifications";
+/// The topics the group reads.
+pub const TOPICS: [&str; 1] = [orderflow_schemas::topics::ORDERS];
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     orderflow_consumer_runtime::migrate(pool).await?;

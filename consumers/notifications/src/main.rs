@@ -31,6 +31,6 @@ async fn main() -> anyhow::Result<()> {
     let codec = args.consumer.codec()?;
     let provider = NotificationClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms));
     let handler = NotificationHandler { provider };
-    let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
+    let settings = args.consumer.settings(GROUP, &orderflow_notifications::TOPICS)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -33,6 +33,8 @@ use uuid::Uuid;
 pub use provider::{ChargeError, ChargeOutcome, PaymentProviderClient, ProviderSettings};
 
 pub const GROUP: &str = "payment";
+/// The topics the group reads.
+pub const TOPICS: [&str; 1] = [orderflow_schemas::topics::ORDERS];
 
 /// Payment ids are derived from the order, so every attempt names the same payment.
 const PAYMENT_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_7061_796d_656e);

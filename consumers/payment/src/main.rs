@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "payments").await?;
     orderflow_payment::migrate(&pool).await?;
     let codec = args.consumer.codec()?;
-    let settings = args.consumer.settings(GROUP, &[orderflow_schemas::topics::ORDERS])?;
+    let settings = args.consumer.settings(GROUP, &orderflow_payment::TOPICS)?;
     let mut provider = ProviderSettings::new(&args.provider_url);
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);

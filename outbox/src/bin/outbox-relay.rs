@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use orderflow_outbox::{OutboxRelay, RelaySettings, relay::defaults};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(name = "outbox-relay", about = "Publish a transactional outbox to Kafka")]
@@ -63,12 +62,9 @@ enum Mode {
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("outbox-relay");
     let args = Args::parse();
-    let pool = PgPoolOptions::new()
-        // One per claim loop, one for LISTEN, one for clean-up.
-        .max_connections(args.concurrent_batches as u32 + 2)
-        .connect(&args.database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the outbox database: {e}"))?;
+    // One connection per claim loop, one for LISTEN, one for clean-up.
+    let pool =
+        orderflow_platform::service::connect(&args.database_url, args.concurrent_batches as u32 + 2, "outbox").await?;
     orderflow_outbox::migrate(&pool).await?;
     if args.mode == Mode::Prune {
         let result = prune(&pool, &args).await;

@@ -88,7 +88,7 @@ END;
 
 async fn baseline(args: &Args) -> anyhow::Result<f64> {
     let (url, pool) = scratch_database(&args.admin_url, "orderflow_bench_baseline").await?;
-    orderflow_producer::migrate(&pool).await?;
+    orderflow_orders::migrate(&pool).await?;
     let script = std::env::temp_dir().join("orderflow-bench-intake.sql");
     std::fs::write(&script, PGBENCH_SCRIPT)?;
     let output = Command::new("pgbench")

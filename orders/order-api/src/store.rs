@@ -8,7 +8,9 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::{order_request::OrderRequest, status::OrderStatus};
+use orderflow_orders::OrderStatus;
+
+use crate::order_request::OrderRequest;
 
 const PENDING_PAYMENT: &str = OrderStatus::PendingPayment.as_str();
 

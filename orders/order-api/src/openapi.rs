@@ -6,7 +6,9 @@ use orderflow_schemas::contract::{
 };
 use serde_json::{Value, json};
 
-use crate::{status::OrderStatus, waiters};
+use orderflow_orders::OrderStatus;
+
+use crate::waiters;
 
 fn problem(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use orderflow_producer::{ApiSettings, defaults};
+use orderflow_order_api::{ApiSettings, defaults};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         .connect(&args.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the orders database: {e}"))?;
-    orderflow_producer::migrate(&pool).await?;
+    orderflow_order_api::migrate(&pool).await?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry.url, Duration::from_secs(5))?);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let result =
-        orderflow_producer::run_api(listener, pool, codec, settings, orderflow_platform::shutdown::shutdown_signal())
+        orderflow_order_api::run_api(listener, pool, codec, settings, orderflow_platform::shutdown::shutdown_signal())
             .await;
     orderflow_platform::telemetry::shutdown();
     result

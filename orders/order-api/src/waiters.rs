@@ -17,12 +17,11 @@ use std::{
     time::Duration,
 };
 
+use orderflow_orders::OrderStatus;
 use prometheus::IntGauge;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
-
-use crate::status::OrderStatus;
 
 pub const CHANNEL: &str = "orderflow_order_changed";
 

@@ -1,17 +1,14 @@
-//! orderflow's producer side.
-//!
-//! - order-api ([`run_api`]): `POST /orders` writes the order and its OrderPlaced event in one
-//!   Postgres transaction (the outbox), idempotent per `Idempotency-Key`; `GET /orders/{id}`.
-//!   A 202 means both are committed: nothing accepted is lost. `GET /orders/{id}?wait_for=…`
-//!   waits for a change, woken by LISTEN/NOTIFY ([`waiters`]).
-//! - outbox-relay: see `orderflow_outbox::relay`; the binary lives here.
+//! order-api ([`run_api`]), the orders domain's intake: `POST /orders` writes the order and its
+//! OrderPlaced event in one Postgres transaction (the outbox), idempotent per `Idempotency-Key`;
+//! `GET /orders/{id}` serves its status and history. A 202 means both are committed: nothing
+//! accepted is lost. `GET /orders/{id}?wait_for=…` waits for a change, woken by LISTEN/NOTIFY
+//! ([`waiters`]). The status itself is moved by order-service (`orders/order-service/`).
 
 pub mod openapi;
 pub mod order_request;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
-pub mod status;
 pub mod store;
 pub mod waiters;
 
@@ -26,17 +23,12 @@ use std::{
 };
 
 use anyhow::Context;
+pub use orderflow_orders::migrate;
 use orderflow_schemas::{EventCodec, events::Event};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::rate_limit::ClientRateLimiter;
-
-/// Applies the orders and outbox migrations (idempotent).
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    orderflow_outbox::migrate(pool).await?;
-    orderflow_platform::migrations::run(sqlx::migrate!("./migrations"), pool, "orders").await
-}
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use orderflow_consumer_runtime::{ConsumedEvent, Failure, Handler};
-use orderflow_producer::status::OrderStatus;
+use orderflow_orders::OrderStatus;
 use orderflow_schemas::{
     EventCodec,
     events::{
@@ -30,7 +30,7 @@ pub const TOPICS: [&str; 2] = [topics::PAYMENTS, topics::ORDERS];
 
 /// Orders, outbox and dedupe migrations (order-service shares the orders database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    orderflow_producer::migrate(pool).await?;
+    orderflow_orders::migrate(pool).await?;
     orderflow_consumer_runtime::migrate(pool).await
 }
 
