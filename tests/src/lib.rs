@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod consumer;
 pub mod intake;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod stack;
@@ -44,7 +45,12 @@ impl TestDatabase {
 
     /// Creates `oft_<random>` with extra `CREATE DATABASE` options (e.g. `TABLESPACE small`).
     pub async fn create_with(options: &str) -> TestDatabase {
-        let admin = admin_url();
+        Self::create_on(&admin_url(), options).await
+    }
+
+    /// As [`Self::create_with`], on the server `admin` (e.g. a test's own).
+    pub async fn create_on(admin: &str, options: &str) -> TestDatabase {
+        let admin = admin.to_string();
         let name = format!("oft_{}", uuid::Uuid::new_v4().simple());
         let pool =
             PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to the admin database");

@@ -2,7 +2,9 @@
 //! tablespace on a small tmpfs the test fills; order-api refuses new orders with 503 and
 //! `Retry-After`, nothing is half-written (no order without its OrderPlaced, no event without
 //! its order), and once space returns the same request with the same key is accepted, once.
-//! Mounting needs root, which the machines this suite runs on have.
+//! Mounting needs root, which the machines this suite runs on have. The full disk belongs to a
+//! Postgres server of the test's own: a full tablespace stops the whole server's checkpoints,
+//! which must never reach the suite's shared server.
 
 use std::{io::Write, path::PathBuf, process::Command, time::Duration};
 
@@ -10,6 +12,7 @@ use orderflow_order_api::ApiSettings;
 use orderflow_tests::{
     TestDatabase,
     intake::{TestApi, sample_order},
+    postgres::PrivatePostgres,
 };
 use serde_json::Value;
 
@@ -53,27 +56,31 @@ impl Drop for SmallDisk {
     }
 }
 
-async fn count(api: &TestApi, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&api.pool).await.unwrap()
+/// Counts on a connection opened before the disk filled: a new connection to a database whose
+/// tablespace is full fails (Postgres writes its relation-cache file as a session starts).
+async fn count(checker: &mut sqlx::PgConnection, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(checker).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_postgres_out_of_disk_orders_get_503_nothing_is_half_written_and_intake_recovers() {
     let disk = SmallDisk::mount("24m");
+    // Declared after the disk, so dropped (stopped) before it is unmounted.
+    let server = PrivatePostgres::start();
     let tablespace = format!("ts_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&orderflow_tests::admin_url()).await.unwrap();
+    let admin = sqlx::PgPool::connect(&server.admin_url).await.unwrap();
     sqlx::query(&format!("CREATE TABLESPACE \"{tablespace}\" LOCATION '{}'", disk.dir.display()))
         .execute(&admin)
         .await
         .unwrap();
-    let db = TestDatabase::create_with(&format!("TABLESPACE \"{tablespace}\"")).await;
-    let db_name = db.name.clone();
+    let db = TestDatabase::create_on(&server.admin_url, &format!("TABLESPACE \"{tablespace}\"")).await;
     let api = TestApi::spawn_on(db, ApiSettings::default()).await;
     let mut accepted = 0;
     for i in 0..5 {
         assert_eq!(api.post_order(Some(&format!("before-{i}")), &sample_order("before")).await.status(), 202);
         accepted += 1;
     }
+    let mut checker = api.pool.acquire().await.unwrap().detach();
     let ballast = disk.fill();
 
     // Orders until the server runs out of room for one (what fits in pages it already has
@@ -98,11 +105,11 @@ async fn with_postgres_out_of_disk_orders_get_503_nothing_is_half_written_and_in
     let refused = refused.expect("the disk filled up");
     println!("{} more orders fitted in the pages Postgres already had; then 503", accepted - 5);
     // Nothing half-written: every accepted order has its event, the refused one has neither.
-    assert_eq!(count(&api, "SELECT count(*) FROM orders").await, accepted);
-    assert_eq!(count(&api, "SELECT count(*) FROM outbox").await, accepted);
+    assert_eq!(count(&mut checker, "SELECT count(*) FROM orders").await, accepted);
+    assert_eq!(count(&mut checker, "SELECT count(*) FROM outbox").await, accepted);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE idempotency_key = $1")
         .bind(&refused)
-        .fetch_one(&api.pool)
+        .fetch_one(&mut checker)
         .await
         .unwrap();
     assert_eq!(stored, 0);
@@ -120,13 +127,11 @@ async fn with_postgres_out_of_disk_orders_get_503_nothing_is_half_written_and_in
     assert_eq!(answer, 202, "accepted once space returned");
     let again = api.post_order(Some(&refused), &sample_order(&refused)).await;
     assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
-    assert_eq!(count(&api, "SELECT count(*) FROM orders").await, accepted + 1);
-    assert_eq!(count(&api, "SELECT count(*) FROM outbox").await, accepted + 1);
+    assert_eq!(count(&mut checker, "SELECT count(*) FROM orders").await, accepted + 1);
+    assert_eq!(count(&mut checker, "SELECT count(*) FROM outbox").await, accepted + 1);
 
-    // Leave the server as it was: the database and the tablespace go before the disk does.
-    let pool = api.pool.clone();
-    drop(api);
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)")).execute(&admin).await.unwrap();
-    sqlx::query(&format!("DROP TABLESPACE \"{tablespace}\"")).execute(&admin).await.unwrap();
+    // The server goes with the test (stopped before the disk is unmounted).
+    drop(checker);
+    api.pool.close().await;
+    admin.close().await;
 }
