@@ -101,6 +101,17 @@ after_start_registry() {
     (cd "$ROOT" && "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
 }
 
+# order-api trusts a development issuer on the local stack: a signing key made once under
+# $ORDERFLOW_STATE_DIR/auth (orderflow-token keygen) whose JWKS order-api reads; the demo, bench
+# and drill mint their tokens with it (ORDERFLOW_API_TOKEN_KEY). For curl:
+#   export TOKEN=$(orderflow-token sign --key $ORDERFLOW_STATE_DIR/auth/issuer.pem --issuer orderflow-local --subject me --scope "orders:write orders:read")
+before_start_order_api() {
+    local auth="$ORDERFLOW_STATE_DIR/auth"
+    "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-token" keygen --dir "$auth" >/dev/null
+    export ORDERFLOW_API_JWKS_FILE="$auth/jwks.json" ORDERFLOW_API_JWT_ISSUER=orderflow-local
+    export ORDERFLOW_API_TOKEN_KEY="$auth/issuer.pem"
+}
+
 before_start_inventory() {
     local inventory="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/inventory"
     if [ -z "$("$inventory" stock show)" ]; then

@@ -8,6 +8,7 @@ Run: scripts/test.sh (which installs helm-python-sdk, kubernetes-validate and do
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -34,6 +35,7 @@ MINIMAL = {
         "payment": {"url": "https://payments.example.com"},
         "notification": {"url": "https://mail.example.com"},
     },
+    "orderApi": {"auth": {"issuer": "https://idp.example.com", "jwksConfigMap": "orderflow-jwks"}},
 }
 PRODUCTION = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
 # Every optional part on, simulators and CDC included: the widest render.
@@ -263,9 +265,10 @@ class ReviewersChecks(unittest.TestCase):
             with self.subTest(case=name):
                 self.assertIn(needle, render_error(merge(MINIMAL, bad)))
         # Required values missing: a clear message, not a broken manifest.
-        self.assertIn("kafka.bootstrap is required", render_error({"database": {"existingSecret": "x"}, **{k: MINIMAL[k] for k in ("providers",)}}))
-        self.assertIn("database.existingSecret is required", render_error({"kafka": MINIMAL["kafka"], "providers": MINIMAL["providers"]}))
-        self.assertIn("providers.payment.url is required", render_error({"kafka": MINIMAL["kafka"], "database": MINIMAL["database"]}))
+        without = lambda key: {k: v for k, v in MINIMAL.items() if k != key}
+        self.assertIn("kafka.bootstrap is required", render_error(without("kafka")))
+        self.assertIn("database.existingSecret is required", render_error(without("database")))
+        self.assertIn("providers.payment.url is required", render_error(without("providers")))
 
     def test_network_policies_cover_every_pod_and_allow_only_what_it_reaches(self):
         policies = {d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: d for d in self.docs if d["kind"] == "NetworkPolicy"}
@@ -283,6 +286,39 @@ class ReviewersChecks(unittest.TestCase):
         self.assertNotIn(8090, egress_ports("inventory"))
         # With CDC the relays are pruners: database only, no brokers.
         self.assertEqual(egress_ports("relay-orders"), {53, 5432, 4317, 4318})
+
+    def test_order_api_is_told_its_token_issuer_and_keys(self):
+        def api(values):
+            docs = render(values)
+            deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "orderflow-order-api")
+            policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "orderflow-order-api")
+            spec = deployment["spec"]["template"]["spec"]
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+            return env, spec, ports
+
+        # A ConfigMap: mounted read-only, read as a file; no egress beyond the usual.
+        env, spec, ports = api(MINIMAL)
+        self.assertEqual(env["ORDERFLOW_API_JWT_ISSUER"], "https://idp.example.com")
+        self.assertEqual(env["ORDERFLOW_API_JWT_AUDIENCE"], "orderflow-api")
+        self.assertEqual(env["ORDERFLOW_API_JWKS_FILE"], "/etc/orderflow/jwks/jwks.json")
+        self.assertNotIn("ORDERFLOW_API_JWKS_URL", env)
+        self.assertIn({"name": "jwks", "configMap": {"name": "orderflow-jwks"}}, spec["volumes"])
+        self.assertIn({"name": "jwks", "mountPath": "/etc/orderflow/jwks", "readOnly": True}, spec["containers"][0]["volumeMounts"])
+        self.assertNotIn(443, ports)
+        # A URL: egress to the issuer on 443, no mount.
+        env, spec, ports = api(PRODUCTION)
+        self.assertTrue(env["ORDERFLOW_API_JWKS_URL"].startswith("https://idp.example.com/"))
+        self.assertNotIn("ORDERFLOW_API_JWKS_FILE", env)
+        self.assertEqual([v["name"] for v in spec["volumes"]], ["tmp"])
+        self.assertIn(443, ports)
+        # Without an issuer, or without keys, or with both kinds of keys: the install fails saying so.
+        no_issuer = merge(MINIMAL, {"orderApi": {"auth": {"issuer": ""}}})
+        self.assertIn("orderApi.auth.issuer is required", render_error(no_issuer))
+        no_keys = merge(MINIMAL, {"orderApi": {"auth": {"jwksConfigMap": ""}}})
+        self.assertIn("orderApi.auth.jwksUrl or orderApi.auth.jwksConfigMap is required", render_error(no_keys))
+        both = merge(MINIMAL, {"orderApi": {"auth": {"jwksUrl": "https://idp.example.com/jwks"}}})
+        self.assertIn("not both", render_error(both))
 
     def test_cdc_and_relay_are_chosen_by_one_value(self):
         def relay_modes(docs):
@@ -442,6 +478,27 @@ class Compose(unittest.TestCase):
         self.assertIn("helm/orderflow/files/prometheus/orderflow-rules.yaml", mounts)
         self.assertIn("helm/orderflow/files/grafana", mounts)
         self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT", services["order-api"]["environment"])
+
+    def test_compose_order_api_trusts_the_key_its_demo_load_signs_with(self):
+        """order-api reads compose/auth/jwks.json; demo-load signs with compose/auth/issuer.pem:
+        a token signed with that key (by the project's orderflow-token) names a key the JWKS
+        publishes, under the issuer order-api accepts."""
+        services = self.config("relay")["services"]
+        api, load = services["order-api"], services["demo-load"]
+        self.assertEqual(api["environment"]["ORDERFLOW_API_JWT_ISSUER"], load["environment"]["ORDERFLOW_API_JWT_ISSUER"])
+        mounts = lambda s: {(v["target"] if isinstance(v, dict) else v.split(":")[1]):
+                            (v["source"] if isinstance(v, dict) else v.split(":")[0]) for v in s["volumes"]}
+        jwks_file = Path(mounts(api)[api["environment"]["ORDERFLOW_API_JWKS_FILE"]])
+        key_file = Path(mounts(load)[load["environment"]["ORDERFLOW_API_TOKEN_KEY"]])
+        target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/orderflow/target"))
+        token = subprocess.run(
+            [str(target / os.environ.get("ORDERFLOW_PROFILE", "debug") / "orderflow-token"), "sign", "--key", str(ROOT / key_file),
+             "--issuer", api["environment"]["ORDERFLOW_API_JWT_ISSUER"], "--subject", "compose-check"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+        published = {k["kid"] for k in json.loads((ROOT / jwks_file).read_text())["keys"]}
+        self.assertIn(header["kid"], published)
+        self.assertEqual(header["alg"], "EdDSA")
 
     def test_prometheus_config_is_valid_and_scrapes_every_service(self):
         """Debian's promtool checks compose's Prometheus config with the chart's rules in it."""

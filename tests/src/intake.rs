@@ -1,21 +1,95 @@
-//! order-api per test: its own orders database, registry and port; and relays to run beside it.
+//! order-api per test: its own orders database, registry, port and token issuer; and relays to
+//! run beside it.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use orderflow_order_api::ApiSettings;
+use orderflow_order_api::{
+    ApiSettings,
+    auth::{AuthSettings, JwksSource},
+};
 use orderflow_outbox::{OutboxRelay, RelaySettings};
+use orderflow_tools::issuer::{Grant, SigningKey, jwks};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::{Running, TestDatabase, broker::TestBroker, registry::TestRegistry};
 
+/// The `iss` of the harness's tokens.
+pub const ISSUER: &str = "orderflow-test";
+
+/// A test's token issuer: an Ed25519 key whose JWKS order-api reads from `jwks_path`.
+pub struct TestIssuer {
+    pub key: SigningKey,
+    pub jwks_path: PathBuf,
+}
+
+impl TestIssuer {
+    pub fn new() -> TestIssuer {
+        let key = SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+        let jwks_path = std::env::temp_dir().join(format!("orderflow-jwks-{}.json", uuid::Uuid::new_v4().simple()));
+        let issuer = TestIssuer { key, jwks_path };
+        issuer.publish(&[&issuer.key]);
+        issuer
+    }
+
+    /// Replaces the published key set (a rotation).
+    pub fn publish(&self, keys: &[&SigningKey]) {
+        let temp = self.jwks_path.with_extension("tmp");
+        std::fs::write(&temp, serde_json::to_vec(&jwks(keys)).unwrap()).unwrap();
+        std::fs::rename(&temp, &self.jwks_path).unwrap();
+    }
+
+    /// A grant from this issuer to order-api for `subject` with `scope`, valid for a day.
+    pub fn grant(subject: &str, scope: &str) -> Grant {
+        Grant {
+            issuer: ISSUER.into(),
+            audience: orderflow_order_api::auth::defaults::AUDIENCE.into(),
+            subject: subject.into(),
+            scope: scope.into(),
+            customer_id: None,
+            ttl: Duration::from_secs(86_400),
+        }
+    }
+
+    pub fn token(&self, grant: &Grant) -> String {
+        self.key.sign(&grant.claims())
+    }
+
+    pub fn settings(&self) -> AuthSettings {
+        AuthSettings::new(JwksSource::File(self.jwks_path.clone()), ISSUER)
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.jwks_path);
+    }
+}
+
+/// A client sending `token` on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
 pub struct TestApi {
     pub url: String,
     pub pool: PgPool,
     pub db: TestDatabase,
     pub registry: TestRegistry,
+    /// A checkout backend's client: subject `test-checkout`, scopes `orders:write orders:read`.
     pub http: reqwest::Client,
+    pub issuer: TestIssuer,
     _running: Running,
 }
 
@@ -30,16 +104,30 @@ impl TestApi {
 
     /// order-api on a database the test made (e.g. in a tablespace of its own).
     pub async fn spawn_on(db: TestDatabase, settings: ApiSettings) -> TestApi {
+        Self::spawn_authenticating(db, settings, |_| {}).await
+    }
+
+    /// As [`Self::spawn_on`], with the test's changes to how tokens are checked.
+    pub async fn spawn_authenticating(
+        db: TestDatabase,
+        settings: ApiSettings,
+        auth: impl FnOnce(&mut AuthSettings),
+    ) -> TestApi {
         let registry = TestRegistry::spawn().await;
         let pool = db.pool().await;
         orderflow_order_api::migrate(&pool).await.expect("migrate orders db");
         let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = TestIssuer::new();
+        let mut auth_settings = issuer.settings();
+        auth(&mut auth_settings);
         let api_pool = pool.clone();
-        let running =
-            Running::spawn(move |stop| orderflow_order_api::run_api(listener, api_pool, codec, settings, stop));
-        TestApi { url, pool, db, registry, http: reqwest::Client::new(), _running: running }
+        let running = Running::spawn(move |stop| {
+            orderflow_order_api::run_api(listener, api_pool, codec, settings, auth_settings, stop)
+        });
+        let http = client_with(&issuer.token(&TestIssuer::grant("test-checkout", "orders:write orders:read")));
+        TestApi { url, pool, db, registry, http, issuer, _running: running }
     }
 
     pub async fn post_order(&self, key: Option<&str>, body: &Value) -> reqwest::Response {

@@ -217,9 +217,8 @@ async fn dashboards_and_alerts_answer_from_a_live_prometheus_under_load() {
     // Checkout traffic for the whole test, ~10 orders/s.
     let load_on = Arc::new(AtomicBool::new(true));
     let load = {
-        let (url, on) = (stack.api.url.clone(), load_on.clone());
+        let (url, on, http) = (stack.api.url.clone(), load_on.clone(), stack.api.http.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let mut n = 0;
             while on.load(Ordering::Relaxed) {
                 n += 1;

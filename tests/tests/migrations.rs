@@ -73,12 +73,15 @@ async fn migrate_applies_every_database_then_verify_accepts_them() {
 #[tokio::test]
 async fn a_service_in_verify_mode_refuses_an_unmigrated_database_and_changes_nothing() {
     let db = TestDatabase::create().await;
+    let issuer = orderflow_tests::intake::TestIssuer::new();
     let refused = run(
         "order-api",
         &[
             ("ORDERFLOW_ORDERS_DATABASE_URL", &db.url),
             ("ORDERFLOW_MIGRATIONS", "verify"),
             ("ORDERFLOW_API_LISTEN", "127.0.0.1:0"),
+            ("ORDERFLOW_API_JWKS_FILE", issuer.jwks_path.to_str().unwrap()),
+            ("ORDERFLOW_API_JWT_ISSUER", orderflow_tests::intake::ISSUER),
         ],
     );
     assert!(!refused.status.success(), "order-api started on an empty database: {}", text(&refused));

@@ -1,7 +1,7 @@
 //! order-api over real HTTP on a real Postgres: intake, idempotency, validation, limits, status.
 
 use orderflow_order_api::ApiSettings;
-use orderflow_tests::intake::{TestApi, sample_order};
+use orderflow_tests::intake::{TestApi, TestIssuer, sample_order};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -109,12 +109,11 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let limited = api.post_order(Some("r2"), &sample_order("c")).await;
     assert_eq!(limited.status(), 429);
     assert!(limited.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
-    let other_client = api
-        .http
-        .post(format!("{}/orders", api.url))
-        .header("Idempotency-Key", "o")
-        .header("X-Client-Id", "shop-2")
-        .json(&sample_order("c"));
+    let other_client =
+        orderflow_tests::intake::client_with(&api.issuer.token(&TestIssuer::grant("shop-2", "orders:write")))
+            .post(format!("{}/orders", api.url))
+            .header("Idempotency-Key", "o")
+            .json(&sample_order("c"));
     assert_eq!(other_client.send().await.unwrap().status(), 202);
 }
 

@@ -2,6 +2,7 @@
 
 pub mod consumer_bench;
 pub mod drill;
+pub mod issuer;
 pub mod kafka_cli;
 
 use rand::{Rng, seq::IndexedRandom};

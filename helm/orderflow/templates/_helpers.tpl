@@ -109,9 +109,27 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   service: {port: {{ $v.orderApi.service.port }}, type: {{ $v.orderApi.service.type }}}
   probes: {port: http, live: /healthz, ready: /readyz}
   metricsPort: http
-  reaches: [database, registry]
+  {{- $auth := $v.orderApi.auth }}
+  reaches: [database, registry{{ if $auth.jwksUrl }}, jwks{{ end }}]
   ingressFrom: [apiClients]
+  {{- if and $auth.jwksUrl $auth.jwksConfigMap }}
+  {{- fail "orderApi.auth: set jwksUrl or jwksConfigMap, not both" }}
+  {{- else if $auth.jwksConfigMap }}
+  configMapMounts: [{name: jwks, configMap: {{ $auth.jwksConfigMap | quote }}, mountPath: /etc/orderflow/jwks}]
+  {{- else if not $auth.jwksUrl }}
+  {{- fail "orderApi.auth.jwksUrl or orderApi.auth.jwksConfigMap is required: where the token issuer's public keys (JWKS) are" }}
+  {{- end }}
   env:
+    ORDERFLOW_API_JWT_ISSUER: {{ required "orderApi.auth.issuer is required: the token issuer (iss) order-api trusts" $auth.issuer | quote }}
+    ORDERFLOW_API_JWT_AUDIENCE: {{ join "," $auth.audiences | quote }}
+    ORDERFLOW_API_JWT_LEEWAY_SECS: {{ $auth.leewaySeconds | quote }}
+    ORDERFLOW_API_JWKS_REFRESH_SECS: {{ $auth.refreshSeconds | quote }}
+    {{- if $auth.jwksUrl }}
+    ORDERFLOW_API_JWKS_URL: {{ $auth.jwksUrl | quote }}
+    {{- else }}
+    ORDERFLOW_API_JWKS_FILE: /etc/orderflow/jwks/jwks.json
+    {{- end }}
+    ORDERFLOW_API_RATE_LIMIT_CALLERS: {{ $v.orderApi.rateLimitCallers | quote }}
     ORDERFLOW_API_LISTEN: "0.0.0.0:8080"
     ORDERFLOW_API_CLIENT_RATE: {{ $v.orderApi.clientRate | quote }}
     ORDERFLOW_API_CLIENT_BURST: {{ $v.orderApi.clientBurst | quote }}

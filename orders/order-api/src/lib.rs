@@ -4,6 +4,7 @@
 //! accepted is lost. `GET /orders/{id}?wait_for=…` waits for a change, woken by LISTEN/NOTIFY
 //! ([`waiters`]). The status itself is moved by order-service (`orders/order-service/`).
 
+pub mod auth;
 pub mod openapi;
 pub mod order_request;
 pub mod problem;
@@ -40,6 +41,8 @@ pub struct ApiSettings {
     pub registry: prometheus::Registry,
     /// Requests that may wait for an order change at once (`GET /orders/{id}?wait_for=…`).
     pub max_waiters: usize,
+    /// Callers the rate limiter remembers at once (its memory bound).
+    pub rate_limit_callers: usize,
 }
 
 /// order-api's defaults, written once: [`ApiSettings::default`] and the `order-api` flags take
@@ -49,6 +52,7 @@ pub mod defaults {
     pub const CLIENT_RATE: f64 = 1000.0;
     pub const CLIENT_BURST: f64 = 2000.0;
     pub const MAX_WAITERS: usize = 1000;
+    pub const RATE_LIMIT_CALLERS: usize = 100_000;
     pub const DB_POOL: u32 = 20;
 }
 
@@ -60,6 +64,7 @@ impl Default for ApiSettings {
             client_burst: defaults::CLIENT_BURST,
             registry: prometheus::Registry::new(),
             max_waiters: defaults::MAX_WAITERS,
+            rate_limit_callers: defaults::RATE_LIMIT_CALLERS,
         }
     }
 }
@@ -68,6 +73,10 @@ pub struct AppState {
     pub pool: PgPool,
     pub codec: Arc<EventCodec>,
     pub limiter: ClientRateLimiter,
+    /// Callers the limiter remembers (a gauge, set as requests arrive).
+    pub limited_callers: prometheus::IntGauge,
+    /// Checks every order request's bearer token.
+    pub verifier: auth::Verifier,
     pub settings: ApiSettings,
     /// Set once the writer schemas' registry ids are known; until then /readyz says no.
     pub schemas_ready: AtomicBool,
@@ -79,12 +88,14 @@ pub struct AppState {
     pub waits: prometheus::IntCounterVec,
 }
 
-/// Serves order-api on `listener` until `shutdown`, then drains in-flight requests.
+/// Serves order-api on `listener` until `shutdown`, then drains in-flight requests. Every order
+/// route takes a bearer token checked as `auth` says.
 pub async fn run_api(
     listener: TcpListener,
     pool: PgPool,
     codec: Arc<EventCodec>,
     settings: ApiSettings,
+    auth: auth::AuthSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let http_metrics = orderflow_platform::http_metrics::HttpMetrics::register(&settings.registry, "order-api")
@@ -100,12 +111,20 @@ pub async fn run_api(
     )?;
     settings.registry.register(Box::new(waiting.clone())).context("registering the waiter metrics")?;
     settings.registry.register(Box::new(waits.clone())).context("registering the waiter metrics")?;
+    let limited_callers = prometheus::IntGauge::new(
+        "orderflow_api_rate_limited_callers",
+        "Callers (token subjects) the rate limiter remembers; bounded by --rate-limit-callers",
+    )?;
+    settings.registry.register(Box::new(limited_callers.clone())).context("registering the limiter metrics")?;
+    let verifier = auth::Verifier::new(auth).await?;
     let watch = waiters::OrderWatch::new(settings.max_waiters, waiting);
     let listening = tokio::spawn(watch.clone().listen(pool.clone()));
     let state = Arc::new(AppState {
         pool,
         codec,
-        limiter: ClientRateLimiter::new(settings.client_rate, settings.client_burst),
+        limiter: ClientRateLimiter::new(settings.client_rate, settings.client_burst, settings.rate_limit_callers),
+        limited_callers,
+        verifier,
         settings,
         schemas_ready: AtomicBool::new(false),
         accepted: AtomicU64::new(0),

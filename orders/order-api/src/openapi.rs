@@ -20,8 +20,9 @@ pub fn document() -> Value {
         "info": {
             "title": "orderflow order-api",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Order intake. A 202 means the order and its OrderPlaced event are committed; payment follows asynchronously — poll the status URL."
+            "description": "Order intake. A 202 means the order and its OrderPlaced event are committed; payment follows asynchronously — poll the status URL.\n\nEvery /orders route takes a bearer JWT from the issuer order-api is configured with (RS256, ES256 or EdDSA, with a kid its JWKS publishes; iss, aud, exp and sub required). Scopes: orders:write places orders (a token with a customer_id claim only for that customer); orders:read reads any order; a customer's own token reads that customer's orders. Someone else's order answers 404, exactly as a missing one. Rate limits are per token subject."
         },
+        "security": [ { "bearer": [] } ],
         "paths": {
             "/orders": { "post": {
                 "operationId": "createOrder",
@@ -29,8 +30,6 @@ pub fn document() -> Value {
                 "parameters": [
                     { "name": "Idempotency-Key", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255 },
                       "description": "Unique per order; resend it on every retry. Same key and body: the same answer. Same key, other body: 422." },
-                    { "name": "X-Client-Id", "in": "header", "required": false, "schema": { "type": "string" },
-                      "description": "Who is calling, for the per-client rate limit (default: the peer address)." },
                     { "name": "traceparent", "in": "header", "required": false, "schema": { "type": "string" } }
                 ],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OrderRequest" } } } },
@@ -40,9 +39,11 @@ pub fn document() -> Value {
                              "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
                     "400": problem("Malformed JSON, or a missing or invalid Idempotency-Key"),
                     "413": problem("Body over the size limit"),
+                    "401": problem("No bearer token, or a token that does not verify (the detail and WWW-Authenticate say why)"),
+                    "403": problem("The token lacks orders:write, or acts for another customer"),
                     "415": problem("Body is not application/json"),
                     "422": problem("Invalid order (each field named in `errors`), or the Idempotency-Key was used with another body"),
-                    "429": problem("Per-client rate limit; see Retry-After"),
+                    "429": problem("Per-subject rate limit; see Retry-After"),
                     "503": problem("Database or schema registry unavailable; retry with the same Idempotency-Key")
                 }
             }},
@@ -63,16 +64,20 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Order" } } }
                     },
                     "400": problem("Not a UUID, or a bad wait_for / newer_than / timeout"),
-                    "404": problem("No such order"),
+                    "401": problem("No bearer token, or a token that does not verify"),
+                    "404": problem("No such order, or one this token may not read"),
+                    "429": problem("Per-subject rate limit; see Retry-After"),
                     "503": problem("Database unavailable, or too many requests already waiting on this instance (Retry-After)")
                 }
             }},
-            "/healthz": { "get": { "operationId": "health", "summary": "Liveness", "responses": { "200": { "description": "The process is serving" } } } },
-            "/readyz": { "get": { "operationId": "ready", "summary": "Readiness: Postgres reachable and event schemas resolved",
+            "/healthz": { "get": { "operationId": "health", "summary": "Liveness", "security": [], "responses": { "200": { "description": "The process is serving" } } } },
+            "/readyz": { "get": { "operationId": "ready", "summary": "Readiness: Postgres reachable, event schemas resolved, the issuer's keys read", "security": [],
                 "responses": { "200": { "description": "Ready" }, "503": { "description": "Not ready" } } } },
-            "/openapi.json": { "get": { "operationId": "openapi", "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+            "/openapi.json": { "get": { "operationId": "openapi", "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         },
-        "components": { "schemas": {
+        "components": {
+          "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
+          "schemas": {
             "OrderRequest": {
                 "type": "object", "additionalProperties": false,
                 "required": ["customer_id", "currency", "items"],

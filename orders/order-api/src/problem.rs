@@ -35,7 +35,11 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("{0} requests are already waiting for order changes on this instance; retry shortly or poll")]
     TooManyWaiters(usize),
-    #[error("too many requests from this client; retry after {0} s")]
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many requests from this caller; retry after {0} s")]
     RateLimited(u64),
     #[error("the service cannot accept orders right now; retry with the same Idempotency-Key")]
     Unavailable(#[source] anyhow::Error),
@@ -52,6 +56,8 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OrderNotFound(_) => StatusCode::NOT_FOUND,
+            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) | TooManyWaiters(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -73,6 +79,8 @@ impl ApiError {
             InvalidQuery(_) => "invalid-query",
             TooManyWaiters(_) => "too-many-waiters",
             RateLimited(_) => "rate-limited",
+            Unauthenticated(_) => "unauthenticated",
+            Forbidden(_) => "forbidden",
             Unavailable(_) => "unavailable",
         }
     }
@@ -83,6 +91,15 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             crate::store::StoreError::KeyReused => ApiError::IdempotencyKeyReused,
             other => ApiError::Unavailable(other.into()),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::KeysUnavailable => ApiError::Unavailable(e.into()),
+            other => ApiError::Unauthenticated(other),
         }
     }
 }
@@ -113,6 +130,21 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let ApiError::RateLimited(seconds) = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // RFC 6750: how to authenticate, and what was wrong with the token sent.
+        let challenge = match &self {
+            ApiError::Unauthenticated(crate::auth::AuthError::Missing) => {
+                Some("Bearer realm=\"orderflow\"".to_string())
+            }
+            ApiError::Unauthenticated(reason) => Some(format!(
+                "Bearer realm=\"orderflow\", error=\"invalid_token\", error_description=\"{}\"",
+                reason.to_string().replace(['"', '\\'], "'")
+            )),
+            ApiError::Forbidden(_) => Some("Bearer realm=\"orderflow\", error=\"insufficient_scope\"".to_string()),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

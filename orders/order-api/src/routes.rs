@@ -1,11 +1,11 @@
 //! order-api's routes: intake, status, health, and the OpenAPI document.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,7 +19,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    AppState, openapi, order_request,
+    AppState,
+    auth::{AuthError, Principal, scopes},
+    openapi, order_request,
     problem::ApiError,
     store::{self, Intake, NewOrder},
     waiters::WaitFor,
@@ -36,12 +38,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn client_of(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-client-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| peer.ip().to_string(), str::to_string)
+/// The caller behind the request's bearer token, within its rate. Nothing is read or written
+/// for a request that fails here.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let authorization = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| ApiError::Unauthenticated(AuthError::NotBearer))?),
+    };
+    let principal = state.verifier.verify(authorization).await?;
+    let limited = state.limiter.check(&principal.subject);
+    state.limited_callers.set(state.limiter.callers() as i64);
+    if let Err(wait) = limited {
+        return Err(ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    Ok(principal)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -63,7 +73,6 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 /// order and its OrderPlaced event carry this span's traceparent, so every consumer continues it.
 async fn create_order(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -76,17 +85,17 @@ async fn create_order(
         trace_id = tracing::field::Empty,
     );
     orderflow_platform::trace::continue_trace(&span, traceparent(&headers).as_deref());
-    accept_order(state, peer, headers, body).instrument(span).await
+    accept_order(state, headers, body).instrument(span).await
 }
 
 async fn accept_order(
     state: Arc<AppState>,
-    peer: SocketAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.limiter.check(&client_of(&headers, peer)) {
-        return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+    let principal = caller(&state, &headers).await?;
+    if !principal.has(scopes::WRITE) {
+        return Err(ApiError::Forbidden(format!("placing orders needs the {} scope", scopes::WRITE)));
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.settings.max_body_bytes),
@@ -102,6 +111,9 @@ async fn accept_order(
     let key = idempotency_key(&headers)?;
     let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let request = order_request::parse(&json).map_err(ApiError::InvalidOrder)?;
+    if let Some(customer) = principal.customer_id.as_deref().filter(|c| *c != request.customer_id) {
+        return Err(ApiError::Forbidden(format!("this token places orders only for customer {customer:?}")));
+    }
     let normalized = serde_json::to_vec(&request).map_err(|e| ApiError::Unavailable(e.into()))?;
     let fingerprint = Sha256::digest(&normalized);
 
@@ -148,14 +160,21 @@ async fn accept_order(
 /// timeout (`Orderflow-Wait: reached | timed-out`).
 async fn get_order(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path(raw): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let principal = caller(&state, &headers).await?;
     let order_id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidOrderId(raw))?;
+    // Another customer's order looks exactly like a missing one, so ids cannot be probed.
+    let visible = |order: Option<store::OrderView>| {
+        order.filter(|o| principal.may_read(&o.customer_id)).ok_or(ApiError::OrderNotFound(order_id))
+    };
     let Some(wait) = WaitFor::parse(&query).map_err(ApiError::InvalidQuery)? else {
-        let order = store::find(&state.pool, order_id).await?.ok_or(ApiError::OrderNotFound(order_id))?;
+        let order = visible(store::find(&state.pool, order_id).await?)?;
         return Ok(Json(order).into_response());
     };
+    visible(store::find(&state.pool, order_id).await?)?;
     let Some(subscription) = state.watch.subscribe(order_id) else {
         state.waits.with_label_values(&["refused"]).inc();
         return Err(ApiError::TooManyWaiters(state.settings.max_waiters));
@@ -166,7 +185,7 @@ async fn get_order(
         let changed = subscription.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let order = store::find(&state.pool, order_id).await?.ok_or(ApiError::OrderNotFound(order_id))?;
+        let order = visible(store::find(&state.pool, order_id).await?)?;
         let reached = wait.reached(&order.status, order.version);
         if reached || tokio::time::Instant::now() >= deadline || state.watch.is_closed() {
             let outcome = if reached { "reached" } else { "timed-out" };
@@ -188,6 +207,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
             .await
             .is_ok_and(|r| r.is_ok());
     let schemas = state.schemas_ready.load(Ordering::Relaxed);
-    let status = if database && schemas { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "database": database, "schemas": schemas }))).into_response()
+    let keys = state.verifier.ready();
+    let status = if database && schemas && keys { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "database": database, "schemas": schemas, "keys": keys }))).into_response()
 }

@@ -37,6 +37,8 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 struct Args {
     #[arg(long, env = "ORDERFLOW_API_URL", default_value = "http://127.0.0.1:18080")]
     api: String,
+    #[command(flatten)]
+    auth: orderflow_tools::issuer::ApiAuthArgs,
     /// The running stack's orders database (for the outbox lag after intake).
     #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
     orders_database_url: String,
@@ -120,21 +122,24 @@ async fn baseline(args: &Args) -> anyhow::Result<f64> {
 }
 
 async fn intake(args: &Args) -> anyhow::Result<(f64, u64)> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let accepted = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
-    let workers = (0..args.concurrency).map(|worker| {
-        let (http, api, accepted, other) = (http.clone(), args.api.clone(), accepted.clone(), other.clone());
+    // One subject per worker, as checkout backends would be (rate limits are per subject).
+    let clients = (0..args.concurrency)
+        .map(|worker| {
+            args.auth.client(&format!("bench-{worker}"), reqwest::Client::builder().pool_max_idle_per_host(1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let workers = clients.into_iter().map(|http| {
+        let (api, accepted, other) = (args.api.clone(), accepted.clone(), other.clone());
         tokio::spawn(async move {
-            let client = format!("bench-{worker}");
             while Instant::now() < deadline {
                 let body = orderflow_tools::sample_order(&mut rand::rng(), 0.1);
                 let status = http
                     .post(format!("{api}/orders"))
                     .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-                    .header("X-Client-Id", &client)
                     .json(&body)
                     .send()
                     .await

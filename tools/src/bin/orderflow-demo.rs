@@ -17,6 +17,8 @@ use sqlx::PgPool;
 struct Args {
     #[arg(long, env = "ORDERFLOW_API_URL", default_value = "http://127.0.0.1:18080")]
     api: String,
+    #[command(flatten)]
+    auth: orderflow_tools::issuer::ApiAuthArgs,
     /// The orders database, read for progress (published / paid / declined).
     #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
     orders_database_url: String,
@@ -45,7 +47,7 @@ async fn counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let pool = PgPool::connect(&args.orders_database_url).await?;
-    let http = reqwest::Client::new();
+    let http = args.auth.client("orderflow-demo", reqwest::Client::builder())?;
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     {

@@ -25,6 +25,8 @@ use sqlx::PgPool;
 struct Args {
     #[arg(long, env = "ORDERFLOW_API_URL")]
     api_url: String,
+    #[command(flatten)]
+    auth: orderflow_tools::issuer::ApiAuthArgs,
     #[arg(long, env = "ORDERFLOW_ORDERS_DATABASE_URL", hide_env_values = true)]
     orders_database_url: String,
     #[arg(long, env = "ORDERFLOW_PAYMENTS_DATABASE_URL", hide_env_values = true)]
@@ -103,7 +105,9 @@ async fn drill(args: Args) -> anyhow::Result<()> {
     http.delete(format!("{admin}/admin/stats")).send().await?.error_for_status()?;
 
     println!("1/3 payments are down; accepting {} orders", args.orders);
-    fill_backlog(&args, &http).await?;
+    // The API's client carries the token; the others (simulator, metrics) never see it.
+    let api_http = args.auth.client("orderflow-drill", reqwest::Client::builder().no_proxy())?;
+    fill_backlog(&args, &api_http).await?;
     let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await?;
     wait_published(&pool).await?;
 
