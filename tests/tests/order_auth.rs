@@ -301,3 +301,36 @@ async fn a_flood_of_distinct_subjects_is_answered_and_the_limiter_remembers_a_bo
         .unwrap();
     assert!(remembered > 0.0 && remembered <= 64.0, "{remembered} callers remembered");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_its_callers_own_and_a_key_from_before_the_upgrade_still_replays() {
+    let db = TestDatabase::create().await;
+    let (name, url) = (db.name.clone(), db.url.clone());
+    let api = TestApi::spawn_on(db, ApiSettings::default()).await;
+    let caller = |subject: &str| client_with(&api.issuer.token(&TestIssuer::grant(subject, "orders:write")));
+    let (alice, bob) = (caller("shop-a"), caller("shop-b"));
+    let order_of = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 202);
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        (response.json::<Value>().await.unwrap()["order_id"].as_str().unwrap().to_string(), replayed)
+    };
+    let (first, _) = order_of(post(&api, &alice, "shared-key", &sample_order("c")).await).await;
+    // Another caller's key of the same name is another order, not a replay of Alice's.
+    let (other, replayed) = order_of(post(&api, &bob, "shared-key", &sample_order("c")).await).await;
+    assert_ne!(other, first);
+    assert!(!replayed);
+    assert_eq!(order_of(post(&api, &alice, "shared-key", &sample_order("c")).await).await, (first.clone(), true));
+    assert_eq!(post(&api, &bob, "shared-key", &sample_order("d")).await.status(), 422);
+
+    // Alice's order as if accepted before keys had callers: after a restart, her retry with the
+    // key (whatever the token's subject) still gets that order, once.
+    sqlx::query("UPDATE orders SET caller = '' WHERE order_id = $1::uuid")
+        .bind(&first)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    let restarted = TestApi::spawn_on(TestDatabase { name, url }, ApiSettings::default()).await;
+    let retry = client_with(&restarted.issuer.token(&TestIssuer::grant("shop-a-v2", "orders:write")));
+    assert_eq!(order_of(post(&restarted, &retry, "shared-key", &sample_order("c")).await).await, (first, true));
+    assert_eq!(restarted.count("SELECT count(*) FROM orders").await, 2);
+}

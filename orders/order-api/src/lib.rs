@@ -77,6 +77,9 @@ pub struct AppState {
     pub limited_callers: prometheus::IntGauge,
     /// Checks every order request's bearer token.
     pub verifier: auth::Verifier,
+    /// Orders from before idempotency keys had callers exist (read at start; see
+    /// [`store::has_keys_without_caller`]).
+    pub legacy_keys: AtomicBool,
     pub settings: ApiSettings,
     /// Set once the writer schemas' registry ids are known; until then /readyz says no.
     pub schemas_ready: AtomicBool,
@@ -117,6 +120,7 @@ pub async fn run_api(
     )?;
     settings.registry.register(Box::new(limited_callers.clone())).context("registering the limiter metrics")?;
     let verifier = auth::Verifier::new(auth).await?;
+    let legacy_keys = AtomicBool::new(store::has_keys_without_caller(&pool).await.context("reading the orders table")?);
     let watch = waiters::OrderWatch::new(settings.max_waiters, waiting);
     let listening = tokio::spawn(watch.clone().listen(pool.clone()));
     let state = Arc::new(AppState {
@@ -125,6 +129,7 @@ pub async fn run_api(
         limiter: ClientRateLimiter::new(settings.client_rate, settings.client_burst, settings.rate_limit_callers),
         limited_callers,
         verifier,
+        legacy_keys,
         settings,
         schemas_ready: AtomicBool::new(false),
         accepted: AtomicU64::new(0),

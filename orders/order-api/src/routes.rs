@@ -132,13 +132,15 @@ async fn accept_order(
     let placed_event = OutboxEvent::of(&placed, payload, trace.as_deref());
     let order = NewOrder {
         order_id,
+        caller: &principal.subject,
         idempotency_key: key,
         fingerprint: &fingerprint,
         request: &request,
         traceparent: trace.as_deref(),
         placed_event,
     };
-    let (accepted, replayed) = match store::accept(&state.pool, order).await? {
+    let legacy_keys = state.legacy_keys.load(Ordering::Relaxed);
+    let (accepted, replayed) = match store::accept(&state.pool, order, legacy_keys).await? {
         Intake::New(a) => (a, false),
         Intake::Replayed(a) => (a, true),
     };

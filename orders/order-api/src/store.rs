@@ -47,6 +47,8 @@ pub enum Intake {
 /// Everything needed to write one new order.
 pub struct NewOrder<'a> {
     pub order_id: Uuid,
+    /// Who placed it (the token's subject): its idempotency keys are its own.
+    pub caller: &'a str,
     pub idempotency_key: &'a str,
     pub fingerprint: &'a [u8],
     pub request: &'a OrderRequest,
@@ -54,18 +56,28 @@ pub struct NewOrder<'a> {
     pub placed_event: OutboxEvent,
 }
 
-/// Inserts the order and its OrderPlaced event in one transaction, unless the key was used:
-/// then the earlier answer (same body) or [`StoreError::KeyReused`] (other body).
+/// Whether orders accepted before idempotency keys belonged to callers remain (migration 2003):
+/// while they do, [`accept`] also looks a key up among them. None are ever added again.
+pub async fn has_keys_without_caller(pool: &PgPool) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE caller = '')").fetch_one(pool).await?)
+}
+
+/// Inserts the order and its OrderPlaced event in one transaction, unless its caller used the
+/// key: then the earlier answer (same body) or [`StoreError::KeyReused`] (other body).
 /// Concurrent requests with one key meet at the unique index: one inserts, the others wait
-/// for its commit and replay.
-pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, StoreError> {
+/// for its commit and replay. With `legacy_keys`, a key of an order accepted before keys had
+/// callers is found by key alone.
+pub async fn accept(pool: &PgPool, order: NewOrder<'_>, legacy_keys: bool) -> Result<Intake, StoreError> {
+    if legacy_keys && let Some(earlier) = earlier_answer(pool, "", &order).await? {
+        return earlier;
+    }
     let mut tx = pool.begin().await?;
     let lines = serde_json::to_value(&order.request.items)?;
     let inserted = sqlx::query(
         "INSERT INTO orders (order_id, idempotency_key, request_fingerprint, customer_id, customer_email, currency,
-                             lines, total_minor, status, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (idempotency_key) DO NOTHING",
+                             lines, total_minor, status, traceparent, caller)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (caller, idempotency_key) DO NOTHING",
     )
     .bind(order.order_id)
     .bind(order.idempotency_key)
@@ -77,24 +89,42 @@ pub async fn accept(pool: &PgPool, order: NewOrder<'_>) -> Result<Intake, StoreE
     .bind(order.request.total_minor())
     .bind(PENDING_PAYMENT)
     .bind(order.traceparent)
+    .bind(order.caller)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if inserted == 0 {
         tx.rollback().await?;
-        let row = sqlx::query("SELECT order_id, request_fingerprint FROM orders WHERE idempotency_key = $1")
-            .bind(order.idempotency_key)
-            .fetch_one(pool)
-            .await?;
-        let fingerprint: Vec<u8> = row.get(1);
-        if fingerprint != order.fingerprint {
-            return Err(StoreError::KeyReused);
-        }
-        return Ok(Intake::Replayed(Accepted::for_order(row.get(0))));
+        return earlier_answer(pool, order.caller, &order)
+            .await?
+            .ok_or_else(|| StoreError::Database(sqlx::Error::Protocol("a conflicting order vanished".into())))?;
     }
     orderflow_outbox::enqueue(&mut tx, &order.placed_event).await?;
     tx.commit().await?;
     Ok(Intake::New(Accepted::for_order(order.order_id)))
+}
+
+/// The answer already given for `caller`'s use of the order's key, if any: a replay (same
+/// body) or [`StoreError::KeyReused`].
+async fn earlier_answer(
+    pool: &PgPool,
+    caller: &str,
+    order: &NewOrder<'_>,
+) -> Result<Option<Result<Intake, StoreError>>, StoreError> {
+    let row =
+        sqlx::query("SELECT order_id, request_fingerprint FROM orders WHERE caller = $1 AND idempotency_key = $2")
+            .bind(caller)
+            .bind(order.idempotency_key)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|row| {
+        let fingerprint: Vec<u8> = row.get(1);
+        if fingerprint != order.fingerprint {
+            Err(StoreError::KeyReused)
+        } else {
+            Ok(Intake::Replayed(Accepted::for_order(row.get(0))))
+        }
+    }))
 }
 
 #[derive(Debug, Serialize)]
