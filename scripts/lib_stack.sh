@@ -13,6 +13,7 @@ wait_http() {
 }
 
 STARTED_PIDS=()
+LAUNCH_ENV=()
 
 # launch NAME COMMAND...: runs COMMAND in its own session (a terminal's ctrl-c reaches only the
 # script, which stops services in order), logs and pid under $ORDERFLOW_STATE_DIR/run.
@@ -21,7 +22,12 @@ launch() {
     local run="$ORDERFLOW_STATE_DIR/run"
     mkdir -p "$run"
     log "starting $name (log: $run/$name.log)"
-    setsid nohup "$@" >"$run/$name.log" 2>&1 &
+    # LAUNCH_ENV (NAME=value …) is exported in the child only: a database URL never appears in
+    # a command line, where every user's `ps` could read it.
+    (
+        [ "${#LAUNCH_ENV[@]}" -eq 0 ] || export "${LAUNCH_ENV[@]}"
+        exec setsid nohup "$@"
+    ) >"$run/$name.log" 2>&1 &
     echo "$!" >"$run/$name.pid"
     STARTED_PIDS+=("$!")
 }
@@ -91,7 +97,9 @@ start_manifest_service() {
         for setting in "${settings[@]}"; do vars+=("$setting"); done
     fi
     if declare -F "before_start_${name//-/_}" >/dev/null; then "before_start_${name//-/_}"; fi
-    start_service "$name" "http://127.0.0.1:$first_port$health" env "${vars[@]}" "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/$binary"
+    LAUNCH_ENV=("${vars[@]}")
+    start_service "$name" "http://127.0.0.1:$first_port$health" "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/$binary"
+    LAUNCH_ENV=()
     if declare -F "after_start_${name//-/_}" >/dev/null; then "after_start_${name//-/_}"; fi
 }
 

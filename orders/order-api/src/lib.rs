@@ -34,7 +34,7 @@ use crate::rate_limit::ClientRateLimiter;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub max_body_bytes: usize,
-    /// Requests per second per client, and the burst allowed above it.
+    /// Requests per second per caller (the token's subject), and the burst allowed above it.
     pub client_rate: f64,
     pub client_burst: f64,
     /// Where the API's metrics are registered; served on `/metrics` beside the API.
