@@ -75,11 +75,7 @@ impl Drop for TestIssuer {
 
 /// A client sending `token` on every request.
 pub fn client_with(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
-    value.set_sensitive(true);
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
+    orderflow_tools::issuer::bearer_client(token, reqwest::Client::builder()).unwrap()
 }
 
 pub struct TestApi {

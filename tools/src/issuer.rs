@@ -192,13 +192,19 @@ impl ApiAuthArgs {
                 "order-api needs a bearer token: set ORDERFLOW_API_TOKEN, or --api-token-key with a signing key order-api's JWKS publishes"
             ),
         };
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token is not a valid header value")?;
-        value.set_sensitive(true);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-        Ok(builder.default_headers(headers).build()?)
+        bearer_client(&token, builder)
     }
+}
+
+/// A client sending `Authorization: Bearer <token>` on every request (marked sensitive, so it
+/// never shows in reqwest's debug output).
+pub fn bearer_client(token: &str, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is not a valid header value")?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(builder.default_headers(headers).build()?)
 }
 
 #[cfg(test)]
