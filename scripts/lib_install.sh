@@ -25,14 +25,17 @@ ensure_apt_packages() {
 
 # The deployment tests' Python packages, pinned, in a virtualenv of the project's own (Debian's
 # Python refuses system-wide pip installs). Exports ORDERFLOW_PYTHON.
-PYTHON_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2)
+# Confluent's Python client checks the registry as a real client sees it (basic auth); schemathesis
+# fuzzes order-api from its OpenAPI document.
+PYTHON_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2
+    "confluent-kafka[avro,schemaregistry]==2.16.1" schemathesis==4.32.5)
 ensure_python_tools() {
     local venv="${ORDERFLOW_VENV:-$HOME/.cache/orderflow/venv}"
     export ORDERFLOW_PYTHON="$venv/bin/python"
     if [ -x "$ORDERFLOW_PYTHON" ] && "$ORDERFLOW_PYTHON" - "${PYTHON_TOOLS[@]}" <<'PY' 2>/dev/null; then return; fi
 import sys
 from importlib.metadata import version
-sys.exit(any(version(n) != v for n, v in (a.split("==") for a in sys.argv[1:])))
+sys.exit(any(version(n.split("[")[0]) != v for n, v in (a.split("==") for a in sys.argv[1:])))
 PY
     log "installing the deployment tests' Python packages into $venv"
     [ -x "$ORDERFLOW_PYTHON" ] || python3 -m venv "$venv" || die "cannot create a virtualenv (Debian: apt-get install python3-venv)"

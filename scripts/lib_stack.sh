@@ -103,10 +103,26 @@ start_manifest_service() {
     if declare -F "after_start_${name//-/_}" >/dev/null; then "after_start_${name//-/_}"; fi
 }
 
-# The stack's two set-up steps: every event schema once the registry is up; opening stock before
-# inventory first starts (later runs keep what is left).
+# The registry's one writer on the local stack: schema-admin, with a password made once under
+# $ORDERFLOW_STATE_DIR/auth (registry-password, mode 600) and its bcrypt hash in registry-users.
+# Only the schema workflow gets it; the services read schemas without credentials.
+before_start_registry() {
+    local auth="$ORDERFLOW_STATE_DIR/auth"
+    mkdir -p "$auth"
+    if [ ! -s "$auth/registry-users" ] || [ ! -s "$auth/registry-password" ]; then
+        (umask 077
+         head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$auth/registry-password"
+         "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-registry" hash-password --user schema-admin \
+             <"$auth/registry-password" >"$auth/registry-users")
+    fi
+    export ORDERFLOW_REGISTRY_USERS_FILE="$auth/registry-users"
+}
+
+# The stack's two set-up steps: every event schema once the registry is up (as its one writer);
+# opening stock before inventory first starts (later runs keep what is left).
 after_start_registry() {
-    (cd "$ROOT" && "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
+    (cd "$ROOT" && ORDERFLOW_REGISTRY_USER=schema-admin ORDERFLOW_REGISTRY_PASSWORD_FILE="$ORDERFLOW_STATE_DIR/auth/registry-password" \
+        "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-schemas" register --registry "$ORDERFLOW_REGISTRY_URL" >/dev/null)
 }
 
 # order-api trusts a development issuer on the local stack: a signing key made once under

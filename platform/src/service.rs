@@ -1,16 +1,9 @@
-//! What every service binary takes and does the same way: the schema registry's address and a
-//! Postgres pool with a clear error when the database cannot be reached.
+//! What every service binary does the same way: a Postgres pool with a clear error when the
+//! database cannot be reached. (The registry's address and credentials are
+//! `orderflow_schemas::RegistryArgs`.)
 
 use anyhow::Context;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-
-/// The schema registry (`#[command(flatten)]`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct RegistryArgs {
-    /// The schema registry's base URL (Confluent-compatible REST).
-    #[arg(long = "registry-url", env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-    pub url: String,
-}
 
 /// A pool of at most `max_connections` on `url`; `what` names the database in the error
 /// (the URL, which may hold a password, is never printed).

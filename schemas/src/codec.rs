@@ -26,7 +26,11 @@ use schema_registry_converter::{
     schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema},
 };
 
-use crate::{Catalog, EventSchema, wire};
+use crate::{
+    Catalog, EventSchema,
+    registry_access::{Credentials, RegistryAccess},
+    wire,
+};
 
 /// Why a record could not be encoded or decoded, and whether a retry can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -103,23 +107,31 @@ pub struct EventCodec {
 
 impl EventCodec {
     /// A codec whose reader schemas are the newest versions this binary was built with.
-    pub fn new(registry_url: &str, timeout: Duration) -> Result<Self, CodecError> {
-        Self::with_readers(registry_url, timeout, Self::readers_at(&[]))
+    pub fn new(registry: impl Into<RegistryAccess>, timeout: Duration) -> Result<Self, CodecError> {
+        Self::with_readers(registry, timeout, Self::readers_at(&[]))
     }
 
     /// A codec reading with explicit reader schemas (by full record name): a consumer pinned to
     /// older versions, or a test playing one.
     pub fn with_readers(
-        registry_url: &str,
+        registry: impl Into<RegistryAccess>,
         timeout: Duration,
         readers: HashMap<String, Schema>,
     ) -> Result<Self, CodecError> {
+        let registry = registry.into();
         let settings = || {
-            SrSettings::new_builder(registry_url.trim_end_matches('/').to_string())
-                .set_timeout(timeout)
-                .no_proxy()
-                .build()
-                .map_err(|e| CodecError::RegistryUnavailable { detail: e.to_string() })
+            let mut builder = SrSettings::new_builder(registry.url.clone());
+            builder.set_timeout(timeout).no_proxy();
+            match &registry.credentials {
+                None => {}
+                Some(Credentials::Basic { user, password }) => {
+                    builder.set_basic_authorization(user, Some(password));
+                }
+                Some(Credentials::Bearer(token)) => {
+                    builder.set_token_authorization(token);
+                }
+            }
+            builder.build().map_err(|e| CodecError::RegistryUnavailable { detail: e.to_string() })
         };
         Ok(EventCodec {
             settings: settings()?,

@@ -17,6 +17,7 @@ pub mod compat;
 pub mod contract;
 pub mod events;
 pub mod headers;
+pub mod registry_access;
 pub mod registry_client;
 pub mod wire;
 pub mod workflow;
@@ -24,6 +25,7 @@ pub mod workflow;
 pub use catalog::{Catalog, CatalogError, EventSchema};
 pub use codec::{CodecError, Decoded, EventCodec};
 pub use compat::{CompatibilityLevel, Incompatibility};
+pub use registry_access::{Credentials, RegistryAccess, RegistryArgs};
 
 /// Avro namespace of every orderflow event.
 pub const NAMESPACE: &str = "io.orderflow.events";

@@ -8,7 +8,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use orderflow_schemas::{Catalog, CompatibilityLevel, registry_client::RegistryClient, workflow};
+use orderflow_schemas::{
+    Catalog, CompatibilityLevel, RegistryAccess, registry_access::RegistryCredentialArgs,
+    registry_client::RegistryClient, workflow,
+};
 
 #[derive(Parser)]
 #[command(name = "orderflow-schemas", about = "Check and register orderflow's Avro event schemas")]
@@ -30,11 +33,17 @@ enum Command {
         /// Also check versions not yet registered against this registry's subjects.
         #[arg(long, env = "ORDERFLOW_REGISTRY_URL")]
         registry: Option<String>,
+        #[command(flatten)]
+        credentials: RegistryCredentialArgs,
     },
-    /// Register every version, oldest first (idempotent).
+    /// Register every version, oldest first (idempotent). A new version needs the registry's
+    /// write credentials (ORDERFLOW_REGISTRY_USER with ORDERFLOW_REGISTRY_PASSWORD or
+    /// ORDERFLOW_REGISTRY_PASSWORD_FILE, or ORDERFLOW_REGISTRY_TOKEN[_FILE]).
     Register {
         #[arg(long, env = "ORDERFLOW_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
         registry: String,
+        #[command(flatten)]
+        credentials: RegistryCredentialArgs,
     },
     /// List the schema versions embedded in this binary at build time.
     Embedded,
@@ -42,7 +51,7 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = orderflow_platform::secret::parse();
     if let Command::Embedded = cli.command {
         for schema in Catalog::embedded().iter() {
             println!("{}/{}.v{}", schema.topic, schema.event, schema.version);
@@ -57,8 +66,14 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { compatibility, registry } => {
-            let client = registry.as_deref().map(RegistryClient::new);
+        Command::Check { compatibility, registry, credentials } => {
+            let client = match registry.as_deref().map(|url| credentials.access(url)).transpose() {
+                Ok(access) => access.map(RegistryClient::new),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
             match workflow::check(&catalog, compatibility, client.as_ref()).await {
                 Ok(report) => {
                     report.notes.iter().for_each(|n| println!("ok    {n}"));
@@ -78,18 +93,31 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Register { registry } => match workflow::register(&catalog, &RegistryClient::new(&registry)).await {
-            Ok(registered) => {
-                for (subject, version, id) in registered {
-                    println!("{subject} v{version} -> id {id}");
+        Command::Register { registry, credentials } => {
+            let access = match credentials.access(&registry) {
+                Ok(access) => access,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
                 }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+            };
+            register(&catalog, access).await
+        }
         Command::Embedded => unreachable!("answered before the catalog on disk is read"),
+    }
+}
+
+async fn register(catalog: &Catalog, access: RegistryAccess) -> ExitCode {
+    match workflow::register(catalog, &RegistryClient::new(access)).await {
+        Ok(registered) => {
+            for (subject, version, id) in registered {
+                println!("{subject} v{version} -> id {id}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }

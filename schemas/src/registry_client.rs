@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::registry_access::RegistryAccess;
+
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// A registry answer that was not a success, with Confluent's error code when it sent one.
@@ -41,18 +43,18 @@ struct ApiError {
 }
 
 pub struct RegistryClient {
-    base: String,
+    access: RegistryAccess,
     http: reqwest::Client,
 }
 
 impl RegistryClient {
-    pub fn new(base: &str) -> Self {
+    pub fn new(access: impl Into<RegistryAccess>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .no_proxy()
             .build()
             .expect("a plain HTTP client builds");
-        RegistryClient { base: base.trim_end_matches('/').to_string(), http }
+        RegistryClient { access: access.into(), http }
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
@@ -61,8 +63,8 @@ impl RegistryClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, RegistryCallError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).header("Accept", CONTENT_TYPE);
+        let url = format!("{}{path}", self.access.url);
+        let mut request = self.access.authorize(self.http.request(method, &url)).header("Accept", CONTENT_TYPE);
         if let Some(body) = body {
             request = request.header("Content-Type", CONTENT_TYPE).body(body.to_string());
         }

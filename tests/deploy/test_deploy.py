@@ -31,6 +31,7 @@ KUBE_VERSION = kubernetes_validate.latest_version()  # the newest the validator 
 MINIMAL = {
     "kafka": {"bootstrap": "kafka.kafka:9092"},
     "database": {"existingSecret": "orderflow-databases"},
+    "registry": {"auth": {"existingSecret": "orderflow-registry-credentials"}},
     "providers": {
         "payment": {"url": "https://payments.example.com"},
         "notification": {"url": "https://mail.example.com"},
@@ -94,6 +95,23 @@ def pod_specs(docs: list[dict]):
 
 def containers(spec: dict):
     return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def secret_files(spec: dict, container: dict) -> dict[str, tuple[str, str]]:
+    """The settings a container reads from Secret files: `{SETTING: (secret, key)}` for each
+    `SETTING_FILE` whose file a projected Secret volume of the pod provides."""
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    files = {}
+    for env in container.get("env", []):
+        directory, _, file = env.get("value", "").rpartition("/")
+        if not env["name"].endswith("_FILE") or directory not in mounts:
+            continue
+        for source in volumes[mounts[directory]].get("projected", {}).get("sources", []):
+            for item in source.get("secret", {}).get("items", []):
+                if item["path"] == file:
+                    files[env["name"].removesuffix("_FILE")] = (source["secret"]["name"], item["key"])
+    return files
 
 
 def image_binaries() -> set[str]:
@@ -203,9 +221,17 @@ class ReviewersChecks(unittest.TestCase):
             self.assertNotRegex(text.lower(), r"password\s*[:=]\s*['\"]?\w")
             for owner, spec in pod_specs(docs):
                 for c in containers(spec):
+                    files = secret_files(spec, c)
                     for env in c.get("env", []):
-                        if env["name"].endswith("DATABASE_URL") or env["name"] == "ORDERFLOW_KAFKA_PROPERTIES":
-                            self.assertIn("secretKeyRef", env.get("valueFrom", {}), f'{c["name"]}: {env["name"]} must come from a Secret')
+                        # Secrets are files: none in the environment, every _FILE backed by a Secret.
+                        self.assertNotIn("secretKeyRef", env.get("valueFrom", {}), f'{c["name"]}: {env["name"]}')
+                        secret = re.search(r"DATABASE_URL|KAFKA_PROPERTIES|PASSWORD|REGISTRY_USERS", env["name"])
+                        if secret:
+                            self.assertTrue(env["name"].endswith("_FILE"), f'{c["name"]}: {env["name"]} must be a file')
+                            self.assertIn(env["name"].removesuffix("_FILE"), files, f'{c["name"]}: {env["name"]}')
+                    for volume in spec.get("volumes", []):
+                        if "projected" in volume:
+                            self.assertEqual(volume["projected"]["defaultMode"], 0o440)
 
     def test_keda_never_scales_a_group_past_its_partitions(self):
         for values, docs in ((EVERYTHING, self.docs), (PRODUCTION, self.production)):
@@ -244,10 +270,11 @@ class ReviewersChecks(unittest.TestCase):
                     env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
                     self.assertEqual(env["ORDERFLOW_MIGRATIONS"], "verify", d["metadata"]["name"])
             # The migrate Job is given every database the release's apps use.
-            def database_keys(env):
-                return {e["valueFrom"]["secretKeyRef"]["key"] for e in env if e["name"].endswith("DATABASE_URL")}
-            migrate_keys = database_keys(jobs["migrate"]["spec"]["template"]["spec"]["containers"][0]["env"])
-            app_keys = set().union(*(database_keys(d["spec"]["template"]["spec"]["containers"][0]["env"]) for d in docs if d["kind"] == "Deployment"))
+            def database_keys(d):
+                spec = d["spec"]["template"]["spec"]
+                return {key for name, (_, key) in secret_files(spec, spec["containers"][0]).items() if name.endswith("DATABASE_URL")}
+            migrate_keys = database_keys(jobs["migrate"])
+            app_keys = set().union(*(database_keys(d) for d in docs if d["kind"] == "Deployment"))
             self.assertGreaterEqual(len(app_keys), 6)
             self.assertEqual(app_keys - migrate_keys, set())
 
@@ -310,7 +337,7 @@ class ReviewersChecks(unittest.TestCase):
         env, spec, ports = api(PRODUCTION)
         self.assertTrue(env["ORDERFLOW_API_JWKS_URL"].startswith("https://idp.example.com/"))
         self.assertNotIn("ORDERFLOW_API_JWKS_FILE", env)
-        self.assertEqual([v["name"] for v in spec["volumes"]], ["tmp"])
+        self.assertEqual([v["name"] for v in spec["volumes"]], ["tmp", "secrets"], "no JWKS mount, only its database URL")
         self.assertIn(443, ports)
         # Without an issuer, or without keys, or with both kinds of keys: the install fails saying so.
         no_issuer = merge(MINIMAL, {"orderApi": {"auth": {"issuer": ""}}})
@@ -319,6 +346,33 @@ class ReviewersChecks(unittest.TestCase):
         self.assertIn("orderApi.auth.jwksUrl or orderApi.auth.jwksConfigMap is required", render_error(no_keys))
         both = merge(MINIMAL, {"orderApi": {"auth": {"jwksUrl": "https://idp.example.com/jwks"}}})
         self.assertIn("not both", render_error(both))
+
+    def test_registry_writes_need_credentials_only_the_schema_hook_holds(self):
+        secret = "orderflow-registry-credentials"
+        for values in (MINIMAL, PRODUCTION):
+            docs = render(values)
+            holders = {}
+            for owner, spec in pod_specs(docs):
+                for c in containers(spec):
+                    for name, (source, key) in secret_files(spec, c).items():
+                        if source == secret:
+                            holders.setdefault(key, set()).add(f'{owner["metadata"]["labels"]["app.kubernetes.io/component"]}/{c["name"]}')
+            self.assertEqual(holders["password"], {"schemas/schemas"}, "the writer's password: the hook's container only")
+            self.assertEqual(holders["user"], {"schemas/schemas"})
+            self.assertEqual(holders["users"], {"registry/registry", "schemas/registry"}, "the users file: the registry only")
+            registry = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-registry"))
+            env = {e["name"]: e.get("value") for e in registry["spec"]["template"]["spec"]["containers"][0]["env"]}
+            self.assertEqual(env["ORDERFLOW_REGISTRY_ANONYMOUS_READS"], "true")
+        # Closed reads: every service reads as the reader; the hook still writes as the writer.
+        closed = render(merge(MINIMAL, {"registry": {"auth": {"anonymousReads": False}}}))
+        for owner, spec in pod_specs(closed):
+            name = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+            files = secret_files(spec, spec["containers"][0])
+            if owner["kind"] == "Deployment" and name != "registry":
+                self.assertEqual(files["ORDERFLOW_REGISTRY_PASSWORD"], (secret, "reader-password"), name)
+        # Without the Secret the install fails saying what it is for.
+        without = merge(MINIMAL, {"registry": {"auth": {"existingSecret": ""}}})
+        self.assertIn("registry.auth.existingSecret is required", render_error(without))
 
     def test_cdc_and_relay_are_chosen_by_one_value(self):
         def relay_modes(docs):

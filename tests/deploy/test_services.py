@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from test_deploy import CHART, EVERYTHING, MINIMAL, ROOT, merge, render
+from test_deploy import CHART, EVERYTHING, MINIMAL, ROOT, merge, render, secret_files
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import manifest  # noqa: E402
@@ -136,8 +136,8 @@ class ChartAgrees(unittest.TestCase):
                 for listener in s["listen"]:
                     self.assertEqual(env[listener["env"]]["value"], f"0.0.0.0:{listener['port']}")
                 self.assertIn(s["health"], {c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]})
-                secrets = [(name, e["valueFrom"]["secretKeyRef"]["key"]) for name, e in env.items()
-                           if name.endswith("DATABASE_URL")]
+                files = secret_files(self.deployments[s["name"]]["spec"]["template"]["spec"], c)
+                secrets = [(name, key) for name, (_, key) in files.items() if name.endswith("DATABASE_URL")]
                 if "database" in s:
                     self.assertIn(camel(s["database"]), self.keys, "the chart's database.keys has no key for it")
                 expected = [(s["database_env"], self.keys[camel(s["database"])])] if "database" in s else []

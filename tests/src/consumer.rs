@@ -126,7 +126,7 @@ impl RuntimeBed {
     pub async fn spawn_on(broker: TestBroker, partitions: i32) -> RuntimeBed {
         let topic = broker.topic(SOURCE);
         broker.create_topic(&topic, partitions).await;
-        let registry = TestRegistry::spawn().await;
+        let registry = TestRegistry::spawn_with_catalog().await;
         let db = TestDatabase::create().await;
         let pool = db.pool().await;
         orderflow_consumer_runtime::migrate(&pool).await.unwrap();
@@ -134,7 +134,7 @@ impl RuntimeBed {
             .execute(&pool)
             .await
             .unwrap();
-        let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        let codec = Arc::new(EventCodec::new(registry.anonymous(), Duration::from_secs(5)).unwrap());
         RuntimeBed { broker, registry, db, pool, codec, script: Arc::default(), topic }
     }
 

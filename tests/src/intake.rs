@@ -56,8 +56,14 @@ impl TestIssuer {
         self.key.sign(&grant.claims())
     }
 
+    /// order-api's settings for this issuer's tokens.
     pub fn settings(&self) -> AuthSettings {
-        AuthSettings::new(JwksSource::File(self.jwks_path.clone()), ISSUER)
+        self.settings_for(orderflow_order_api::auth::defaults::AUDIENCE)
+    }
+
+    /// Settings accepting this issuer's tokens for `audience`.
+    pub fn settings_for(&self, audience: &str) -> AuthSettings {
+        AuthSettings::new(JwksSource::File(self.jwks_path.clone()), ISSUER, audience)
     }
 }
 
@@ -109,10 +115,10 @@ impl TestApi {
         settings: ApiSettings,
         auth: impl FnOnce(&mut AuthSettings),
     ) -> TestApi {
-        let registry = TestRegistry::spawn().await;
+        let registry = TestRegistry::spawn_with_catalog().await;
         let pool = db.pool().await;
         orderflow_order_api::migrate(&pool).await.expect("migrate orders db");
-        let codec = Arc::new(orderflow_schemas::EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        let codec = Arc::new(orderflow_schemas::EventCodec::new(registry.anonymous(), Duration::from_secs(5)).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let issuer = TestIssuer::new();

@@ -31,6 +31,15 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// The project's Python (a virtualenv with Confluent's client and schemathesis), which
+/// `scripts/test.sh` installs and names in ORDERFLOW_PYTHON.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("ORDERFLOW_PYTHON").unwrap_or_else(|| {
+        panic!("ORDERFLOW_PYTHON is not set: run the suite with ./scripts/test.sh, which installs it")
+    });
+    std::path::PathBuf::from(python)
+}
+
 /// A database made for one test.
 pub struct TestDatabase {
     pub name: String,

@@ -289,7 +289,7 @@ impl TestStack {
     }
 
     fn codec(&self) -> Arc<orderflow_schemas::EventCodec> {
-        Arc::new(orderflow_schemas::EventCodec::new(&self.api.registry.url, Duration::from_secs(5)).unwrap())
+        Arc::new(orderflow_schemas::EventCodec::new(self.api.registry.anonymous(), Duration::from_secs(5)).unwrap())
     }
 
     fn consumer_settings(&self, group: &str, topics: &[&str]) -> ConsumerSettings {

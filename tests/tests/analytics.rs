@@ -52,7 +52,7 @@ impl Bed {
         let db = TestDatabase::create().await;
         let pool = db.pool().await;
         orderflow_analytics::migrate(&pool).await.unwrap();
-        let codec = Arc::new(EventCodec::new(&registry.url, Duration::from_secs(5)).unwrap());
+        let codec = Arc::new(EventCodec::new(registry.access(), Duration::from_secs(5)).unwrap());
         Bed { broker, topic, _registry: registry, _db: db, pool, codec }
     }
 }

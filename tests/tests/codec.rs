@@ -45,9 +45,9 @@ fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
 async fn a_v1_consumer_reads_v2_records_and_a_v2_consumer_reads_v1_records() {
     let registry = TestRegistry::spawn().await;
     let catalog = Catalog::embedded();
-    let producer = EventCodec::new(&registry.url, TIMEOUT).unwrap();
+    let producer = EventCodec::new(registry.access(), TIMEOUT).unwrap();
     let v1_consumer =
-        EventCodec::with_readers(&registry.url, TIMEOUT, EventCodec::readers_at(&[("OrderPlaced", 1)])).unwrap();
+        EventCodec::with_readers(registry.access(), TIMEOUT, EventCodec::readers_at(&[("OrderPlaced", 1)])).unwrap();
     let order_id = uuid::Uuid::new_v4();
 
     let v2_bytes = producer.encode(catalog.get("OrderPlaced", 2).unwrap(), order_placed(2, order_id)).await.unwrap();
@@ -71,7 +71,11 @@ async fn a_v1_consumer_reads_v2_records_and_a_v2_consumer_reads_v1_records() {
 async fn records_framed_by_schema_registry_converter_itself_decode_with_an_older_reader() {
     let registry = TestRegistry::spawn().await;
     let v2 = Catalog::embedded().get("OrderPlaced", 2).unwrap();
-    let encoder = EasyAvroEncoder::new(SrSettings::new(registry.url.clone()));
+    let settings = SrSettings::new_builder(registry.url.clone())
+        .set_basic_authorization(orderflow_tests::registry::WRITER, Some(&registry.password))
+        .build()
+        .unwrap();
+    let encoder = EasyAvroEncoder::new(settings);
     let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
         "orders".into(),
         SuppliedSchema::new(Some(v2.full_name()), SchemaType::Avro, v2.text.clone()),
@@ -81,7 +85,7 @@ async fn records_framed_by_schema_registry_converter_itself_decode_with_an_older
     assert_eq!(subjects, serde_json::json!(["orders-io.orderflow.events.OrderPlaced"]), "TopicRecordNameStrategy");
 
     let v1_consumer =
-        EventCodec::with_readers(&registry.url, TIMEOUT, EventCodec::readers_at(&[("OrderPlaced", 1)])).unwrap();
+        EventCodec::with_readers(registry.access(), TIMEOUT, EventCodec::readers_at(&[("OrderPlaced", 1)])).unwrap();
     let decoded = v1_consumer.decode(&bytes).await.unwrap();
     assert!(field(&decoded.value, "customer_email").is_none());
 }
@@ -89,7 +93,7 @@ async fn records_framed_by_schema_registry_converter_itself_decode_with_an_older
 #[tokio::test]
 async fn several_event_types_share_one_topic_under_their_own_subjects() {
     let registry = TestRegistry::spawn().await;
-    let codec = EventCodec::new(&registry.url, TIMEOUT).unwrap();
+    let codec = EventCodec::new(registry.access(), TIMEOUT).unwrap();
     let catalog = Catalog::embedded();
     let order_id = uuid::Uuid::new_v4();
     let cancelled = Value::Record(vec![
@@ -113,7 +117,7 @@ async fn several_event_types_share_one_topic_under_their_own_subjects() {
 #[tokio::test]
 async fn an_unknown_schema_id_is_a_permanent_typed_error() {
     let registry = TestRegistry::spawn().await;
-    let codec = EventCodec::new(&registry.url, TIMEOUT).unwrap();
+    let codec = EventCodec::new(registry.access(), TIMEOUT).unwrap();
     let err = codec.decode(&wire::frame(424_242, &[2, 4, 6])).await.unwrap_err();
     assert!(matches!(err, CodecError::UnknownSchemaId { id: 424_242, .. }), "{err:?}");
     assert!(!err.is_retryable());
@@ -123,7 +127,7 @@ async fn an_unknown_schema_id_is_a_permanent_typed_error() {
 #[tokio::test]
 async fn bytes_without_the_magic_byte_or_with_a_broken_body_are_poison() {
     let registry = TestRegistry::spawn().await;
-    let codec = EventCodec::new(&registry.url, TIMEOUT).unwrap();
+    let codec = EventCodec::new(registry.access(), TIMEOUT).unwrap();
     let err = codec.decode(b"{\"order_id\": 1}").await.unwrap_err();
     assert_eq!(err.class(), "bad_magic_byte");
     assert!(!err.is_retryable());
@@ -159,7 +163,7 @@ async fn an_unreachable_registry_is_retryable() {
 #[tokio::test]
 async fn a_value_that_does_not_match_its_schema_is_refused_before_it_is_sent() {
     let registry = TestRegistry::spawn().await;
-    let codec = EventCodec::new(&registry.url, TIMEOUT).unwrap();
+    let codec = EventCodec::new(registry.access(), TIMEOUT).unwrap();
     let wrong = Value::Record(vec![("order_id".into(), Value::Int(7))]);
     let err = codec.encode(Catalog::embedded().latest("OrderPlaced").unwrap(), wrong).await.unwrap_err();
     assert_eq!(err.class(), "invalid_value");

@@ -88,7 +88,7 @@ async fn of_two_orders_for_the_last_unit_one_is_served_and_the_other_cancelled_a
 /// Publishes `count` OrderPaid events for distinct orders, one unit of `sku` each, and as many
 /// again re-published under new event ids (an upstream replay).
 async fn publish_paid(stack: &TestStack, sku: &str, count: usize) -> Vec<Uuid> {
-    let codec = orderflow_schemas::EventCodec::new(&stack.api.registry.url, Duration::from_secs(5)).unwrap();
+    let codec = orderflow_schemas::EventCodec::new(stack.api.registry.anonymous(), Duration::from_secs(5)).unwrap();
     let producer = stack.broker.producer();
     let mut orders = Vec::new();
     let mut sends = Vec::new();

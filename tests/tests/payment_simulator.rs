@@ -102,14 +102,19 @@ async fn transient_timeouts_follow_the_seed_and_the_rate_limit_answers_429_with_
     let bad = sim.faults(json!({"transient_timeout_pct": 150.0, "delay_ms": 10})).await;
     assert_eq!(bad.status(), 400, "an impossible share is refused");
     sim.faults(json!({"rate_limit_per_sec": 5})).await;
+    let started = std::time::Instant::now();
     let answers = futures::future::join_all((0..12).map(|i| {
         let key = format!("rl-{i}");
         let sim = &sim;
         async move { charge(sim, &key, SHORT).await.unwrap() }
     }))
     .await;
+    // At most 5 per one-second window; a busy machine may spread the 12 over more windows, so
+    // the bound counts the windows they touched (not a timing assertion).
+    let windows = started.elapsed().as_secs() as usize + 2;
     let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
-    assert!(limited.len() >= 7, "at most 5 of 12 in one second get through: {answers:?}");
+    assert!(12 - limited.len() <= 5 * windows, "at most 5 per second get through: {answers:?}");
+    assert!(!limited.is_empty() || 5 * windows >= 12, "the limit refused none: {answers:?}");
     assert!(limited.iter().all(|a| a.2.as_deref() == Some("1")), "Retry-After: 1");
     let keys_charged = sim.ledger().await.iter().filter(|e| e.idempotency_key.starts_with("rl-")).count();
     assert_eq!(keys_charged, 12 - limited.len(), "a 429 charges nothing");

@@ -65,7 +65,7 @@ async fn a_compatible_v3_passes_and_a_breaking_v3_is_rejected_with_field_and_rul
 async fn register_is_idempotent_and_check_compares_new_versions_with_the_registry() {
     let registry = TestRegistry::spawn().await;
     registry.client().set_level(None, "BACKWARD_TRANSITIVE").await;
-    let client = RegistryClient::new(&registry.url);
+    let client = RegistryClient::new(registry.access());
     let dir = scratch_copy();
     let catalog = Catalog::load_dir(&dir).unwrap();
 
@@ -113,7 +113,7 @@ async fn register_is_idempotent_and_check_compares_new_versions_with_the_registr
 #[tokio::test]
 async fn a_version_the_registry_refuses_is_reported_with_the_registry_reason() {
     let registry = TestRegistry::spawn().await;
-    let client = RegistryClient::new(&registry.url);
+    let client = RegistryClient::new(registry.access());
     let dir = scratch_copy();
     workflow::register(&Catalog::load_dir(&dir).unwrap(), &client).await.unwrap();
     // Someone registered a stricter v3 directly; the PR's v3 differs from it and breaks it.

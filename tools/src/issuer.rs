@@ -158,11 +158,14 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// How a tool (demo, bench, drill) authenticates to order-api: with the token in
-/// `ORDERFLOW_API_TOKEN` (environment only, never a flag: argv is visible to every user), or by
-/// minting its own tokens with a development signing key (`--api-token-key`, as the local stack
-/// and compose do).
+/// `ORDERFLOW_API_TOKEN` or the file `ORDERFLOW_API_TOKEN_FILE` names (a secret: never on the
+/// command line, where every user sees it), or by minting its own tokens with a development
+/// signing key (`--api-token-key`, as the local stack and compose do).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiAuthArgs {
+    /// A bearer token for order-api.
+    #[arg(long = "api-token", env = "ORDERFLOW_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// A PKCS#8 PEM signing key the tool mints its tokens with (`orderflow-token keygen`).
     #[arg(long = "api-token-key", env = "ORDERFLOW_API_TOKEN_KEY")]
     pub token_key: Option<std::path::PathBuf>,
@@ -175,7 +178,7 @@ impl ApiAuthArgs {
     /// An HTTP client that sends a bearer token for `subject` with `orders:write orders:read`
     /// (a token from `ORDERFLOW_API_TOKEN` is sent as it is, whatever its subject).
     pub fn client(&self, subject: &str, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
-        let token = match (&self.token_key, std::env::var("ORDERFLOW_API_TOKEN").ok().filter(|t| !t.is_empty())) {
+        let token = match (&self.token_key, self.token.clone().filter(|t| !t.is_empty())) {
             (Some(path), _) => {
                 let grant = Grant {
                     issuer: self.issuer.clone(),

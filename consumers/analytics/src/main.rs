@@ -18,7 +18,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("analytics");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "analytics").await?;
     orderflow_analytics::migrate(&pool).await?;
     let codec = args.consumer.codec()?;

@@ -54,7 +54,7 @@ fn parse_level(raw: &str) -> Result<(String, i32), String> {
 
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 

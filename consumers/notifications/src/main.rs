@@ -25,7 +25,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("notifications");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "notifications").await?;
     orderflow_notifications::migrate(&pool).await?;
     let codec = args.consumer.codec()?;

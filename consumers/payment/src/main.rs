@@ -43,7 +43,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("payment");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "payments").await?;
     orderflow_payment::migrate(&pool).await?;
     let codec = args.consumer.codec()?;

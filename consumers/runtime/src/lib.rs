@@ -228,7 +228,7 @@ pub struct ConsumerArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
-    pub registry: orderflow_platform::service::RegistryArgs,
+    pub registry: orderflow_schemas::RegistryArgs,
 }
 
 impl ConsumerArgs {
@@ -239,7 +239,7 @@ impl ConsumerArgs {
 
     /// The event codec on the registry.
     pub fn codec(&self) -> anyhow::Result<std::sync::Arc<orderflow_schemas::EventCodec>> {
-        let codec = orderflow_schemas::EventCodec::new(&self.registry.url, Duration::from_secs(5))?;
+        let codec = orderflow_schemas::EventCodec::new(self.registry.access()?, Duration::from_secs(5))?;
         Ok(std::sync::Arc::new(codec))
     }
 }

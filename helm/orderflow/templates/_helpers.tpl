@@ -95,9 +95,11 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   metricsPort: http
   reaches: [database]
   ingressFrom: [orderflow]
+  secretFiles: {{ include "orderflow.registryCredentials" (list . "users") | fromYamlArray | toJson }}
   env:
     ORDERFLOW_REGISTRY_LISTEN: "0.0.0.0:8081"
     ORDERFLOW_REGISTRY_DEFAULT_COMPATIBILITY: {{ $v.registry.defaultCompatibility | quote }}
+    ORDERFLOW_REGISTRY_ANONYMOUS_READS: {{ $v.registry.auth.anonymousReads | quote }}
 {{- end }}
 - name: order-api
   command: [order-api]
@@ -249,13 +251,6 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   value: {{ required "kafka.bootstrap is required (host:port of your brokers)" .Values.kafka.bootstrap | quote }}
 - name: ORDERFLOW_KAFKA_REPLICATION_FACTOR
   value: {{ .Values.kafka.replicationFactor | quote }}
-{{- if .Values.kafka.propertiesSecret.name }}
-- name: ORDERFLOW_KAFKA_PROPERTIES
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.kafka.propertiesSecret.name }}
-      key: {{ .Values.kafka.propertiesSecret.key }}
-{{- end }}
 - name: ORDERFLOW_REGISTRY_URL
   value: {{ include "orderflow.registryUrl" . | quote }}
 - name: ORDERFLOW_LOG_FORMAT
@@ -272,12 +267,73 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
 {{- index $names . -}}
 {{- end -}}
 
-{{- define "orderflow.databaseSecretRef" -}}
-{{- $root := index . 0 -}}{{- $key := index . 1 -}}
-valueFrom:
-  secretKeyRef:
-    name: {{ required "database.existingSecret is required: a Secret with one Postgres URL per database" $root.Values.database.existingSecret }}
-    key: {{ index $root.Values.database.keys $key }}
+{{/*
+Secrets reach a program as files, never through its environment (where `kubectl describe`,
+crash dumps and child processes see them): a projected volume of the Secret keys a container
+needs, and `<SETTING>_FILE` naming each file (every orderflow setting reads a `_FILE`).
+orderflow.secretFiles (list $root $databases $extra) lists one container's files as
+{env, secret, key}: its databases ({env, database}), the Kafka properties when set, and $extra.
+*/}}
+{{- define "orderflow.secretFiles" -}}
+{{- $root := index . 0 -}}{{- $v := $root.Values -}}
+{{- range (index . 1) }}
+- env: {{ .env }}_FILE
+  secret: {{ required "database.existingSecret is required: a Secret with one Postgres URL per database" $v.database.existingSecret }}
+  key: {{ index $v.database.keys .database }}
+{{- end }}
+{{- if $v.kafka.propertiesSecret.name }}
+- env: ORDERFLOW_KAFKA_PROPERTIES_FILE
+  secret: {{ $v.kafka.propertiesSecret.name }}
+  key: {{ $v.kafka.propertiesSecret.key }}
+{{- end }}
+{{- range (index . 2) }}
+- {{ toJson . }}
+{{- end }}
+{{- end -}}
+
+{{/* The registry's credentials as files: (list $root "users"|"writer"|"reader"). */}}
+{{- define "orderflow.registryCredentials" -}}
+{{- $root := index . 0 -}}{{- $who := index . 1 -}}{{- $auth := $root.Values.registry.auth -}}
+{{- $secret := required "registry.auth.existingSecret is required: a Secret with the registry's users file and the schema hook's credentials" $auth.existingSecret -}}
+{{- if eq $who "users" }}
+- {env: ORDERFLOW_REGISTRY_USERS_FILE, secret: {{ $secret }}, key: {{ $auth.usersKey }}}
+{{- else if eq $who "writer" }}
+- {env: ORDERFLOW_REGISTRY_USER_FILE, secret: {{ $secret }}, key: {{ $auth.userKey }}}
+- {env: ORDERFLOW_REGISTRY_PASSWORD_FILE, secret: {{ $secret }}, key: {{ $auth.passwordKey }}}
+{{- else }}
+- {env: ORDERFLOW_REGISTRY_USER_FILE, secret: {{ $secret }}, key: {{ $auth.readerUserKey }}}
+- {env: ORDERFLOW_REGISTRY_PASSWORD_FILE, secret: {{ $secret }}, key: {{ $auth.readerPasswordKey }}}
+{{- end }}
+{{- end -}}
+
+{{/* A container's env entries for its secret files: (list $volume $files). */}}
+{{- define "orderflow.secretFileEnv" -}}
+{{- $volume := index . 0 -}}
+{{- range (index . 1) }}
+- name: {{ .env }}
+  value: /etc/orderflow/{{ $volume }}/{{ lower .env }}
+{{- end }}
+{{- end -}}
+
+{{- define "orderflow.secretFileMount" -}}
+{{- if index . 1 }}
+- {name: {{ index . 0 }}, mountPath: /etc/orderflow/{{ index . 0 }}, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* The projected volume behind them, readable by the pod's group only. */}}
+{{- define "orderflow.secretFileVolume" -}}
+{{- if index . 1 }}
+- name: {{ index . 0 }}
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range (index . 1) }}
+      - secret:
+          name: {{ .secret }}
+          items: [{key: {{ .key | quote }}, path: {{ lower .env }}}]
+      {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "orderflow.podSecurity" -}}

@@ -35,7 +35,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("lag-exporter");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     anyhow::ensure!(args.interval_secs >= 0.1, "--interval-secs must be at least 0.1");
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let settings = ExporterSettings {

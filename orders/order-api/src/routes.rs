@@ -45,7 +45,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiE
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| ApiError::Unauthenticated(AuthError::NotBearer))?),
     };
-    let principal = state.verifier.verify(authorization).await?;
+    let principal = Principal::verify(&state.verifier, authorization).await?;
     let limited = state.limiter.check(&principal.subject);
     state.limited_callers.set(state.limiter.callers() as i64);
     if let Err(wait) = limited {

@@ -18,7 +18,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("order-service");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "orders").await?;
     orderflow_order_service::migrate(&pool).await?;
     let codec = args.consumer.codec()?;

@@ -61,7 +61,7 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("outbox-relay");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     // One connection per claim loop, one for LISTEN, one for clean-up.
     let pool =
         orderflow_platform::service::connect(&args.database_url, args.concurrent_batches as u32 + 2, "outbox").await?;

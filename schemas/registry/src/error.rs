@@ -42,6 +42,18 @@ pub enum ApiError {
     InvalidCompatibilityLevel(String),
     #[error("Invalid subject name {0:?}: it must be non-empty and free of control characters")]
     InvalidSubject(String),
+    #[error("Unauthorized: {0}")]
+    Unauthenticated(String),
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
+    #[error("The token issuer's keys cannot be read right now; retry shortly")]
+    AuthUnavailable,
+    #[error("Subject '{0}' is in read-only mode")]
+    ReadOnly(String),
+    #[error("Invalid mode {0:?}. Valid values are READWRITE and READONLY")]
+    InvalidMode(String),
+    #[error("Subject '{0}' does not have subject-level mode configured")]
+    SubjectModeNotFound(String),
     #[error("Malformed request body: {0}")]
     MalformedBody(String),
     #[error("Error in the backend data store")]
@@ -66,6 +78,12 @@ impl ApiError {
             InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             MalformedBody(_) => (StatusCode::BAD_REQUEST, 400),
+            Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 40101),
+            Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
+            SubjectModeNotFound(_) => (StatusCode::NOT_FOUND, 40409),
+            InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
+            ReadOnly(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            AuthUnavailable => (StatusCode::SERVICE_UNAVAILABLE, 50301),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! Start it with [`run`] on a listener the caller owns (tests bind port 0) and a stop future.
 
+pub mod access;
 pub mod error;
 pub mod routes;
 pub mod store;
@@ -15,6 +16,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
+pub use access::{Access, AccessSettings};
 pub use store::Store;
 
 /// Largest request body accepted (a schema is a few KiB; this leaves ample room).
@@ -26,18 +28,21 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Serves the API (and `/metrics`: requests per route and status) on `listener` until
-/// `shutdown` resolves, then drains in-flight requests.
+/// `shutdown` resolves, then drains in-flight requests. Who may read and write is `access`'s
+/// to say ([`access`]); a registry without any way to authenticate a writer does not start.
 pub async fn run(
     listener: TcpListener,
     pool: PgPool,
     default_level: CompatibilityLevel,
+    access: AccessSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let access = std::sync::Arc::new(Access::new(access).await?);
     let registry = prometheus::Registry::new();
     let http_metrics = orderflow_platform::http_metrics::HttpMetrics::register(&registry, "registry")
         .context("registering the HTTP metrics")?;
-    let api =
-        routes::router(Store::new(pool, default_level)).merge(orderflow_platform::metrics::metrics_route(registry));
+    let api = routes::router(Store::new(pool, default_level), access)
+        .merge(orderflow_platform::metrics::metrics_route(registry));
     let app = http_metrics
         .layer(api)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))

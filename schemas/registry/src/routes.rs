@@ -1,10 +1,10 @@
 //! The Confluent Schema Registry REST API, as real clients (Java/librdkafka serdes,
 //! schema_registry_converter, the Confluent CLI) use it.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderValue, header},
@@ -16,13 +16,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    access::{self, Access, LookupOnly},
     error::{ApiError, CONTENT_TYPE},
-    store::{ParsedSchema, Store, VersionSpec},
+    store::{Mode, ParsedSchema, Store, VersionSpec},
 };
 
 type Flags = Query<HashMap<String, String>>;
 
-pub fn router(store: Store) -> Router {
+/// The API, every request passing [`access::gate`] first.
+pub fn router(store: Store, access: Arc<Access>) -> Router {
     Router::new()
         .route("/", get(|| async { reply(json!({})) }))
         .route("/healthz", get(healthz))
@@ -38,9 +40,11 @@ pub fn router(store: Store) -> Router {
         .route("/compatibility/subjects/{subject}/versions/{version}", post(check_version))
         .route("/config", get(get_global_config).put(put_global_config))
         .route("/config/{subject}", get(get_subject_config).put(put_subject_config).delete(delete_subject_config))
-        .route("/mode", get(|| async { reply(json!({ "mode": "READWRITE" })) }))
+        .route("/mode", get(get_global_mode).put(put_global_mode))
+        .route("/mode/{subject}", get(get_subject_mode).put(put_subject_mode).delete(delete_subject_mode))
         .route("/schemas/types", get(|| async { reply(json!(["AVRO"])) }))
         .with_state(store)
+        .layer(axum::middleware::from_fn_with_state(access, access::gate))
 }
 
 fn reply(body: Value) -> Response {
@@ -94,9 +98,23 @@ async fn list_subjects(State(store): State<Store>, flags: Flags) -> Result<Respo
     Ok(reply(json!(store.subjects(flag(&flags, "deleted")).await?)))
 }
 
-async fn register(State(store): State<Store>, Path(subject): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+/// Registers a schema; a caller that may only read gets the id of a schema the subject already
+/// holds (what a lookup would answer) and the gate's refusal otherwise.
+async fn register(
+    State(store): State<Store>,
+    Path(subject): Path<String>,
+    lookup_only: Option<Extension<LookupOnly>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let subject = checked_subject(subject)?;
     let parsed = parse_body(&body)?;
+    if let Some(Extension(only)) = lookup_only {
+        return match store.lookup(&subject, &parsed, false).await {
+            Ok(row) => Ok(reply(json!({ "id": row.schema_id }))),
+            Err(ApiError::SubjectNotFound(_) | ApiError::SchemaNotFound) => Err(only.refusal()),
+            Err(other) => Err(other),
+        };
+    }
     let id = store.register(&subject, &parsed).await?;
     tracing::info!(%subject, id, "schema registered");
     Ok(reply(json!({ "id": id })))
@@ -270,5 +288,58 @@ async fn delete_subject_config(State(store): State<Store>, Path(subject): Path<S
     match store.delete_level(Some(&subject)).await? {
         Some(level) => Ok(reply(json!({ "compatibilityLevel": level.as_str() }))),
         None => Err(ApiError::SubjectConfigNotFound(subject)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ModeBody {
+    mode: Option<String>,
+}
+
+fn parse_mode(body: &Bytes) -> Result<Mode, ApiError> {
+    let body: ModeBody = serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+    body.mode.unwrap_or_default().parse()
+}
+
+async fn get_global_mode(State(store): State<Store>) -> Result<Response, ApiError> {
+    Ok(reply(json!({ "mode": store.mode(None).await?.unwrap_or(Mode::ReadWrite).as_str() })))
+}
+
+async fn put_global_mode(State(store): State<Store>, body: Bytes) -> Result<Response, ApiError> {
+    let mode = parse_mode(&body)?;
+    store.set_mode(None, mode).await?;
+    tracing::info!(mode = mode.as_str(), "registry mode set");
+    Ok(reply(json!({ "mode": mode.as_str() })))
+}
+
+async fn get_subject_mode(
+    State(store): State<Store>,
+    Path(subject): Path<String>,
+    flags: Flags,
+) -> Result<Response, ApiError> {
+    let mode = match store.mode(Some(&subject)).await? {
+        Some(mode) => mode,
+        None if flag(&flags, "defaultToGlobal") => store.mode(None).await?.unwrap_or(Mode::ReadWrite),
+        None => return Err(ApiError::SubjectModeNotFound(subject)),
+    };
+    Ok(reply(json!({ "mode": mode.as_str() })))
+}
+
+async fn put_subject_mode(
+    State(store): State<Store>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let subject = checked_subject(subject)?;
+    let mode = parse_mode(&body)?;
+    store.set_mode(Some(&subject), mode).await?;
+    tracing::info!(%subject, mode = mode.as_str(), "subject mode set");
+    Ok(reply(json!({ "mode": mode.as_str() })))
+}
+
+async fn delete_subject_mode(State(store): State<Store>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+    match store.delete_mode(Some(&subject)).await? {
+        Some(mode) => Ok(reply(json!({ "mode": mode.as_str() }))),
+        None => Err(ApiError::SubjectModeNotFound(subject)),
     }
 }

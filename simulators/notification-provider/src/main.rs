@@ -15,7 +15,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("notification-simulator");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_notification_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

@@ -237,7 +237,7 @@ async fn relay(args: &Args) -> anyhow::Result<f64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("orderflow-bench");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let phase = |name: &str| args.phases.iter().any(|p| p == name);
     println!(
         "orderflow-bench: {} s per phase, concurrency {}, {} relay events",

@@ -51,7 +51,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = orderflow_platform::secret::parse();
     let kafka = cli.kafka.settings()?;
     match cli.command {
         Command::List { dlt } => {

@@ -81,7 +81,7 @@ impl Drop for Instances {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     // ctrl-c or SIGTERM ends the drill through the same path as an error: the instances it
     // started are stopped (Instances' drop), never left running against the next drill.
     tokio::select! {

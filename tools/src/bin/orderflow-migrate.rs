@@ -56,7 +56,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("orderflow-migrate");
-    let args = Args::parse();
+    let args: Args = orderflow_platform::secret::parse();
     let mode = migrations::mode()?;
     let wait = Duration::from_secs(args.connect_timeout_secs);
     // Each database with the migrations of every service that uses it.

@@ -65,7 +65,7 @@ enum Alg {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
+    match orderflow_platform::secret::parse::<Args>().command {
         Command::Keygen { dir, alg } => {
             let algorithm = match alg {
                 Alg::RS256 => jsonwebtoken::Algorithm::RS256,
