@@ -36,7 +36,9 @@ pub fn document() -> Value {
                 "responses": {
                     "202": { "description": "Accepted (or replayed: header Idempotent-Replayed: true)",
                              "headers": { "Location": { "schema": { "type": "string" } } },
-                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
+                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } },
+                             "links": { "GetOrder": { "operationId": "getOrder", "parameters": { "order_id": "$response.body#/order_id" },
+                                                      "description": "The order just accepted: its status and history" } } },
                     "400": problem("Malformed JSON, or a missing or invalid Idempotency-Key"),
                     "413": problem("Body over the size limit"),
                     "401": problem("No bearer token, or a token that does not verify (the detail and WWW-Authenticate say why)"),
@@ -55,7 +57,7 @@ pub fn document() -> Value {
                     { "name": "order_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
                     { "name": "wait_for", "in": "query", "required": false, "description": "Comma-separated statuses to wait for", "schema": { "type": "string", "example": "PAID,PAYMENT_FAILED,CANCELLED" } },
                     { "name": "newer_than", "in": "query", "required": false, "description": "Wait for a version above this one", "schema": { "type": "integer", "minimum": 0 } },
-                    { "name": "timeout", "in": "query", "required": false, "description": format!("How long to wait: 10s, 1500ms or 10 (seconds); default {}s, at most {}s", waiters::DEFAULT_TIMEOUT.as_secs(), waiters::MAX_TIMEOUT.as_secs()), "schema": { "type": "string", "example": "10s" } }
+                    { "name": "timeout", "in": "query", "required": false, "description": format!("How long to wait, with wait_for or newer_than (alone it is refused with 400): 10s, 1500ms or 10 (seconds); default {}s, at most {}s", waiters::DEFAULT_TIMEOUT.as_secs(), waiters::MAX_TIMEOUT.as_secs()), "schema": { "type": "string", "example": "10s" } }
                 ],
                 "responses": {
                     "200": {
