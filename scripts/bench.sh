@@ -14,4 +14,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 trap 'exit 130' INT TERM
 trap 'stop_started_services' EXIT
 start_fresh_stack
-"$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-bench" --admin-url "$ORDERFLOW_PG_ADMIN_URL" "$@"
+"$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-bench" "$@"   # ORDERFLOW_PG_ADMIN_URL from the environment (a secret: never argv)

@@ -57,10 +57,19 @@ drop_stack_databases() {
     done
 }
 
+# secret_file NAME VALUE: VALUE in $ORDERFLOW_STATE_DIR/secrets/NAME (mode 600); prints the path.
+# Services are given secrets as files (`<SETTING>_FILE`), as the chart and compose give them.
+secret_file() {
+    local dir="$ORDERFLOW_STATE_DIR/secrets"
+    mkdir -p "$dir" && chmod 700 "$dir"
+    (umask 077 && printf '%s\n' "$2" >"$dir/$1")
+    echo "$dir/$1"
+}
+
 # Every service of the manifest (ops/services.toml), in its order, each on its own database and
 # ports (ORDERFLOW_PORT_BASE + the manifest's offset); ORDERFLOW_SKIP_SERVICES="a b" leaves some
 # out (the drill starts its own payment instances). Exports each listener's url_env and each
-# database's ORDERFLOW_<DATABASE>_DATABASE_URL for the tools and the services started after it.
+# database's ORDERFLOW_<DATABASE>_DATABASE_URL_FILE for the tools.
 start_stack() {
     local lines line name binary database database_env health listens env_list
     lines="$(python3 "$ROOT/scripts/manifest.py" shell)" || die "the service manifest is broken (above)"
@@ -81,8 +90,9 @@ start_manifest_service() {
     local vars=() listeners=() settings=() url listener env offset url_env port first_port="" setting
     if [ -n "$database" ]; then
         url="$(ensure_database "${ORDERFLOW_DB_PREFIX}_$database")"
-        export "ORDERFLOW_${database^^}_DATABASE_URL=$url"
-        vars+=("$database_env=$url")
+        url="$(secret_file "$database-database-url" "$url")"
+        export "ORDERFLOW_${database^^}_DATABASE_URL_FILE=$url"
+        vars+=("${database_env}_FILE=$url")
     fi
     IFS=',' read -ra listeners <<<"$listens"
     for listener in "${listeners[@]}"; do

@@ -88,6 +88,23 @@ INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, pa
 END;
 "#;
 
+/// A Postgres URL as libpq's environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), so
+/// pgbench is told it without the password on its command line.
+fn libpq_env(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let url = reqwest::Url::parse(url).context("the database URL does not parse")?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let mut env = vec![("PGHOST", url.host_str().unwrap_or("localhost").to_string())];
+    env.push(("PGPORT", url.port().unwrap_or(5432).to_string()));
+    env.push(("PGDATABASE", decode(url.path().trim_start_matches('/'))));
+    if !url.username().is_empty() {
+        env.push(("PGUSER", decode(url.username())));
+    }
+    if let Some(password) = url.password() {
+        env.push(("PGPASSWORD", decode(password)));
+    }
+    Ok(env)
+}
+
 async fn baseline(args: &Args) -> anyhow::Result<f64> {
     let (url, pool) = scratch_database(&args.admin_url, "orderflow_bench_baseline").await?;
     orderflow_orders::migrate(&pool).await?;
@@ -107,7 +124,7 @@ async fn baseline(args: &Args) -> anyhow::Result<f64> {
             "-f",
         ])
         .arg(&script)
-        .arg(&url)
+        .envs(libpq_env(&url)?)
         .output()
         .context("running pgbench (Debian package postgresql-client)")?;
     let text = String::from_utf8_lossy(&output.stdout);
