@@ -59,6 +59,8 @@ impl TestSimulator {
 /// The email/SMS provider stand-in on its own database.
 pub struct TestNotifier {
     pub url: String,
+    /// The admin port: ledger, faults, throttled requests.
+    pub admin_url: String,
     pub pool: PgPool,
     _db: TestDatabase,
     _running: Running,
@@ -70,25 +72,27 @@ impl TestNotifier {
         let pool = db.pool().await;
         orderflow_notification_simulator::migrate(&pool).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let p = pool.clone();
-        let running = Running::spawn(move |stop| orderflow_notification_simulator::run(listener, p, stop));
-        TestNotifier { url, pool, _db: db, _running: running }
+        let running = Running::spawn(move |stop| orderflow_notification_simulator::run(listener, Some(admin), p, stop));
+        TestNotifier { url, admin_url, pool, _db: db, _running: running }
     }
 
     pub async fn ledger(&self) -> Vec<orderflow_notification_simulator::Delivered> {
-        reqwest::get(format!("{}/ledger", self.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/ledger", self.admin_url)).await.unwrap().json().await.unwrap()
     }
 
     /// The requests refused with 429 so far.
     pub async fn throttled(&self) -> Vec<orderflow_notification_simulator::Throttled> {
-        reqwest::get(format!("{}/admin/throttled", self.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/admin/throttled", self.admin_url)).await.unwrap().json().await.unwrap()
     }
 
     /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`.
     pub async fn faults(&self, faults: Value) {
         let response =
-            reqwest::Client::new().put(format!("{}/admin/faults", self.url)).json(&faults).send().await.unwrap();
+            reqwest::Client::new().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap();
         assert!(response.status().is_success(), "faults refused: {}", response.text().await.unwrap());
     }
 }

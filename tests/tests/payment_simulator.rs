@@ -151,24 +151,33 @@ async fn down_refuses_connections_and_a_reset_after_the_charge_leaves_the_charge
 }
 
 #[tokio::test]
-async fn down_needs_an_admin_port_to_come_back_and_unknown_modes_are_refused() {
-    let db = orderflow_tests::TestDatabase::create().await;
-    let pool = db.pool().await;
-    orderflow_payment_simulator::migrate(&pool).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let _running =
-        orderflow_tests::Running::spawn(move |stop| orderflow_payment_simulator::run(listener, None, pool, stop));
-    let put = |faults: Value| {
-        let url = url.clone();
-        async move { reqwest::Client::new().put(format!("{url}/admin/faults")).json(&faults).send().await.unwrap() }
-    };
-    let response = put(json!({"mode": "down"})).await;
-    assert_eq!(response.status(), 400, "without an admin port nothing could switch `down` back");
-    let body: Value = response.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("--admin-listen"), "{body}");
-    let response = put(json!({"mode": "bogus"})).await;
+async fn the_api_port_serves_only_the_providers_api_and_unknown_modes_are_refused_on_the_admin_port() {
+    let sim = TestSimulator::spawn().await;
+    let http = reqwest::Client::new();
+    // Whoever can charge cannot see the ledger or make the provider fail.
+    for (method, path) in
+        [("PUT", "/admin/faults"), ("GET", "/admin/faults"), ("GET", "/ledger"), ("GET", "/admin/stats")]
+    {
+        let request = http.request(method.parse().unwrap(), format!("{}{path}", sim.url));
+        let request = if method == "PUT" { request.json(&json!({"mode": "down"})) } else { request };
+        assert_eq!(request.send().await.unwrap().status(), 404, "{method} {path} on the API port");
+    }
+    assert_eq!(reqwest::get(format!("{}/healthz", sim.url)).await.unwrap().status(), 200);
+    let response = sim.faults(json!({"mode": "bogus"})).await;
     assert_eq!(response.status(), 400, "an unknown mode is a clear error");
     let body: Value = response.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("unknown variant"), "{body}");
+}
+
+#[test]
+fn both_simulators_admin_ports_listen_on_loopback_unless_told_otherwise() {
+    for (binary, flag, default) in [
+        ("payment-simulator", "--admin-listen", "127.0.0.1:8089"),
+        ("notification-simulator", "--admin-listen", "127.0.0.1:8092"),
+    ] {
+        let help = std::process::Command::new(orderflow_tests::binary(binary)).arg("--help").output().unwrap();
+        let help = String::from_utf8(help.stdout).unwrap();
+        let line = help.lines().skip_while(|l| !l.contains(flag)).take(6).collect::<Vec<_>>().join(" ");
+        assert!(line.contains(&format!("[default: {default}]")), "{binary}: {line}");
+    }
 }

@@ -235,13 +235,14 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   replicas: 1
   resources: {{ toJson $v.simulators.resources }}
   database: notificationSimulator
-  ports: [{name: http, port: 8091}]
-  service: {port: 8091}
+  ports: [{name: http, port: 8091}, {name: admin, port: 8092}]
+  service: {port: 8091, extraPorts: [{name: admin, port: 8092}]}
   probes: {port: http, live: /healthz, ready: /healthz}
   reaches: [database]
   ingressFrom: [notifications]
   env:
     ORDERFLOW_NOTIFY_SIMULATOR_LISTEN: "0.0.0.0:8091"
+    ORDERFLOW_NOTIFY_SIMULATOR_ADMIN_LISTEN: "0.0.0.0:8092"
 {{- end }}
 {{- end -}}
 

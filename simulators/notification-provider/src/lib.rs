@@ -145,25 +145,51 @@ impl IntoResponse for ProviderError {
     }
 }
 
-pub fn router(pool: PgPool) -> Router {
+/// The provider's API (what a sender may call) and the admin routes (the API, and the ledger,
+/// faults and throttled requests a test drives), sharing one state.
+pub fn routers(pool: PgPool) -> (Router, Router) {
     let state = AppState { pool, faults: Arc::default(), throttled: Arc::default() };
-    Router::new()
+    let api = Router::new()
         .route("/v1/messages", post(send))
         .route("/v1/messages/{key}", get(by_key))
-        .route("/ledger", get(ledger))
-        .route("/admin/faults", get(faults).put(set_faults))
-        .route("/admin/throttled", get(throttled))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .with_state(state)
+        .with_state(state.clone());
+    let admin = api.clone().merge(
+        Router::new()
+            .route("/ledger", get(ledger))
+            .route("/admin/faults", get(faults).put(set_faults))
+            .route("/admin/throttled", get(throttled))
+            .with_state(state),
+    );
+    (api, admin)
 }
 
+/// Serves the API on `listener` and, when given, the admin routes on `admin` (whoever reaches
+/// it can make the provider fail: it listens on loopback unless told otherwise).
 pub async fn run(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     pool: PgPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "notification simulator listening");
-    axum::serve(listener, router(pool)).with_graceful_shutdown(shutdown).await.context("serving the simulator")
+    tracing::info!(addr = %listener.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "notification simulator listening");
+    let (api, admin_routes) = routers(pool);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = admin.map(|admin| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            axum::serve(admin, admin_routes).with_graceful_shutdown(shutdown).await
+        })
+    });
+    let served = axum::serve(listener, api).with_graceful_shutdown(shutdown).await.context("serving the simulator");
+    stop.send_replace(true);
+    if let Some(admin) = admin {
+        admin.await.context("the admin server")?.context("serving the admin port")?;
+    }
+    served
 }
 
 async fn send(

@@ -8,6 +8,10 @@ use sqlx::postgres::PgPoolOptions;
 struct Args {
     #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_LISTEN", default_value = "127.0.0.1:8091")]
     listen: String,
+    /// The admin port: the API plus the ledger, faults and throttled requests. Loopback unless
+    /// told otherwise: whoever reaches it can make the provider fail.
+    #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_ADMIN_LISTEN", default_value = "127.0.0.1:8092")]
+    admin_listen: String,
     #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
@@ -19,5 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_notification_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    orderflow_notification_simulator::run(listener, pool, orderflow_platform::shutdown::shutdown_signal()).await
+    let admin = tokio::net::TcpListener::bind(&args.admin_listen).await?;
+    orderflow_notification_simulator::run(listener, Some(admin), pool, orderflow_platform::shutdown::shutdown_signal())
+        .await
 }

@@ -142,21 +142,28 @@ pub(crate) struct AppState {
     faults: Arc<Mutex<faults::FaultState>>,
     /// True while the API port is closed (`down`).
     down: Arc<watch::Sender<bool>>,
-    /// Whether an admin port exists to switch `down` back.
-    has_admin: bool,
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The provider's API: what a payment client may call.
+pub(crate) fn api_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/charges", post(charge))
         .route("/v1/charges/{key}", get(entry_by_key))
         .route("/v1/refunds", post(refund))
         .route("/v1/refunds/{key}", get(entry_by_key))
-        .route("/ledger", get(ledger))
-        .route("/admin/faults", get(get_faults).put(set_faults))
-        .route("/admin/stats", get(get_stats).delete(reset_stats))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .with_state(state)
+}
+
+/// The admin port's routes: the API, and the ledger, faults and stats a test or drill drives.
+pub(crate) fn admin_router(state: AppState) -> Router {
+    api_router(state.clone()).merge(
+        Router::new()
+            .route("/ledger", get(ledger))
+            .route("/admin/faults", get(get_faults).put(set_faults))
+            .route("/admin/stats", get(get_stats).delete(reset_stats))
+            .with_state(state),
+    )
 }
 
 async fn get_faults(State(state): State<AppState>) -> Json<faults::Faults> {
@@ -167,11 +174,6 @@ async fn set_faults(State(state): State<AppState>, body: axum::body::Bytes) -> R
     let faults: faults::Faults = serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
     faults.validate().map_err(ProviderError::Invalid)?;
     let down = faults.mode == faults::FaultMode::Down;
-    if down && !state.has_admin {
-        return Err(ProviderError::Invalid(
-            "mode down closes the API port: start the simulator with --admin-listen to switch it back".into(),
-        ));
-    }
     state.faults.lock().expect("faults lock").switch(faults);
     state.down.send_replace(down);
     tracing::info!(?faults, "faults switched");

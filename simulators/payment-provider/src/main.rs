@@ -8,10 +8,11 @@ use sqlx::postgres::PgPoolOptions;
 struct Args {
     #[arg(long, env = "ORDERFLOW_SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
     listen: String,
-    /// A second port serving the same routes, which stays up when the `down` fault closes the
-    /// API port (faults, ledger and stats are reachable here).
-    #[arg(long, env = "ORDERFLOW_SIMULATOR_ADMIN_LISTEN")]
-    admin_listen: Option<String>,
+    /// The admin port: the API plus the ledger, faults and stats; it stays up when the `down`
+    /// fault closes the API port. Loopback unless told otherwise: whoever reaches it can make
+    /// the provider fail.
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_ADMIN_LISTEN", default_value = "127.0.0.1:8089")]
+    admin_listen: String,
     #[arg(long, env = "ORDERFLOW_SIMULATOR_DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
@@ -23,9 +24,6 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_payment_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let admin = match &args.admin_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-        None => None,
-    };
-    orderflow_payment_simulator::run(listener, admin, pool, orderflow_platform::shutdown::shutdown_signal()).await
+    let admin = tokio::net::TcpListener::bind(&args.admin_listen).await?;
+    orderflow_payment_simulator::run(listener, Some(admin), pool, orderflow_platform::shutdown::shutdown_signal()).await
 }

@@ -11,28 +11,25 @@ use tokio::{
     sync::{Notify, watch},
 };
 
-use crate::{AppState, ConnectionReset, router};
+use crate::{AppState, ConnectionReset, admin_router, api_router};
 
-/// Serves the API on `api` and, when given, the same routes on `admin` — a port that stays up
-/// when the fault `down` closes the API port.
+/// Serves the provider's API on `api` and, when given, the API with the ledger, faults and
+/// stats on `admin` — a port that stays up when the fault `down` closes the API port, and the
+/// only one that can change or read the simulator's state (it listens on loopback unless told
+/// otherwise).
 pub async fn run(
     api: TcpListener,
     admin: Option<TcpListener>,
     pool: PgPool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState {
-        pool,
-        faults: Arc::default(),
-        down: Arc::new(watch::Sender::new(false)),
-        has_admin: admin.is_some(),
-    };
+    let state = AppState { pool, faults: Arc::default(), down: Arc::new(watch::Sender::new(false)) };
     tracing::info!(api = %api.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "payment simulator listening");
     let (stop, stopped) = watch::channel(false);
-    let app = router(state.clone());
+    let app = api_router(state.clone());
     let admin = admin.map(|admin| {
         let mut stopped = stopped.clone();
-        let app = app.clone();
+        let app = admin_router(state.clone());
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
