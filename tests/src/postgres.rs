@@ -1,5 +1,6 @@
-//! A Postgres server of a test's own, for a test that damages its server (fills its disk): the
-//! suite's shared server never sees the fault, so a failing test cannot break the others.
+//! A Postgres server of a test's own, for a test that damages its server (fills its disk) or
+//! needs one configured otherwise (TLS with a test CA): the suite's shared server never sees it,
+//! so a failing test cannot break the others.
 //! Like the scripts' cluster, it is the newest server under `/usr/lib/postgresql`, run as the
 //! `postgres` user (initdb refuses root), and is stopped (immediate) and removed on drop.
 
@@ -17,6 +18,19 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(&[])
+    }
+
+    /// A server that also speaks TLS with `tls`'s server certificate (clients may still connect
+    /// without it: a test asks `pg_stat_ssl` which they did).
+    pub fn start_tls(tls: &TestCa) -> PrivatePostgres {
+        let cert = tls.dir.join("server.crt");
+        let key = tls.dir.join("server.key");
+        let (cert, key) = (cert.to_str().unwrap().to_string(), key.to_str().unwrap().to_string());
+        Self::start_with(&["-c ssl=on".into(), format!("-c ssl_cert_file={cert}"), format!("-c ssl_key_file={key}")])
+    }
+
+    fn start_with(settings: &[String]) -> PrivatePostgres {
         let bin = newest_server();
         let dir = std::env::temp_dir().join(format!("orderflow-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -25,7 +39,7 @@ impl PrivatePostgres {
         run(Command::new("chmod").args(["700", &path]));
         run(as_postgres(&bin.join("initdb")).args(["-D", &path, "--auth=trust", "--username=postgres", "-E", "UTF8"]));
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let options = format!("-p {port} -k {path} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let options = format!("-p {port} -k {path} -c listen_addresses=127.0.0.1 -c fsync=off {}", settings.join(" "));
         let log = format!("{path}/server.log");
         run(as_postgres(&bin.join("pg_ctl")).args(["-D", &path, "-l", &log, "-w", "-t", "60", "start", "-o", &options]));
         PrivatePostgres { admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), bin, dir }
@@ -36,6 +50,75 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let path = self.dir.to_str().unwrap();
         let _ = as_postgres(&self.bin.join("pg_ctl")).args(["-D", path, "-m", "immediate", "-w", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test certificate authority (openssl) and a server certificate it signed for `127.0.0.1`
+/// and `localhost`, in a directory the `postgres` user can read (the key: only it).
+pub struct TestCa {
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = std::env::temp_dir().join(format!("orderflow-ca-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let openssl = || {
+            let mut c = Command::new("openssl");
+            c.current_dir(&dir);
+            c
+        };
+        run(openssl().args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=orderflow test CA",
+            "-keyout",
+            &at("ca.key"),
+            "-out",
+            &at("ca.crt"),
+        ]));
+        run(openssl().args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &at("server.key"),
+            "-out",
+            &at("server.csr"),
+        ]));
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        run(openssl().args(["x509", "-req", "-days", "2", "-in", &at("server.csr"), "-CA", &at("ca.crt")]).args([
+            "-CAkey",
+            &at("ca.key"),
+            "-CAcreateserial",
+            "-extfile",
+            &at("san.ext"),
+            "-out",
+            &at("server.crt"),
+        ]));
+        let dir_path = dir.to_str().unwrap().to_string();
+        run(Command::new("chmod").args(["755", &dir_path]));
+        run(Command::new("chown").args(["postgres:postgres", &at("server.key"), &at("server.crt")]));
+        run(Command::new("chmod").args(["600", &at("server.key")]));
+        TestCa { dir }
+    }
+
+    /// The CA certificate clients verify the server with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

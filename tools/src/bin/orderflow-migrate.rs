@@ -87,12 +87,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects, retrying every 2 s for up to `wait`.
+/// Connects, retrying every 2 s for up to `wait` while the server is not reachable yet; a
+/// server whose certificate does not verify, or a bad URL, fails at once (waiting cannot fix it).
 async fn connect(name: &str, url: &str, wait: Duration) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(5)).connect(url).await {
             Ok(pool) => return Ok(pool),
+            Err(e @ (sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))) => {
+                return Err(e).with_context(|| format!("connecting to the {name} database"));
+            }
+            // A TLS handshake that failed (the certificate does not verify) comes as bad data.
+            Err(sqlx::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("connecting to the {name} database over TLS (the server's certificate)")));
+            }
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(database = name, error = %e, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
