@@ -146,6 +146,14 @@ before_start_order_api() {
     export ORDERFLOW_API_TOKEN_KEY="$auth/issuer.pem"
 }
 
+# The payment provider's API key on the local stack: made once, handed as a file to the simulator
+# (which then refuses callers without it) and to payment (which sends it).
+before_start_payment_simulator() {
+    local file="$ORDERFLOW_STATE_DIR/secrets/provider-api-key"
+    [ -s "$file" ] || secret_file provider-api-key "sk_local_$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >/dev/null
+    export ORDERFLOW_SIMULATOR_API_KEY_FILE="$file" ORDERFLOW_PROVIDER_API_KEY_FILE="$file"
+}
+
 before_start_inventory() {
     local inventory="$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/inventory"
     if [ -z "$("$inventory" stock show)" ]; then

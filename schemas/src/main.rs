@@ -51,7 +51,7 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli: Cli = orderflow_platform::secret::parse();
+    let cli: Cli = orderflow_settings::parse();
     if let Command::Embedded = cli.command {
         for schema in Catalog::embedded().iter() {
             println!("{}/{}.v{}", schema.topic, schema.event, schema.version);

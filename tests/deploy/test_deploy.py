@@ -225,7 +225,7 @@ class ReviewersChecks(unittest.TestCase):
                     for env in c.get("env", []):
                         # Secrets are files: none in the environment, every _FILE backed by a Secret.
                         self.assertNotIn("secretKeyRef", env.get("valueFrom", {}), f'{c["name"]}: {env["name"]}')
-                        secret = re.search(r"DATABASE_URL|KAFKA_PROPERTIES|PASSWORD|REGISTRY_USERS", env["name"])
+                        secret = re.search(r"DATABASE_URL|KAFKA_PROPERTIES|PASSWORD|REGISTRY_USERS|API_KEY", env["name"])
                         if secret:
                             self.assertTrue(env["name"].endswith("_FILE"), f'{c["name"]}: {env["name"]} must be a file')
                             self.assertIn(env["name"].removesuffix("_FILE"), files, f'{c["name"]}: {env["name"]}')
@@ -370,6 +370,15 @@ class ReviewersChecks(unittest.TestCase):
             files = secret_files(spec, spec["containers"][0])
             if owner["kind"] == "Deployment" and name != "registry":
                 self.assertEqual(files["ORDERFLOW_REGISTRY_PASSWORD"], (secret, "reader-password"), name)
+        # The payment provider's API key: a file in payment's pod (and the simulator's, which then
+        # demands it), from the Secret production values name.
+        keyed = render(merge(EVERYTHING, {"providers": {"payment": {"apiKeySecret": {"name": "pay-key"}}}}))
+        for owner, spec in pod_specs(keyed):
+            name = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+            files = secret_files(spec, spec["containers"][0])
+            expected = {"payment": "ORDERFLOW_PROVIDER_API_KEY", "payment-simulator": "ORDERFLOW_SIMULATOR_API_KEY"}.get(name)
+            keys = {k: v for k, v in files.items() if k.endswith("API_KEY")}
+            self.assertEqual(keys, {expected: ("pay-key", "api-key")} if expected else {}, name)
         # Without the Secret the install fails saying what it is for.
         without = merge(MINIMAL, {"registry": {"auth": {"existingSecret": ""}}})
         self.assertIn("registry.auth.existingSecret is required", render_error(without))

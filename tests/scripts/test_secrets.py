@@ -1,7 +1,7 @@
 """No secret leaks: the whole local stack (every service of ops/services.toml, started by
 scripts/lib_stack.sh as the demo starts it) runs with known secrets — a database password in
 every database URL, Kafka client properties holding a password, the registry writer's
-password, bearer tokens — under traffic and refusals; then every service's output, every
+password, the payment provider's API key, bearer tokens — under traffic and refusals; then every service's output, every
 /metrics page, every error body and every process's command line is searched for them.
 
 Run by scripts/test.sh (which starts the suite's Postgres and Kafka and exports their
@@ -102,6 +102,7 @@ class SecretsStayHidden(unittest.TestCase):
     def exercise(self, state: Path, port_base: int, known: dict, target: str):
         profile = os.environ.get("ORDERFLOW_PROFILE", "debug")
         known["registry writer password"] = (state / "auth" / "registry-password").read_text().strip()
+        known["payment provider API key"] = (state / "secrets" / "provider-api-key").read_text().strip()
         token = subprocess.run(
             [f"{target}/{profile}/orderflow-token", "sign", "--key", str(state / "auth" / "issuer.pem"),
              "--issuer", "orderflow-local", "--subject", "leak-test", "--scope", "orders:write orders:read"],

@@ -22,6 +22,8 @@ pub struct TestSimulator {
     pub url: String,
     /// The admin port: faults, ledger and stats, up even while the API port is `down`.
     pub admin_url: String,
+    /// The API key its API wants (every test simulator has one, as a real provider does).
+    pub api_key: String,
     pub pool: PgPool,
     _db: TestDatabase,
     _running: Running,
@@ -29,6 +31,7 @@ pub struct TestSimulator {
 
 impl TestSimulator {
     pub async fn spawn() -> TestSimulator {
+        let api_key = format!("sk_test_{}", uuid::Uuid::new_v4().simple());
         let db = TestDatabase::create().await;
         let pool = db.pool().await;
         orderflow_payment_simulator::migrate(&pool).await.unwrap();
@@ -37,8 +40,10 @@ impl TestSimulator {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let p = pool.clone();
-        let running = Running::spawn(move |stop| orderflow_payment_simulator::run(listener, Some(admin), p, stop));
-        TestSimulator { url, admin_url, pool, _db: db, _running: running }
+        let key = api_key.clone();
+        let running =
+            Running::spawn(move |stop| orderflow_payment_simulator::run(listener, Some(admin), p, Some(key), stop));
+        TestSimulator { url, admin_url, api_key, pool, _db: db, _running: running }
     }
 
     pub async fn ledger(&self) -> Vec<LedgerEntry> {
@@ -311,6 +316,7 @@ impl TestStack {
     /// probes after 200 ms (at most 2 s), no rate limit.
     pub fn provider_settings(&self) -> ProviderSettings {
         let mut provider = ProviderSettings::new(&self.simulator.url);
+        provider.api_key = Some(orderflow_platform::secret::Secret::new(&self.simulator.api_key));
         provider.attempt_timeout = Duration::from_secs(2);
         provider.deadline = Duration::from_secs(6);
         provider.breaker.open_for = Duration::from_millis(200);

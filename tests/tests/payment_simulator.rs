@@ -18,6 +18,7 @@ async fn charge(
     let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
     let response = client
         .post(format!("{}/v1/charges", sim.url))
+        .bearer_auth(&sim.api_key)
         .header("Idempotency-Key", key)
         .json(&charge_body("cust-1"))
         .send()
@@ -151,7 +152,7 @@ async fn down_refuses_connections_and_a_reset_after_the_charge_leaves_the_charge
 }
 
 #[tokio::test]
-async fn the_api_port_serves_only_the_providers_api_and_unknown_modes_are_refused_on_the_admin_port() {
+async fn the_api_port_serves_only_the_providers_api_to_holders_of_its_key_and_unknown_modes_are_refused() {
     let sim = TestSimulator::spawn().await;
     let http = reqwest::Client::new();
     // Whoever can charge cannot see the ledger or make the provider fail.
@@ -163,6 +164,19 @@ async fn the_api_port_serves_only_the_providers_api_and_unknown_modes_are_refuse
         assert_eq!(request.send().await.unwrap().status(), 404, "{method} {path} on the API port");
     }
     assert_eq!(reqwest::get(format!("{}/healthz", sim.url)).await.unwrap().status(), 200);
+    // The provider's API wants its key: none, or another, is a 401 and charges nothing.
+    for key in [None, Some("sk_test_not_ours")] {
+        let request = http.post(format!("{}/v1/charges", sim.url)).header("Idempotency-Key", "no-key");
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        let response = request.json(&charge_body("cust-1")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{key:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    assert_eq!(charged(&sim, "no-key").await, 0);
     let response = sim.faults(json!({"mode": "bogus"})).await;
     assert_eq!(response.status(), 400, "an unknown mode is a clear error");
     let body: Value = response.json().await.unwrap();

@@ -59,7 +59,11 @@ async fn an_order_is_one_trace_from_post_orders_to_the_provider_call() {
     let wanted = ["POST /orders", &orders_process, "provider charge", &payments_process, "notification email"];
     eventually(WAIT, "every hop's span exported", || async {
         let spans = spans_of(&exporter, trace);
-        wanted.iter().all(|name| !named(&spans, name).is_empty())
+        // A parent ends (and is exported) after its child: wait for the email's parent too.
+        let emails_parented = named(&spans, "notification email")
+            .iter()
+            .all(|email| spans.iter().any(|s| s.span_context.span_id() == email.parent_span_id));
+        wanted.iter().all(|name| !named(&spans, name).is_empty()) && emails_parented
     })
     .await;
     let spans = spans_of(&exporter, trace);

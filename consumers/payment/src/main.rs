@@ -17,6 +17,10 @@ struct Args {
     metrics_listen: String,
     #[arg(long, env = "ORDERFLOW_PROVIDER_URL", default_value = "http://127.0.0.1:8090")]
     provider_url: String,
+    /// The provider's API key, sent as `Authorization: Bearer` (a secret: from the environment
+    /// or ORDERFLOW_PROVIDER_API_KEY_FILE).
+    #[arg(long, env = "ORDERFLOW_PROVIDER_API_KEY", hide_env_values = true)]
+    provider_api_key: Option<String>,
     /// Per-attempt timeout of a provider request.
     #[arg(long, env = "ORDERFLOW_PROVIDER_TIMEOUT_MS", default_value_t = defaults::ATTEMPT_TIMEOUT_MS)]
     provider_timeout_ms: u64,
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);
     provider.rate_limit_per_sec = args.provider_rate_limit;
+    provider.api_key = args.provider_api_key.map(orderflow_platform::secret::Secret::new);
     provider.breaker.failure_threshold = args.breaker_failures;
     provider.max_window = args.provider_max_window;
     provider.retry_ratio = args.retry_ratio;

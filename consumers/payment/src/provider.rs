@@ -67,6 +67,8 @@ pub struct ProviderSettings {
     pub retry_floor_per_sec: f64,
     /// The provider's limit in requests per second, shared by all instances through Postgres.
     pub rate_limit_per_sec: Option<f64>,
+    /// The API key sent as `Authorization: Bearer` on every request (never printed).
+    pub api_key: Option<orderflow_platform::secret::Secret>,
 }
 
 /// The provider client's defaults, written once: [`ProviderSettings::new`] and the `payment`
@@ -91,6 +93,7 @@ impl ProviderSettings {
             retry_ratio: defaults::RETRY_RATIO,
             retry_floor_per_sec: defaults::RETRY_FLOOR_PER_SEC,
             rate_limit_per_sec: None,
+            api_key: None,
         }
     }
 }
@@ -224,7 +227,15 @@ impl PaymentProviderClient {
             budget: RetryBudget::new(settings.retry_ratio, settings.retry_floor_per_sec, metrics.retries.clone()),
             limit,
         });
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &settings.api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .map_err(|_| anyhow::anyhow!("the provider API key is not a valid header value"))?;
+            // Kept out of reqwest's debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder().no_proxy().default_headers(headers).build()?;
         Ok(PaymentProviderClient { settings: Arc::new(settings), http, metrics, guard })
     }
 

@@ -182,6 +182,10 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   {{- if hasKey $c "api" }}
   ingressFrom: [prometheus]
   {{- end }}
+  {{- $key := $v.providers.payment.apiKeySecret }}
+  {{- if and (eq $c.name "payment") $key.name }}
+  secretFiles: [{env: ORDERFLOW_PROVIDER_API_KEY_FILE, secret: {{ $key.name }}, key: {{ $key.key }}}]
+  {{- end }}
   consumer:
     group: {{ $c.group }}
     topics: {{ toJson $c.topics }}
@@ -227,6 +231,9 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   probes: {port: http, live: /healthz, ready: /healthz}
   reaches: [database]
   ingressFrom: [payment]
+  {{- with $v.providers.payment.apiKeySecret }}{{ if .name }}
+  secretFiles: [{env: ORDERFLOW_SIMULATOR_API_KEY_FILE, secret: {{ .name }}, key: {{ .key }}}]
+  {{- end }}{{ end }}
   env:
     ORDERFLOW_SIMULATOR_LISTEN: "0.0.0.0:8090"
     ORDERFLOW_SIMULATOR_ADMIN_LISTEN: "0.0.0.0:8089"

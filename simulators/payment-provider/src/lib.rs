@@ -92,6 +92,8 @@ enum ProviderError {
     AfterProcessing,
     #[error("rate limit exceeded")]
     RateLimited(u64),
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
 }
 
 impl IntoResponse for ProviderError {
@@ -99,6 +101,7 @@ impl IntoResponse for ProviderError {
         let (status, code) = match &self {
             ProviderError::MissingKey | ProviderError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ProviderError::KeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ProviderError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ProviderError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ProviderError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ProviderError::ApiVersionMismatch => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
@@ -142,17 +145,38 @@ pub(crate) struct AppState {
     faults: Arc<Mutex<faults::FaultState>>,
     /// True while the API port is closed (`down`).
     down: Arc<watch::Sender<bool>>,
+    /// When set, the API answers only requests with `Authorization: Bearer <key>`.
+    api_key: Option<Arc<str>>,
 }
 
-/// The provider's API: what a payment client may call.
+/// The provider's API: what a payment client may call (with the API key, when one is set).
 pub(crate) fn api_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/charges", post(charge))
         .route("/v1/charges/{key}", get(entry_by_key))
         .route("/v1/refunds", post(refund))
         .route("/v1/refunds/{key}", get(entry_by_key))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .with_state(state)
+}
+
+/// 401 for a request without the API key, as a real provider answers.
+async fn require_api_key(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ProviderError> {
+    if let Some(key) = &state.api_key {
+        let sent = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let expected = format!("Bearer {key}");
+        // Compared by digest, so the time taken says nothing about how much of the key matched.
+        let digest = |s: &str| Sha256::digest(s.as_bytes());
+        if sent.map(digest) != Some(digest(&expected)) {
+            return Err(ProviderError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 /// The admin port's routes: the API, and the ledger, faults and stats a test or drill drives.

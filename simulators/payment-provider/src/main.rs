@@ -15,6 +15,10 @@ struct Args {
     admin_listen: String,
     #[arg(long, env = "ORDERFLOW_SIMULATOR_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// The API key clients must send as `Authorization: Bearer` (a secret: from the environment
+    /// or ORDERFLOW_SIMULATOR_API_KEY_FILE). Unset: the API takes any caller.
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -25,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
     orderflow_payment_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let admin = tokio::net::TcpListener::bind(&args.admin_listen).await?;
-    orderflow_payment_simulator::run(listener, Some(admin), pool, orderflow_platform::shutdown::shutdown_signal()).await
+    let shutdown = orderflow_platform::shutdown::shutdown_signal();
+    orderflow_payment_simulator::run(listener, Some(admin), pool, args.api_key, shutdown).await
 }

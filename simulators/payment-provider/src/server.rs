@@ -17,13 +17,22 @@ use crate::{AppState, ConnectionReset, admin_router, api_router};
 /// stats on `admin` — a port that stays up when the fault `down` closes the API port, and the
 /// only one that can change or read the simulator's state (it listens on loopback unless told
 /// otherwise).
+///
+/// With `api_key`, the API answers only requests bearing it (401 otherwise), as a real
+/// provider does.
 pub async fn run(
     api: TcpListener,
     admin: Option<TcpListener>,
     pool: PgPool,
+    api_key: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState { pool, faults: Arc::default(), down: Arc::new(watch::Sender::new(false)) };
+    let state = AppState {
+        pool,
+        faults: Arc::default(),
+        down: Arc::new(watch::Sender::new(false)),
+        api_key: api_key.map(Arc::from),
+    };
     tracing::info!(api = %api.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "payment simulator listening");
     let (stop, stopped) = watch::channel(false);
     let app = api_router(state.clone());
