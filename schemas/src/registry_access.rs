@@ -69,12 +69,6 @@ impl From<&String> for RegistryAccess {
     }
 }
 
-impl From<&RegistryAccess> for RegistryAccess {
-    fn from(access: &RegistryAccess) -> Self {
-        access.clone()
-    }
-}
-
 /// The registry's credentials as flags (`#[command(flatten)]`). The password and the token
 /// are secrets: from the environment or a `_FILE` (orderflow's binaries refuse them on the
 /// command line).
