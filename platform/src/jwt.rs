@@ -171,7 +171,7 @@ impl Verifier {
     pub async fn new(settings: AuthSettings) -> anyhow::Result<Verifier> {
         anyhow::ensure!(!settings.issuer.is_empty(), "an issuer (--jwt-issuer) is required");
         anyhow::ensure!(!settings.audiences.is_empty(), "at least one audience (--jwt-audience) is required");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let http = orderflow_http::client().timeout(Duration::from_secs(5)).build()?;
         let verifier = Verifier {
             settings,
             keys: RwLock::new(Keys { by_kid: HashMap::new(), read_at: None, modified: None }),

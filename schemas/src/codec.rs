@@ -131,7 +131,9 @@ impl EventCodec {
                     builder.set_token_authorization(token);
                 }
             }
-            builder.build().map_err(|e| CodecError::RegistryUnavailable { detail: e.to_string() })
+            builder
+                .build_with(orderflow_http::client())
+                .map_err(|e| CodecError::RegistryUnavailable { detail: e.to_string() })
         };
         Ok(EventCodec {
             settings: settings()?,

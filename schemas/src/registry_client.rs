@@ -49,7 +49,7 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(access: impl Into<RegistryAccess>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = orderflow_http::client()
             .timeout(std::time::Duration::from_secs(10))
             .no_proxy()
             .build()

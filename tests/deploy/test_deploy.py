@@ -99,13 +99,14 @@ def containers(spec: dict):
 
 def secret_files(spec: dict, container: dict) -> dict[str, tuple[str, str]]:
     """The settings a container reads from Secret files: `{SETTING: (secret, key)}` for each
-    `SETTING_FILE` whose file a projected Secret volume of the pod provides."""
+    `SETTING_FILE` (or path setting, as `PGSSLROOTCERT`) whose file a projected Secret volume of
+    the pod provides."""
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     files = {}
     for env in container.get("env", []):
         directory, _, file = env.get("value", "").rpartition("/")
-        if not env["name"].endswith("_FILE") or directory not in mounts:
+        if directory not in mounts:
             continue
         for source in volumes[mounts[directory]].get("projected", {}).get("sources", []):
             for item in source.get("secret", {}).get("items", []):
@@ -382,6 +383,34 @@ class ReviewersChecks(unittest.TestCase):
         # Without the Secret the install fails saying what it is for.
         without = merge(MINIMAL, {"registry": {"auth": {"existingSecret": ""}}})
         self.assertIn("registry.auth.existingSecret is required", render_error(without))
+
+    def test_postgres_tls_and_provider_cas_come_from_secrets_as_files(self):
+        # Production values: verify-full and the CA for every container holding a database URL,
+        # nothing for one without; payment trusts the provider's private CA when named.
+        values = merge(PRODUCTION, {"providers": {"payment": {"caSecret": {"name": "pay-ca"}},
+                                                  "notification": {"caSecret": {"name": "mail-ca", "key": "root.pem"}}}})
+        seen = set()
+        for owner, spec in pod_specs(render(values)):
+            name = owner["metadata"]["labels"]["app.kubernetes.io/component"]
+            for c in containers(spec):
+                files = secret_files(spec, c)
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                has_database = any(k.endswith("DATABASE_URL") for k in files)
+                self.assertEqual(files.get("PGSSLROOTCERT"), ("orderflow-postgres-ca", "ca.crt") if has_database else None, f"{name}/{c['name']}")
+                if has_database:
+                    self.assertEqual(env.get("PGSSLMODE"), "verify-full", f"{name}/{c['name']}")
+                cas = {k: v for k, v in files.items() if k.endswith("PROVIDER_CA_CERT")}
+                expected = {"payment": {"ORDERFLOW_PROVIDER_CA_CERT": ("pay-ca", "ca.crt")},
+                            "notifications": {"ORDERFLOW_NOTIFY_PROVIDER_CA_CERT": ("mail-ca", "root.pem")}}.get(name, {})
+                self.assertEqual(cas, expected, name)
+                seen.add(name) if has_database else None
+        self.assertTrue({"order-api", "payment", "registry", "migrate"} <= seen, seen)
+        # Without them: libpq's defaults, nothing mounted.
+        for owner, spec in pod_specs(render(MINIMAL)):
+            for c in containers(spec):
+                self.assertNotIn("PGSSLROOTCERT", secret_files(spec, c))
+                self.assertNotIn("PGSSLMODE", {e["name"] for e in c.get("env", [])})
+        self.assertIn("sslMode", render_error(merge(MINIMAL, {"database": {"tls": {"sslMode": "verify-everything"}}})))
 
     def test_cdc_and_relay_are_chosen_by_one_value(self):
         def relay_modes(docs):

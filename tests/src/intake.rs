@@ -81,7 +81,7 @@ impl Drop for TestIssuer {
 
 /// A client sending `token` on every request.
 pub fn client_with(token: &str) -> reqwest::Client {
-    orderflow_tools::issuer::bearer_client(token, reqwest::Client::builder()).unwrap()
+    orderflow_tools::issuer::bearer_client(token, orderflow_http::client()).unwrap()
 }
 
 pub struct TestApi {

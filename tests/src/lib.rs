@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod stack;
+pub mod tls;
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -38,6 +39,12 @@ pub fn python() -> std::path::PathBuf {
         panic!("ORDERFLOW_PYTHON is not set: run the suite with ./scripts/test.sh, which installs it")
     });
     std::path::PathBuf::from(python)
+}
+
+/// A plain HTTP client (TLS as every orderflow binary has it); one per call, so no pooled
+/// connection outlives the test's runtime.
+pub fn http() -> reqwest::Client {
+    orderflow_http::client().build().expect("an HTTP client")
 }
 
 /// A database made for one test.

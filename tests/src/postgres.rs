@@ -10,6 +10,8 @@ use std::{
     process::Command,
 };
 
+pub use crate::tls::TestCa;
+
 pub struct PrivatePostgres {
     pub admin_url: String,
     bin: PathBuf,
@@ -24,8 +26,7 @@ impl PrivatePostgres {
     /// A server that also speaks TLS with `tls`'s server certificate (clients may still connect
     /// without it: a test asks `pg_stat_ssl` which they did).
     pub fn start_tls(tls: &TestCa) -> PrivatePostgres {
-        let cert = tls.dir.join("server.crt");
-        let key = tls.dir.join("server.key");
+        let (cert, key) = (tls.server_cert(), tls.server_key());
         let (cert, key) = (cert.to_str().unwrap().to_string(), key.to_str().unwrap().to_string());
         Self::start_with(&["-c ssl=on".into(), format!("-c ssl_cert_file={cert}"), format!("-c ssl_key_file={key}")])
     }
@@ -54,75 +55,6 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// A test certificate authority (openssl) and a server certificate it signed for `127.0.0.1`
-/// and `localhost`, in a directory the `postgres` user can read (the key: only it).
-pub struct TestCa {
-    pub dir: PathBuf,
-}
-
-impl TestCa {
-    pub fn new() -> TestCa {
-        let dir = std::env::temp_dir().join(format!("orderflow-ca-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let at = |name: &str| dir.join(name).to_str().unwrap().to_string();
-        let openssl = || {
-            let mut c = Command::new("openssl");
-            c.current_dir(&dir);
-            c
-        };
-        run(openssl().args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=orderflow test CA",
-            "-keyout",
-            &at("ca.key"),
-            "-out",
-            &at("ca.crt"),
-        ]));
-        run(openssl().args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]).args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &at("server.key"),
-            "-out",
-            &at("server.csr"),
-        ]));
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-        run(openssl().args(["x509", "-req", "-days", "2", "-in", &at("server.csr"), "-CA", &at("ca.crt")]).args([
-            "-CAkey",
-            &at("ca.key"),
-            "-CAcreateserial",
-            "-extfile",
-            &at("san.ext"),
-            "-out",
-            &at("server.crt"),
-        ]));
-        let dir_path = dir.to_str().unwrap().to_string();
-        run(Command::new("chmod").args(["755", &dir_path]));
-        run(Command::new("chown").args(["postgres:postgres", &at("server.key"), &at("server.crt")]));
-        run(Command::new("chmod").args(["600", &at("server.key")]));
-        TestCa { dir }
-    }
-
-    /// The CA certificate clients verify the server with.
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for TestCa {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn newest_server() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them)")
@@ -147,7 +79,7 @@ fn as_postgres(program: &Path) -> Command {
     command
 }
 
-fn run(command: &mut Command) {
+pub(crate) fn run(command: &mut Command) {
     let out = command.output().unwrap();
     assert!(
         out.status.success(),

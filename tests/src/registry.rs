@@ -147,7 +147,7 @@ impl Answer {
 impl RegistryHttp {
     /// Raw HTTP with `access`'s credentials.
     pub fn new(access: RegistryAccess) -> RegistryHttp {
-        RegistryHttp { base: access.url.clone(), access, http: reqwest::Client::new() }
+        RegistryHttp { base: access.url.clone(), access, http: crate::http() }
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Option<String>) -> Answer {

@@ -31,33 +31,39 @@ pub struct TestSimulator {
 
 impl TestSimulator {
     pub async fn spawn() -> TestSimulator {
+        TestSimulator::spawn_with(None).await
+    }
+
+    /// A simulator whose API speaks HTTPS with `tls` (the admin port stays plain HTTP).
+    pub async fn spawn_with(tls: Option<Arc<orderflow_http::ServerConfig>>) -> TestSimulator {
         let api_key = format!("sk_test_{}", uuid::Uuid::new_v4().simple());
         let db = TestDatabase::create().await;
         let pool = db.pool().await;
         orderflow_payment_simulator::migrate(&pool).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let p = pool.clone();
-        let key = api_key.clone();
+        let options = orderflow_payment_simulator::ApiOptions { api_key: Some(api_key.clone()), tls };
         let running =
-            Running::spawn(move |stop| orderflow_payment_simulator::run(listener, Some(admin), p, Some(key), stop));
+            Running::spawn(move |stop| orderflow_payment_simulator::run(listener, Some(admin), p, options, stop));
         TestSimulator { url, admin_url, api_key, pool, _db: db, _running: running }
     }
 
     pub async fn ledger(&self) -> Vec<LedgerEntry> {
-        reqwest::get(format!("{}/ledger", self.admin_url)).await.unwrap().json().await.unwrap()
+        crate::http().get(format!("{}/ledger", self.admin_url)).send().await.unwrap().json().await.unwrap()
     }
 
     /// What the provider saw: requests, 429s, requests per second.
     pub async fn stats(&self) -> orderflow_payment_simulator::faults::Stats {
-        reqwest::get(format!("{}/admin/stats", self.admin_url)).await.unwrap().json().await.unwrap()
+        crate::http().get(format!("{}/admin/stats", self.admin_url)).send().await.unwrap().json().await.unwrap()
     }
 
     /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`; the answer is returned.
     pub async fn faults(&self, faults: Value) -> reqwest::Response {
-        reqwest::Client::new().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap()
+        crate::http().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap()
     }
 }
 
@@ -81,23 +87,24 @@ impl TestNotifier {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let p = pool.clone();
-        let running = Running::spawn(move |stop| orderflow_notification_simulator::run(listener, Some(admin), p, stop));
+        let running =
+            Running::spawn(move |stop| orderflow_notification_simulator::run(listener, Some(admin), p, None, stop));
         TestNotifier { url, admin_url, pool, _db: db, _running: running }
     }
 
     pub async fn ledger(&self) -> Vec<orderflow_notification_simulator::Delivered> {
-        reqwest::get(format!("{}/ledger", self.admin_url)).await.unwrap().json().await.unwrap()
+        crate::http().get(format!("{}/ledger", self.admin_url)).send().await.unwrap().json().await.unwrap()
     }
 
     /// The requests refused with 429 so far.
     pub async fn throttled(&self) -> Vec<orderflow_notification_simulator::Throttled> {
-        reqwest::get(format!("{}/admin/throttled", self.admin_url)).await.unwrap().json().await.unwrap()
+        crate::http().get(format!("{}/admin/throttled", self.admin_url)).send().await.unwrap().json().await.unwrap()
     }
 
     /// Switches the provider's faults, e.g. `{"mode": "unavailable"}`.
     pub async fn faults(&self, faults: Value) {
         let response =
-            reqwest::Client::new().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap();
+            crate::http().put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await.unwrap();
         assert!(response.status().is_success(), "faults refused: {}", response.text().await.unwrap());
     }
 }
@@ -252,7 +259,7 @@ impl TestStack {
         let pool = db.pool().await;
         orderflow_notifications::migrate(&pool).await.unwrap();
         let handler = orderflow_notifications::NotificationHandler {
-            provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout),
+            provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout, None).unwrap(),
         };
         let settings = self.consumer_settings(orderflow_notifications::GROUP, &orderflow_notifications::TOPICS);
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));

@@ -196,20 +196,23 @@ async fn aggregates_equal_a_recount_after_shuffled_and_duplicated_delivery() {
     assert_eq!(orderflow_analytics::recount(&pool, range).await.unwrap(), (counts, stored_revenue), "recount");
 
     // The HTTP side.
-    let check: Value = reqwest::get(format!("{url}/aggregates/check")).await.unwrap().json().await.unwrap();
+    let check: Value =
+        orderflow_tests::http().get(format!("{url}/aggregates/check")).send().await.unwrap().json().await.unwrap();
     assert_eq!(check["consistent"], true, "{check}");
     let window = "from=2026-11-25T08:00:00Z&to=2026-11-25T09:00:00Z";
-    let body: Value = reqwest::get(format!("{url}/aggregates?{window}")).await.unwrap().json().await.unwrap();
+    let body: Value =
+        orderflow_tests::http().get(format!("{url}/aggregates?{window}")).send().await.unwrap().json().await.unwrap();
     let minutes = body["minutes"].as_array().unwrap();
     assert_eq!(minutes.len(), expected.len());
     let placed: i64 = minutes.iter().map(|m| m["placed"].as_i64().unwrap()).sum();
     assert_eq!(placed, 60);
     assert!(minutes.iter().any(|m| m["payment_failure_rate"].as_f64().is_some_and(|r| r > 0.0)), "{body}");
-    let funnel: Value = reqwest::get(format!("{url}/funnel?{window}")).await.unwrap().json().await.unwrap();
+    let funnel: Value =
+        orderflow_tests::http().get(format!("{url}/funnel?{window}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(funnel["placed"], 60);
     assert_eq!(funnel["paid"], 45);
     assert_eq!(funnel["stocked"], 45 - expected.values().map(|e| e.shortage).sum::<i64>());
-    let bad = reqwest::get(format!("{url}/aggregates?from=yesterday")).await.unwrap();
+    let bad = orderflow_tests::http().get(format!("{url}/aggregates?from=yesterday")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("RFC 3339"));
 }

@@ -302,7 +302,7 @@ async fn a_consumer_started_while_kafka_is_down_waits_for_it_and_then_consumes()
     let service = tokio::spawn(async move {
         orderflow_consumer_runtime::run_service_with(settings, pool, codec, handler, &at, axum::Router::new()).await
     });
-    let http = reqwest::Client::new();
+    let http = orderflow_tests::http();
     let probe = |path: &'static str| {
         let (http, listen) = (http.clone(), listen.clone());
         async move { http.get(format!("http://{listen}{path}")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }

@@ -93,7 +93,7 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             dir,
             child,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: orderflow_http::client().no_proxy().build().unwrap(),
         }
     }
 

@@ -103,6 +103,7 @@ fn payment_process(stack: &TestStack) -> Process {
             .service_command(binary("payment"))
             .env("ORDERFLOW_PAYMENTS_DATABASE_URL", &stack.payments_db.url)
             .env("ORDERFLOW_PROVIDER_URL", &stack.simulator.url)
+            .env("ORDERFLOW_PROVIDER_API_KEY", &stack.simulator.api_key)
             .env("ORDERFLOW_PROVIDER_TIMEOUT_MS", "10000")
             .env("ORDERFLOW_PROVIDER_DEADLINE_MS", "30000"),
     )

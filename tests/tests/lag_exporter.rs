@@ -33,7 +33,7 @@ impl Exporter {
         let running = Running::spawn(move |stop| {
             orderflow_lag_exporter::run(settings, listener, prometheus::Registry::new(), stop)
         });
-        Exporter { url, _running: running, http: reqwest::Client::builder().no_proxy().build().unwrap() }
+        Exporter { url, _running: running, http: orderflow_http::client().no_proxy().build().unwrap() }
     }
 
     async fn metrics(&self) -> String {

@@ -98,7 +98,7 @@ async fn every_bad_token_is_a_401_that_says_why_and_writes_nothing() {
         ("no subject", Some(format!("Bearer {}", with(json!({"sub": null})))), "\"sub\""),
         ("no expiry", Some(format!("Bearer {}", with(json!({"exp": null})))), "\"exp\""),
     ];
-    let plain = reqwest::Client::new();
+    let plain = orderflow_tests::http();
     for (i, (case, header, reason)) in cases.into_iter().enumerate() {
         for get in [false, true] {
             let mut request = if get {
@@ -283,7 +283,7 @@ async fn a_flood_of_distinct_subjects_is_answered_and_the_limiter_remembers_a_bo
     })
     .await;
     let mut answers = std::collections::BTreeMap::new();
-    let plain = reqwest::Client::new();
+    let plain = orderflow_tests::http();
     for i in 0..400 {
         let token = api.issuer.token(&TestIssuer::grant(&format!("subject-{i}"), "orders:read"));
         let request = plain.get(format!("{}/orders/{}", api.url, uuid::Uuid::new_v4())).bearer_auth(token);

@@ -15,7 +15,7 @@ async fn charge(
     key: &str,
     timeout: Duration,
 ) -> Result<(u16, Value, Option<String>), reqwest::Error> {
-    let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
+    let client = orderflow_http::client().timeout(timeout).build().unwrap();
     let response = client
         .post(format!("{}/v1/charges", sim.url))
         .bearer_auth(&sim.api_key)
@@ -154,7 +154,7 @@ async fn down_refuses_connections_and_a_reset_after_the_charge_leaves_the_charge
 #[tokio::test]
 async fn the_api_port_serves_only_the_providers_api_to_holders_of_its_key_and_unknown_modes_are_refused() {
     let sim = TestSimulator::spawn().await;
-    let http = reqwest::Client::new();
+    let http = orderflow_tests::http();
     // Whoever can charge cannot see the ledger or make the provider fail.
     for (method, path) in
         [("PUT", "/admin/faults"), ("GET", "/admin/faults"), ("GET", "/ledger"), ("GET", "/admin/stats")]
@@ -163,7 +163,7 @@ async fn the_api_port_serves_only_the_providers_api_to_holders_of_its_key_and_un
         let request = if method == "PUT" { request.json(&json!({"mode": "down"})) } else { request };
         assert_eq!(request.send().await.unwrap().status(), 404, "{method} {path} on the API port");
     }
-    assert_eq!(reqwest::get(format!("{}/healthz", sim.url)).await.unwrap().status(), 200);
+    assert_eq!(orderflow_tests::http().get(format!("{}/healthz", sim.url)).send().await.unwrap().status(), 200);
     // The provider's API wants its key: none, or another, is a 401 and charges nothing.
     for key in [None, Some("sk_test_not_ours")] {
         let request = http.post(format!("{}/v1/charges", sim.url)).header("Idempotency-Key", "no-key");

@@ -84,11 +84,11 @@ async fn every_change_without_or_with_wrong_credentials_is_401_in_confluents_sha
     assert_eq!(state(&registry).await, before, "a refused request changed the registry");
 
     // The challenge names the scheme accepted.
-    let raw = reqwest::Client::new().delete(format!("{}/subjects/probe-value", registry.url)).send().await.unwrap();
+    let raw = orderflow_tests::http().delete(format!("{}/subjects/probe-value", registry.url)).send().await.unwrap();
     assert_eq!(raw.headers()["www-authenticate"], "Basic realm=\"orderflow-registry\"");
     // A malformed header is refused too, not read as anonymous.
     for header in ["Basic !!!", "Basic bm9jb2xvbg==", "Digest x", "Basic"] {
-        let answer = reqwest::Client::new()
+        let answer = orderflow_tests::http()
             .get(format!("{}/subjects", registry.url))
             .header("Authorization", header)
             .send()
@@ -162,7 +162,11 @@ async fn closed_reads_need_a_user_and_health_and_metrics_stay_open() {
         "no lookup through register either"
     );
     for path in ["/healthz", "/metrics"] {
-        assert_eq!(reqwest::get(format!("{}{path}", registry.url)).await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            orderflow_tests::http().get(format!("{}{path}", registry.url)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
     let reader = RegistryHttp::new(RegistryAccess::basic(&registry.url, READER, &registry.password));
     assert_eq!(reader.get("/subjects").await.body, json!(["probe-value"]));
@@ -202,7 +206,7 @@ async fn tokens_with_schemas_write_change_the_registry_and_others_are_refused_by
     assert!(answer.status == 401 && answer.text.contains("expired"), "{}", answer.text);
     // Basic still works beside tokens, and the challenge offers both.
     assert_eq!(registry.client().get("/subjects").await.body, json!(["probe-value"]));
-    let raw = reqwest::Client::new().delete(format!("{}/subjects/probe-value", registry.url)).send().await.unwrap();
+    let raw = orderflow_tests::http().delete(format!("{}/subjects/probe-value", registry.url)).send().await.unwrap();
     assert_eq!(
         raw.headers()["www-authenticate"],
         "Basic realm=\"orderflow-registry\", Bearer realm=\"orderflow-registry\""

@@ -73,9 +73,11 @@ struct Answer {
 }
 
 impl NotificationClient {
-    pub fn new(base: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder().timeout(timeout).no_proxy().build().expect("HTTP client");
-        NotificationClient { base: base.trim_end_matches('/').into(), http }
+    /// A client of the provider at `base` (HTTPS verified against the system's roots, and the
+    /// CA certificates in the PEM file `ca` when given).
+    pub fn new(base: &str, timeout: Duration, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let http = orderflow_http::client_trusting(ca)?.timeout(timeout).no_proxy().build()?;
+        Ok(NotificationClient { base: base.trim_end_matches('/').into(), http })
     }
 
     /// Sends one message; returns the provider's message id.
@@ -101,7 +103,8 @@ impl NotificationClient {
         if let Some(traceparent) = orderflow_platform::trace::traceparent_of(&span) {
             request = request.header("traceparent", traceparent);
         }
-        let response = request.send().instrument(span).await.map_err(|e| SendError::Unavailable(e.to_string()))?;
+        let response =
+            request.send().instrument(span).await.map_err(|e| SendError::Unavailable(orderflow_http::describe(&e)))?;
         let status = response.status();
         if status.as_u16() == 429 {
             return Err(SendError::Throttled(retry_after(response.headers())));

@@ -20,6 +20,10 @@ struct Args {
     /// Per-attempt timeout of a provider call.
     #[arg(long, env = "ORDERFLOW_NOTIFY_PROVIDER_TIMEOUT_MS", default_value_t = 5000)]
     provider_timeout_ms: u64,
+    /// A PEM file of CA certificates to trust for the provider's HTTPS, besides the system's
+    /// (a provider sandbox or an internal gateway signed by a private CA).
+    #[arg(long, env = "ORDERFLOW_NOTIFY_PROVIDER_CA_CERT")]
+    provider_ca_cert: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -29,7 +33,11 @@ async fn main() -> anyhow::Result<()> {
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "notifications").await?;
     orderflow_notifications::migrate(&pool).await?;
     let codec = args.consumer.codec()?;
-    let provider = NotificationClient::new(&args.provider_url, Duration::from_millis(args.provider_timeout_ms));
+    let provider = NotificationClient::new(
+        &args.provider_url,
+        Duration::from_millis(args.provider_timeout_ms),
+        args.provider_ca_cert.as_deref(),
+    )?;
     let handler = NotificationHandler { provider };
     let settings = args.consumer.settings(GROUP, &orderflow_notifications::TOPICS)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await

@@ -21,6 +21,10 @@ struct Args {
     /// or ORDERFLOW_PROVIDER_API_KEY_FILE).
     #[arg(long, env = "ORDERFLOW_PROVIDER_API_KEY", hide_env_values = true)]
     provider_api_key: Option<String>,
+    /// A PEM file of CA certificates to trust for the provider's HTTPS, besides the system's
+    /// (a provider sandbox or an internal gateway signed by a private CA).
+    #[arg(long, env = "ORDERFLOW_PROVIDER_CA_CERT")]
+    provider_ca_cert: Option<std::path::PathBuf>,
     /// Per-attempt timeout of a provider request.
     #[arg(long, env = "ORDERFLOW_PROVIDER_TIMEOUT_MS", default_value_t = defaults::ATTEMPT_TIMEOUT_MS)]
     provider_timeout_ms: u64,
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);
     provider.rate_limit_per_sec = args.provider_rate_limit;
     provider.api_key = args.provider_api_key.map(orderflow_platform::secret::Secret::new);
+    provider.ca_cert = args.provider_ca_cert;
     provider.breaker.failure_threshold = args.breaker_failures;
     provider.max_window = args.provider_max_window;
     provider.retry_ratio = args.retry_ratio;

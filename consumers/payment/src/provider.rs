@@ -69,6 +69,8 @@ pub struct ProviderSettings {
     pub rate_limit_per_sec: Option<f64>,
     /// The API key sent as `Authorization: Bearer` on every request (never printed).
     pub api_key: Option<orderflow_platform::secret::Secret>,
+    /// A PEM file of CA certificates trusted for the provider's HTTPS besides the system's.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// The provider client's defaults, written once: [`ProviderSettings::new`] and the `payment`
@@ -94,6 +96,7 @@ impl ProviderSettings {
             retry_floor_per_sec: defaults::RETRY_FLOOR_PER_SEC,
             rate_limit_per_sec: None,
             api_key: None,
+            ca_cert: None,
         }
     }
 }
@@ -235,7 +238,10 @@ impl PaymentProviderClient {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder().no_proxy().default_headers(headers).build()?;
+        let http = orderflow_http::client_trusting(settings.ca_cert.as_deref())?
+            .no_proxy()
+            .default_headers(headers)
+            .build()?;
         Ok(PaymentProviderClient { settings: Arc::new(settings), http, metrics, guard })
     }
 
@@ -443,7 +449,11 @@ impl PaymentProviderClient {
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
         }
-        let response = request.send().await.map_err(|e| ChargeError::Ambiguous(format!("{e:#}")))?;
+        let response = request.send().await.map_err(|e| match orderflow_http::tls_failure(&e) {
+            // The handshake failed: nothing was sent, and only a configuration change helps.
+            Some(tls) => ChargeError::Misconfigured(format!("TLS with the provider failed: {tls}")),
+            None => ChargeError::Ambiguous(orderflow_http::describe(&e)),
+        })?;
         let status = response.status();
         if status.as_u16() == 429 {
             let wait = response

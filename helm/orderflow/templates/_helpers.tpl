@@ -182,9 +182,16 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   {{- if hasKey $c "api" }}
   ingressFrom: [prometheus]
   {{- end }}
-  {{- $key := $v.providers.payment.apiKeySecret }}
-  {{- if and (eq $c.name "payment") $key.name }}
-  secretFiles: [{env: ORDERFLOW_PROVIDER_API_KEY_FILE, secret: {{ $key.name }}, key: {{ $key.key }}}]
+  {{- $files := list }}
+  {{- if eq $c.name "payment" }}
+  {{- with $v.providers.payment.apiKeySecret }}{{ if .name }}{{ $files = append $files (dict "env" "ORDERFLOW_PROVIDER_API_KEY_FILE" "secret" .name "key" .key) }}{{ end }}{{ end }}
+  {{- with $v.providers.payment.caSecret }}{{ if .name }}{{ $files = append $files (dict "env" "ORDERFLOW_PROVIDER_CA_CERT" "secret" .name "key" .key) }}{{ end }}{{ end }}
+  {{- end }}
+  {{- if eq $c.name "notifications" }}
+  {{- with $v.providers.notification.caSecret }}{{ if .name }}{{ $files = append $files (dict "env" "ORDERFLOW_NOTIFY_PROVIDER_CA_CERT" "secret" .name "key" .key) }}{{ end }}{{ end }}
+  {{- end }}
+  {{- if $files }}
+  secretFiles: {{ toJson $files }}
   {{- end }}
   consumer:
     group: {{ $c.group }}
@@ -263,9 +270,18 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   value: {{ include "orderflow.registryUrl" . | quote }}
 - name: ORDERFLOW_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- include "orderflow.postgresEnv" . }}
 {{- if .Values.tracing.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.tracing.otlpEndpoint | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* libpq's TLS mode for every Postgres connection (its CA comes with the secret files). */}}
+{{- define "orderflow.postgresEnv" -}}
+{{- with .Values.database.tls.sslMode }}
+- name: PGSSLMODE
+  value: {{ . | quote }}
 {{- end }}
 {{- end -}}
 
@@ -280,7 +296,8 @@ Secrets reach a program as files, never through its environment (where `kubectl 
 crash dumps and child processes see them): a projected volume of the Secret keys a container
 needs, and `<SETTING>_FILE` naming each file (every orderflow setting reads a `_FILE`).
 orderflow.secretFiles (list $root $databases $extra) lists one container's files as
-{env, secret, key}: its databases ({env, database}), the Kafka properties when set, and $extra.
+{env, secret, key}: its databases ({env, database}) and their CA when set, the Kafka properties
+when set, and $extra.
 */}}
 {{- define "orderflow.secretFiles" -}}
 {{- $root := index . 0 -}}{{- $v := $root.Values -}}
@@ -289,6 +306,11 @@ orderflow.secretFiles (list $root $databases $extra) lists one container's files
   secret: {{ required "database.existingSecret is required: a Secret with one Postgres URL per database" $v.database.existingSecret }}
   key: {{ index $v.database.keys .database }}
 {{- end }}
+{{- with $v.database.tls.caSecret }}{{ if and .name (index $ 1) }}
+- env: PGSSLROOTCERT
+  secret: {{ .name }}
+  key: {{ .key }}
+{{- end }}{{ end }}
 {{- if $v.kafka.propertiesSecret.name }}
 - env: ORDERFLOW_KAFKA_PROPERTIES_FILE
   secret: {{ $v.kafka.propertiesSecret.name }}

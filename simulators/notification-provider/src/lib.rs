@@ -164,12 +164,14 @@ pub fn routers(pool: PgPool) -> (Router, Router) {
     (api, admin)
 }
 
-/// Serves the API on `listener` and, when given, the admin routes on `admin` (whoever reaches
-/// it can make the provider fail: it listens on loopback unless told otherwise).
+/// Serves the API on `listener` (over HTTPS with `tls`) and, when given, the admin routes on
+/// `admin`, plain HTTP (whoever reaches it can make the provider fail: it listens on loopback
+/// unless told otherwise).
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
     pool: PgPool,
+    tls: Option<std::sync::Arc<orderflow_http::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "notification simulator listening");
@@ -184,7 +186,14 @@ pub async fn run(
             axum::serve(admin, admin_routes).with_graceful_shutdown(shutdown).await
         })
     });
-    let served = axum::serve(listener, api).with_graceful_shutdown(shutdown).await.context("serving the simulator");
+    let served = match tls {
+        Some(tls) => {
+            let listener = orderflow_http::TlsListener::new(listener, tls);
+            axum::serve(listener, api).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, api).with_graceful_shutdown(shutdown).await,
+    }
+    .context("serving the simulator");
     stop.send_replace(true);
     if let Some(admin) = admin {
         admin.await.context("the admin server")?.context("serving the admin port")?;

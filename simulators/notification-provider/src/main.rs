@@ -14,16 +14,26 @@ struct Args {
     admin_listen: String,
     #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// Serve the API over HTTPS with this PEM certificate chain (leaf first) and --tls-key.
+    #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ORDERFLOW_NOTIFY_SIMULATOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("notification-simulator");
     let args: Args = orderflow_platform::secret::parse();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(orderflow_http::server_config(cert, key)?),
+        _ => None,
+    };
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_notification_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let admin = tokio::net::TcpListener::bind(&args.admin_listen).await?;
-    orderflow_notification_simulator::run(listener, Some(admin), pool, orderflow_platform::shutdown::shutdown_signal())
-        .await
+    let shutdown = orderflow_platform::shutdown::shutdown_signal();
+    orderflow_notification_simulator::run(listener, Some(admin), pool, tls, shutdown).await
 }

@@ -11,7 +11,7 @@
 pub mod faults;
 mod server;
 
-pub use server::run;
+pub use server::{ApiOptions, run};
 
 use std::{
     future::Future,

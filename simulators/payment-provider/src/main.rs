@@ -19,16 +19,27 @@ struct Args {
     /// or ORDERFLOW_SIMULATOR_API_KEY_FILE). Unset: the API takes any caller.
     #[arg(long, env = "ORDERFLOW_SIMULATOR_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Serve the API over HTTPS with this PEM certificate chain (leaf first) and --tls-key.
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ORDERFLOW_SIMULATOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("payment-simulator");
     let args: Args = orderflow_platform::secret::parse();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(orderflow_http::server_config(cert, key)?),
+        _ => None,
+    };
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_payment_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let admin = tokio::net::TcpListener::bind(&args.admin_listen).await?;
     let shutdown = orderflow_platform::shutdown::shutdown_signal();
-    orderflow_payment_simulator::run(listener, Some(admin), pool, args.api_key, shutdown).await
+    let options = orderflow_payment_simulator::ApiOptions { api_key: args.api_key, tls };
+    orderflow_payment_simulator::run(listener, Some(admin), pool, options, shutdown).await
 }

@@ -1,13 +1,15 @@
 //! How the simulator listens: the API port's accept loop (closed and reopened by the `down`
 //! fault, with connections reset on the way down) and the admin port beside it.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
+use orderflow_http::TlsAcceptor;
 use sqlx::PgPool;
 use tokio::{
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
     sync::{Notify, watch},
 };
 
@@ -18,22 +20,30 @@ use crate::{AppState, ConnectionReset, admin_router, api_router};
 /// only one that can change or read the simulator's state (it listens on loopback unless told
 /// otherwise).
 ///
-/// With `api_key`, the API answers only requests bearing it (401 otherwise), as a real
-/// provider does.
+/// How the API port serves, as a real provider's does.
+#[derive(Clone, Default)]
+pub struct ApiOptions {
+    /// The API answers only requests bearing `Authorization: Bearer <key>` (401 otherwise).
+    pub api_key: Option<String>,
+    /// HTTPS with this certificate; plain HTTP when unset. The admin port stays plain HTTP.
+    pub tls: Option<Arc<orderflow_http::ServerConfig>>,
+}
+
 pub async fn run(
     api: TcpListener,
     admin: Option<TcpListener>,
     pool: PgPool,
-    api_key: Option<String>,
+    options: ApiOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState {
         pool,
         faults: Arc::default(),
         down: Arc::new(watch::Sender::new(false)),
-        api_key: api_key.map(Arc::from),
+        api_key: options.api_key.map(Arc::from),
     };
-    tracing::info!(api = %api.local_addr()?, admin = ?admin.as_ref().map(|a| a.local_addr()), "payment simulator listening");
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    tracing::info!(api = %api.local_addr()?, scheme, admin = ?admin.as_ref().map(|a| a.local_addr()), "payment simulator listening");
     let (stop, stopped) = watch::channel(false);
     let app = api_router(state.clone());
     let admin = admin.map(|admin| {
@@ -46,7 +56,8 @@ pub async fn run(
             axum::serve(admin, app).with_graceful_shutdown(shutdown).await
         })
     });
-    let served = tokio::spawn(serve_api(api, app, state.down.subscribe(), stopped));
+    let tls = options.tls.map(TlsAcceptor::from);
+    let served = tokio::spawn(serve_api(api, app, tls, state.down.subscribe(), stopped));
     shutdown.await;
     stop.send_replace(true);
     served.await.context("the API loop")??;
@@ -61,6 +72,7 @@ pub async fn run(
 async fn serve_api(
     mut listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     mut down: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -70,8 +82,8 @@ async fn serve_api(
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        connections.spawn(serve_connection(stream, app.clone()));
+                    Ok((stream, peer)) => {
+                        connections.spawn(serve_connection(stream, peer, tls.clone(), app.clone()));
                     }
                     Err(error) => tracing::warn!(%error, "accept failed"),
                 },
@@ -107,10 +119,22 @@ async fn rebind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// One HTTP/1 connection. Closing with a zero linger sends a reset, not a FIN, so an aborted
-/// connection (`down`, `reset_after_charge`) is a reset for the client.
-async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
+/// One HTTP/1 connection, over TLS when the API has a certificate. Closing with a zero linger
+/// sends a reset, not a FIN, so an aborted connection (`down`, `reset_after_charge`) is a reset
+/// for the client.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, app: Router) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    match tls {
+        None => serve_http(stream, app).await,
+        Some(acceptor) => {
+            if let Some(stream) = orderflow_http::handshake(acceptor, stream, peer).await {
+                serve_http(stream, app).await
+            }
+        }
+    }
+}
+
+async fn serve_http(stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, app: Router) {
     let reset = Arc::new(Notify::new());
     let app = app.layer(axum::Extension(ConnectionReset(reset.clone())));
     let service = hyper_util::service::TowerToHyperService::new(app);

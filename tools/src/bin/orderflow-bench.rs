@@ -145,9 +145,7 @@ async fn intake(args: &Args) -> anyhow::Result<(f64, u64)> {
     let start = Instant::now();
     // One subject per worker, as checkout backends would be (rate limits are per subject).
     let clients = (0..args.concurrency)
-        .map(|worker| {
-            args.auth.client(&format!("bench-{worker}"), reqwest::Client::builder().pool_max_idle_per_host(1))
-        })
+        .map(|worker| args.auth.client(&format!("bench-{worker}"), orderflow_http::client().pool_max_idle_per_host(1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let workers = clients.into_iter().map(|http| {
         let (api, accepted, other) = (args.api.clone(), accepted.clone(), other.clone());
@@ -332,7 +330,8 @@ async fn consumers(args: &Args) -> anyhow::Result<()> {
     let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
     orderflow_notifications::migrate(&pool).await?;
     let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
-    let provider = orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5));
+    let provider =
+        orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5), None)?;
     let handler = orderflow_notifications::NotificationHandler { provider };
     let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64).await?;
     report("notifications", rate, 1.0);

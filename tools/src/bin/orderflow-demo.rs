@@ -47,7 +47,7 @@ async fn counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64, i64, i64)> {
 async fn main() -> anyhow::Result<()> {
     let args: Args = orderflow_platform::secret::parse();
     let pool = PgPool::connect(&args.orders_database_url).await?;
-    let http = args.auth.client("orderflow-demo", reqwest::Client::builder())?;
+    let http = args.auth.client("orderflow-demo", orderflow_http::client())?;
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     {

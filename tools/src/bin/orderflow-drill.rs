@@ -95,7 +95,7 @@ async fn drill(args: Args) -> anyhow::Result<()> {
         args.limit >= 1.0 && args.instances >= 1 && args.orders >= 1,
         "orders, instances and limit must be positive"
     );
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let http = orderflow_http::client().no_proxy().build()?;
     let pool = PgPool::connect(&args.orders_database_url).await?;
     let payments = PgPool::connect(&args.payments_database_url).await?;
     let admin = args.provider_admin_url.trim_end_matches('/');
@@ -106,7 +106,7 @@ async fn drill(args: Args) -> anyhow::Result<()> {
 
     println!("1/3 payments are down; accepting {} orders", args.orders);
     // The API's client carries the token; the others (simulator, metrics) never see it.
-    let api_http = args.auth.client("orderflow-drill", reqwest::Client::builder().no_proxy())?;
+    let api_http = args.auth.client("orderflow-drill", orderflow_http::client().no_proxy())?;
     fill_backlog(&args, &api_http).await?;
     let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await?;
     wait_published(&pool).await?;
