@@ -35,6 +35,9 @@ pub enum Plan {
     UnavailableTimes(u32),
     /// Succeed after holding the transaction this long.
     Slow(Duration),
+    /// Wait this long outside any transaction first (a provider call, `Handler::call_out`),
+    /// then succeed.
+    SlowCallOut(Duration),
 }
 
 /// Handler calls of one event: when, and the runtime's attempt number.
@@ -47,6 +50,33 @@ pub struct Script {
     pub calls: Mutex<HashMap<Uuid, Calls>>,
     /// The plan for events without one of their own.
     default: Mutex<Option<Plan>>,
+    /// Each key's events in the order the handler was entered.
+    pub by_key: Mutex<HashMap<String, Vec<Uuid>>>,
+    /// Handler calls running now, and the most ever at once.
+    running: std::sync::atomic::AtomicUsize,
+    pub most_at_once: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a handler call as running until dropped.
+struct RunningCall<'a>(&'a Script);
+
+impl<'a> RunningCall<'a> {
+    /// The event's work begins (its call-out, or its handling when it has none).
+    fn enter(script: &'a Script, event: &ConsumedEvent) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Some(key) = &event.key {
+            script.by_key.lock().unwrap().entry(key.clone()).or_default().push(event.event_id);
+        }
+        let now = script.running.fetch_add(1, SeqCst) + 1;
+        script.most_at_once.fetch_max(now, SeqCst);
+        RunningCall(script)
+    }
+}
+
+impl Drop for RunningCall<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Script {
@@ -56,6 +86,10 @@ impl Script {
 
     pub fn plan_all(&self, plan: Option<Plan>) {
         *self.default.lock().unwrap() = plan;
+    }
+
+    fn plan_of(&self, event: &ConsumedEvent) -> Option<Plan> {
+        self.plans.lock().unwrap().get(&event.event_id).copied().or(*self.default.lock().unwrap())
     }
 
     pub fn calls(&self, event_id: Uuid) -> Calls {
@@ -76,14 +110,15 @@ pub struct ScriptedHandler(pub Arc<Script>);
 
 impl Handler for ScriptedHandler {
     async fn handle(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<(), Failure> {
+        let _running =
+            (!matches!(self.0.plan_of(event), Some(Plan::SlowCallOut(_)))).then(|| RunningCall::enter(&self.0, event));
         let calls = {
             let mut all = self.0.calls.lock().unwrap();
             let calls = all.entry(event.event_id).or_default();
             calls.push((Utc::now(), event.attempt));
             calls.len() as u32
         };
-        let plan = self.0.plans.lock().unwrap().get(&event.event_id).copied().or(*self.0.default.lock().unwrap());
-        match plan {
+        match self.0.plan_of(event) {
             Some(Plan::FailTimes(n)) if event.attempt <= n => {
                 return Err(Failure::Retry(format!("scripted failure on attempt {}", event.attempt)));
             }
@@ -99,6 +134,18 @@ impl Handler for ScriptedHandler {
             .bind(event.attempt as i32)
             .execute(&mut *tx)
             .await?;
+        Ok(())
+    }
+
+    fn calls_out(&self, _event_type: &str) -> bool {
+        true
+    }
+
+    async fn call_out(&self, _pool: &PgPool, event: &ConsumedEvent) -> Result<(), Failure> {
+        if let Some(Plan::SlowCallOut(wait)) = self.0.plan_of(event) {
+            let _running = RunningCall::enter(&self.0, event);
+            tokio::time::sleep(wait).await;
+        }
         Ok(())
     }
 }
@@ -151,6 +198,20 @@ impl RuntimeBed {
     /// The group's dead-letter topic for the source topic.
     pub fn dlt_topic(&self) -> String {
         orderflow_consumer_runtime::dlt_topic(&self.topic, GROUP)
+    }
+
+    /// The group's committed offset (the next to read) on one partition of the source topic.
+    pub fn committed(&self, partition: i32) -> Option<i64> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            self.broker.settings().consumer("test-committed", &self.group()).create().unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        match committed.find_partition(&self.topic, partition)?.offset() {
+            rdkafka::Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
     }
 
     /// Settings for the group `runtime-test` with short backoffs.

@@ -261,7 +261,9 @@ impl TestStack {
         let handler = orderflow_notifications::NotificationHandler {
             provider: orderflow_notifications::NotificationClient::new(&notifier.url, timeout, None).unwrap(),
         };
-        let settings = self.consumer_settings(orderflow_notifications::GROUP, &orderflow_notifications::TOPICS);
+        let mut settings = self.consumer_settings(orderflow_notifications::GROUP, &orderflow_notifications::TOPICS);
+        // As the binary runs it.
+        settings.ordering = orderflow_consumer_runtime::Ordering::Key;
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));
         let (codec, p) = (self.codec(), pool.clone());
         self.parts.push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, p, codec, handler, stop)));
@@ -341,7 +343,9 @@ impl TestStack {
     /// Starts a payment instance on a pool of the test's choosing (its size, its timeouts).
     pub async fn start_payment_on(&mut self, provider: ProviderSettings, pool: PgPool) -> String {
         let codec = self.codec();
-        let settings = self.consumer_settings(orderflow_payment::GROUP, &orderflow_payment::TOPICS);
+        let mut settings = self.consumer_settings(orderflow_payment::GROUP, &orderflow_payment::TOPICS);
+        // As the binary runs it.
+        settings.ordering = orderflow_consumer_runtime::Ordering::Key;
         let limits = match provider.rate_limit_per_sec {
             Some(_) => Some(self.payments_db.pool().await),
             None => None,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use orderflow_consumer_runtime::Ordering;
 use orderflow_notifications::{GROUP, NotificationClient, NotificationHandler};
 
 #[derive(Parser)]
@@ -39,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         args.provider_ca_cert.as_deref(),
     )?;
     let handler = NotificationHandler { provider };
-    let settings = args.consumer.settings(GROUP, &orderflow_notifications::TOPICS)?;
+    // Key order: each message waits on the provider; one order's messages still go in turn.
+    let settings = args.consumer.settings_ordered(GROUP, &orderflow_notifications::TOPICS, Ordering::Key)?;
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use orderflow_consumer_runtime::Ordering;
 use orderflow_payment::{GROUP, PaymentHandler, PaymentProviderClient, ProviderSettings, provider::defaults};
 
 #[derive(Parser)]
@@ -55,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
     let pool = orderflow_platform::service::connect(&args.database_url, 20, "payments").await?;
     orderflow_payment::migrate(&pool).await?;
     let codec = args.consumer.codec()?;
-    let settings = args.consumer.settings(GROUP, &orderflow_payment::TOPICS)?;
+    // Key order: each charge waits on the provider, so one partition's orders are charged at
+    // once, each order's events (placed, cancelled) still in turn.
+    let settings = args.consumer.settings_ordered(GROUP, &orderflow_payment::TOPICS, Ordering::Key)?;
     let mut provider = ProviderSettings::new(&args.provider_url);
     provider.attempt_timeout = Duration::from_millis(args.provider_timeout_ms);
     provider.deadline = Duration::from_millis(args.provider_deadline_ms);

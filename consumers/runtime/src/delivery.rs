@@ -120,7 +120,11 @@ async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
 
 /// One record to a final state: true. False when it was abandoned because the partition
 /// stopped.
-async fn alone<H: Handler>(shared: &Shared<H>, stop: &mut watch::Receiver<bool>, message: &OwnedMessage) -> bool {
+pub(crate) async fn alone<H: Handler>(
+    shared: &Shared<H>,
+    stop: &mut watch::Receiver<bool>,
+    message: &OwnedMessage,
+) -> bool {
     let group = shared.settings.group.as_str();
     let headers = headers_of(message);
     let origin = Origin::of(message, &headers, shared.retry_sources.get(message.topic()).map(String::as_str));

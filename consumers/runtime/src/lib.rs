@@ -11,8 +11,11 @@
 //! transaction committed or that were forwarded (retry topic, DLT) with the broker's ack —
 //! periodically, on revoke (after the records in hand finish) and on shutdown.
 //!
-//! Records of one partition are handled in order; partitions run concurrently, at most
-//! `max_in_flight` at once. What a partition has queued (up to `batch_size`) is handled in one
+//! In partition order ([`Ordering::Partition`]), records of one partition are handled in order;
+//! partitions run concurrently, at most `max_in_flight` at once. In key order
+//! ([`Ordering::Key`], [`key_order`]), records of one partition with different keys run
+//! concurrently and each key's in order, and the stored offset stays below the lowest
+//! unfinished record. What a partition has queued (up to `batch_size`) is handled in one
 //! transaction — one dedupe insert, the handlers, one commit — and on any failure in the batch
 //! the batch is rolled back and handled record by record, so a failure is treated exactly as it
 //! would be alone. A partition whose queue is full is paused (fetching stops,
@@ -48,6 +51,7 @@ mod dlt;
 pub mod dlt_tools;
 mod failure;
 mod fetch_loop;
+mod key_order;
 pub mod metrics;
 mod partition;
 pub mod retention;
@@ -237,6 +241,16 @@ impl ConsumerArgs {
         Ok(self.runtime.settings(group, topics, self.kafka.settings()?))
     }
 
+    /// As [`Self::settings`], in `default` order unless `--ordering` names one.
+    pub fn settings_ordered(
+        &self,
+        group: &str,
+        topics: &[&str],
+        default: Ordering,
+    ) -> anyhow::Result<ConsumerSettings> {
+        Ok(self.runtime.settings_ordered(group, topics, self.kafka.settings()?, default))
+    }
+
     /// The event codec on the registry.
     pub fn codec(&self) -> anyhow::Result<std::sync::Arc<orderflow_schemas::EventCodec>> {
         let codec = orderflow_schemas::EventCodec::new(self.registry.access()?, Duration::from_secs(5))?;
@@ -261,6 +275,7 @@ pub mod defaults {
     pub const RETENTION_HOURS: u64 = 336;
     pub const PRUNE_INTERVAL_SECS: u64 = 600;
     pub const TRANSACTION_IDLE_LIMIT_SECS: u64 = 30;
+    pub const KEY_CONCURRENCY: usize = 64;
 }
 
 /// The runtime's flags every consumer binary takes (`#[command(flatten)]`): every knob of
@@ -318,12 +333,45 @@ pub struct RuntimeArgs {
     #[arg(long = "transaction-idle-limit-secs", env = "ORDERFLOW_TRANSACTION_IDLE_LIMIT_SECS",
           default_value_t = defaults::TRANSACTION_IDLE_LIMIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub transaction_idle_limit_secs: u64,
+    /// `partition`: a partition's records one at a time (or a batch), in order; `key`: records
+    /// of different keys concurrently, each key's in order. Unset: the service's own default.
+    #[arg(long, env = "ORDERFLOW_ORDERING", value_enum)]
+    pub ordering: Option<Ordering>,
+    /// In key order, the records of one partition handled at once.
+    #[arg(long, env = "ORDERFLOW_KEY_CONCURRENCY", default_value_t = defaults::KEY_CONCURRENCY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub key_concurrency: usize,
+}
+
+/// How one partition's records are ordered (see the crate's docs and README "Orderings").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ordering {
+    /// One record (or batch) of a partition at a time, in offset order: batches, so the
+    /// cheapest for database-only handlers.
+    Partition,
+    /// A partition's records of different keys concurrently, of one key in offset order: for
+    /// handlers that wait on a slow dependency (a provider), whose throughput would otherwise
+    /// be partitions ÷ latency. No batches.
+    Key,
 }
 
 impl RuntimeArgs {
     /// The consumer settings for `group` and `topics`, with these flags applied.
     pub fn settings(&self, group: &str, topics: &[&str], kafka: KafkaSettings) -> ConsumerSettings {
+        self.settings_ordered(group, topics, kafka, Ordering::Partition)
+    }
+
+    /// As [`Self::settings`], in `default` order unless `--ordering` names one.
+    pub fn settings_ordered(
+        &self,
+        group: &str,
+        topics: &[&str],
+        kafka: KafkaSettings,
+        default: Ordering,
+    ) -> ConsumerSettings {
         let mut settings = ConsumerSettings::new(group, topics, kafka);
+        settings.ordering = self.ordering.unwrap_or(default);
+        settings.key_concurrency = self.key_concurrency;
         settings.max_attempts = self.max_attempts;
         settings.backoff_base = Duration::from_millis(self.backoff_base_ms);
         settings.backoff_cap = Duration::from_millis(self.backoff_cap_ms);
@@ -375,6 +423,10 @@ pub struct ConsumerSettings {
     /// (`idle_in_transaction_session_timeout`): a consumer frozen mid-transaction (SIGSTOP, a
     /// VM pause, a partition) releases its locks instead of stalling every other member.
     pub transaction_idle_limit: Duration,
+    pub ordering: Ordering,
+    /// In key order: the records of one partition handled at once (each instance's
+    /// `max_in_flight` bounds them across partitions).
+    pub key_concurrency: usize,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
     pub registry: prometheus::Registry,
     /// Set once the consumer has its topics and has subscribed (`/readyz` answers 200); unset
@@ -405,6 +457,8 @@ impl ConsumerSettings {
             retention: Duration::from_secs(defaults::RETENTION_HOURS * 3600),
             prune_interval: Duration::from_secs(defaults::PRUNE_INTERVAL_SECS),
             transaction_idle_limit: Duration::from_secs(defaults::TRANSACTION_IDLE_LIMIT_SECS),
+            ordering: Ordering::Partition,
+            key_concurrency: defaults::KEY_CONCURRENCY,
             ready: Default::default(),
         }
     }
@@ -439,7 +493,7 @@ mod tests {
 
     fn knobs(s: &ConsumerSettings) -> String {
         format!(
-            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?}",
+            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {}",
             s.max_attempts,
             s.backoff_base,
             s.backoff_cap,
@@ -452,7 +506,9 @@ mod tests {
             s.lag_interval,
             s.retention,
             s.prune_interval,
-            s.transaction_idle_limit
+            s.transaction_idle_limit,
+            s.ordering,
+            s.key_concurrency
         )
     }
 
@@ -468,6 +524,16 @@ mod tests {
                 .runtime
                 .settings("g", &["t"], kafka);
         assert_eq!((set.batch_size, set.max_attempts, set.backoff_cap), (7, 2, Duration::from_millis(900)));
+        // The service's ordering unless the flag names one.
+        let cli = Cli::try_parse_from(["consumer"]).unwrap().runtime;
+        assert_eq!(
+            cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key).ordering,
+            Ordering::Key
+        );
+        let cli =
+            Cli::try_parse_from(["consumer", "--ordering", "partition", "--key-concurrency", "8"]).unwrap().runtime;
+        let ordered = cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key);
+        assert_eq!((ordered.ordering, ordered.key_concurrency), (Ordering::Partition, 8));
     }
 
     #[test]

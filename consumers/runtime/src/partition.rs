@@ -25,7 +25,7 @@ use tokio::sync::{
     watch,
 };
 
-use crate::{ConsumerSettings, Handler, RuntimeContext, delivery, dlt::Forwarder, metrics::ConsumerMetrics};
+use crate::{ConsumerSettings, Handler, RuntimeContext, delivery, dlt::Forwarder, key_order, metrics::ConsumerMetrics};
 
 /// What every partition's worker shares.
 pub(crate) struct Shared<H> {
@@ -44,8 +44,8 @@ pub(crate) struct Shared<H> {
 
 /// One assigned partition's worker, as the rebalance callback and the fetch loop see it.
 pub(crate) struct PartitionState {
-    stop: watch::Sender<bool>,
-    busy: AtomicBool,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) busy: AtomicBool,
 }
 
 impl PartitionState {
@@ -102,7 +102,10 @@ impl Slot {
         let (sender, records) = mpsc::channel(shared.settings.partition_queue.max(1));
         let state = PartitionState::new();
         partitions.insert(topic, partition, state.clone());
-        let task = tokio::spawn(run_worker(shared.clone(), state.clone(), records));
+        let task = match shared.settings.ordering {
+            crate::Ordering::Partition => tokio::spawn(run_worker(shared.clone(), state.clone(), records)),
+            crate::Ordering::Key => tokio::spawn(key_order::run_worker(shared.clone(), state.clone(), records)),
+        };
         Slot { sender, task, state, parked: VecDeque::new() }
     }
 

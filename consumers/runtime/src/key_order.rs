@@ -1,0 +1,241 @@
+//! Key order: one partition's records handled concurrently across keys, strictly in order
+//! within a key.
+//!
+//! The partition's worker takes records from its queue as long as it holds fewer than
+//! `partition_queue`; a record whose key has one in hand waits behind it, any other starts at
+//! once if fewer than `key_concurrency` of the partition's records are running (and the
+//! instance's `max_in_flight` allows), else waits its turn in arrival order. A record without a
+//! key orders against nothing. Each record goes to its final state alone ([`delivery::alone`]:
+//! handled, deduped, retried, dead-lettered), as in partition order.
+//!
+//! The offset stored for the next commit is always just below the lowest record not yet
+//! finished ([`Unfinished`]), so a crash or a rebalance re-delivers exactly what had not
+//! finished, and the dedupe store drops whatever of it had (its transaction committed, its
+//! offset not yet). Once the partition is stopped, nothing new starts; what runs finishes (its
+//! waits abandoned) before the worker stores its last safe offset and ends.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+};
+
+use rdkafka::{Message, consumer::Consumer, message::OwnedMessage};
+use tokio::{sync::mpsc, task::JoinSet};
+
+use crate::{
+    Handler, delivery,
+    partition::{PartitionState, Shared},
+};
+
+/// The offsets a partition's worker took and has not finished; what may be committed.
+#[derive(Debug, Default)]
+pub(crate) struct Unfinished {
+    offsets: BTreeSet<i64>,
+    /// The first and the highest offset taken.
+    first: Option<i64>,
+    highest: Option<i64>,
+    /// The last offset handed to the consumer to store.
+    stored: Option<i64>,
+}
+
+impl Unfinished {
+    pub fn take(&mut self, offset: i64) {
+        self.offsets.insert(offset);
+        self.first.get_or_insert(offset);
+        self.highest = self.highest.max(Some(offset));
+    }
+
+    /// Marks `offset` finished; returns the offset to store when it moved: the record just
+    /// below the lowest unfinished one, or the highest taken when none is unfinished.
+    pub fn finish(&mut self, offset: i64) -> Option<i64> {
+        self.offsets.remove(&offset);
+        let safe = match self.offsets.first() {
+            Some(lowest) => Some(lowest - 1),
+            None => self.highest,
+        };
+        // Nothing below the first record taken is this worker's to store.
+        if safe > self.stored && safe >= self.first {
+            self.stored = safe;
+            return safe;
+        }
+        None
+    }
+}
+
+/// The records the worker holds, by what they wait for.
+#[derive(Default)]
+struct Waiting {
+    /// A key with a record running (or ready): the records of that key behind it, in order.
+    behind: HashMap<Vec<u8>, VecDeque<OwnedMessage>>,
+    /// Records whose key is free, waiting for a place to run, in arrival order.
+    ready: VecDeque<OwnedMessage>,
+    /// Every record held and not finished: running, ready or behind its key.
+    held: usize,
+}
+
+impl Waiting {
+    fn arrive(&mut self, message: OwnedMessage) {
+        self.held += 1;
+        match message.key() {
+            None => self.ready.push_back(message),
+            Some(key) => match self.behind.get_mut(key) {
+                Some(queue) => queue.push_back(message),
+                None => {
+                    self.behind.insert(key.to_vec(), VecDeque::new());
+                    self.ready.push_back(message);
+                }
+            },
+        }
+    }
+
+    /// A record of `key` finished: the next of its key becomes ready, or the key is free.
+    fn finished(&mut self, key: Option<&[u8]>) {
+        self.held -= 1;
+        let Some(key) = key else { return };
+        match self.behind.get_mut(key).and_then(VecDeque::pop_front) {
+            Some(next) => self.ready.push_back(next),
+            None => {
+                self.behind.remove(key);
+            }
+        }
+    }
+}
+
+/// A record's task ended: its key, its offset, and whether it reached a final state.
+struct Ended {
+    key: Option<Vec<u8>>,
+    offset: i64,
+    finished: bool,
+}
+
+/// The worker of one partition in key order.
+pub(crate) async fn run_worker<H: Handler>(
+    shared: Arc<Shared<H>>,
+    state: Arc<PartitionState>,
+    mut records: mpsc::Receiver<OwnedMessage>,
+) {
+    let concurrency = shared.settings.key_concurrency.max(1);
+    let hold = shared.settings.partition_queue.max(concurrency);
+    let group = shared.settings.group.clone();
+    let mut unfinished = Unfinished::default();
+    let mut waiting = Waiting::default();
+    let mut running: JoinSet<Ended> = JoinSet::new();
+    // The partition's topic and number, from its first record.
+    let mut place: Option<(String, i32)> = None;
+    let mut stop = state.stop.subscribe();
+    // Set when the partition stopped, the queue closed or a record was abandoned: nothing new
+    // starts; what runs finishes.
+    let mut ending = false;
+    loop {
+        if state.is_stopped() {
+            ending = true;
+        }
+        while !ending && running.len() < concurrency {
+            let Some(message) = waiting.ready.pop_front() else { break };
+            let (shared, mut stop) = (shared.clone(), state.stop.subscribe());
+            running.spawn(async move {
+                let finished = match shared.in_flight_limit.acquire().await {
+                    Ok(_permit) => {
+                        let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
+                        in_flight.inc();
+                        let finished = delivery::alone(&shared, &mut stop, &message).await;
+                        in_flight.dec();
+                        finished
+                    }
+                    Err(_) => false,
+                };
+                Ended { key: message.key().map(<[u8]>::to_vec), offset: message.offset(), finished }
+            });
+        }
+        state.busy.store(!running.is_empty(), Ordering::Release);
+        if ending && running.is_empty() {
+            break;
+        }
+        let take = !ending && waiting.held < hold;
+        tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok(Ended { key, offset, finished: true }) => {
+                    waiting.finished(key.as_deref());
+                    if let Some(safe) = unfinished.finish(offset)
+                        && let Some((topic, partition)) = &place
+                        && let Err(error) = shared.consumer.store_offset(topic, *partition, safe)
+                    {
+                        // Revoked and the grace period passed; the next owner re-reads.
+                        tracing::debug!(%error, %topic, partition, "offset not stored");
+                    }
+                }
+                // Abandoned (the partition stopped) or the task failed: it stays unfinished,
+                // and so does everything after it.
+                Ok(Ended { finished: false, .. }) => ending = true,
+                Err(error) => {
+                    tracing::error!(%group, %error, "a record's task failed; the partition stops here");
+                    ending = true;
+                }
+            },
+            received = records.recv(), if take => match received {
+                Some(message) => {
+                    place.get_or_insert_with(|| (message.topic().to_string(), message.partition()));
+                    unfinished.take(message.offset());
+                    waiting.arrive(message);
+                }
+                None => ending = true,
+            },
+            _ = stop.wait_for(|stopped| *stopped), if !ending => ending = true,
+        }
+    }
+    state.busy.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    fn record(offset: i64, key: Option<&str>) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            key.map(|k| k.as_bytes().to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn the_stored_offset_stays_below_the_lowest_unfinished_record() {
+        let mut unfinished = Unfinished::default();
+        for offset in 10..15 {
+            unfinished.take(offset);
+        }
+        assert_eq!(unfinished.finish(12), None, "10 and 11 are not finished");
+        assert_eq!(unfinished.finish(10), Some(10));
+        assert_eq!(unfinished.finish(14), None, "11 is not finished");
+        assert_eq!(unfinished.finish(11), Some(12));
+        assert_eq!(unfinished.finish(13), Some(14), "all finished: the highest taken");
+        assert!(unfinished.offsets.is_empty());
+        unfinished.take(20);
+        assert_eq!(unfinished.finish(20), Some(20), "a gap in the offsets (a transaction marker) is no record");
+    }
+
+    #[test]
+    fn a_key_runs_one_record_at_a_time_in_order_and_other_keys_pass_it() {
+        let mut waiting = Waiting::default();
+        for (offset, key) in [(0, Some("a")), (1, Some("a")), (2, Some("b")), (3, None), (4, Some("a"))] {
+            waiting.arrive(record(offset, key));
+        }
+        let ready: Vec<i64> = waiting.ready.drain(..).map(|m| m.offset()).collect();
+        assert_eq!(ready, vec![0, 2, 3], "a's later records wait behind its first");
+        waiting.finished(Some(b"b"));
+        waiting.finished(None);
+        assert!(waiting.ready.is_empty());
+        waiting.finished(Some(b"a"));
+        assert_eq!(waiting.ready.pop_front().map(|m| m.offset()), Some(1));
+        waiting.finished(Some(b"a"));
+        assert_eq!(waiting.ready.pop_front().map(|m| m.offset()), Some(4));
+        waiting.finished(Some(b"a"));
+        assert!(waiting.behind.is_empty() && waiting.held == 0, "every key free again");
+    }
+}
