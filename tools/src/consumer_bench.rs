@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::bail;
 use chrono::Utc;
-use orderflow_consumer_runtime::{ConsumerSettings, Handler};
+use orderflow_consumer_runtime::{ConsumerSettings, Handler, Ordering};
 use orderflow_platform::kafka::KafkaSettings;
 use orderflow_schemas::headers;
 use orderflow_schemas::{
@@ -109,16 +109,19 @@ pub async fn read_baseline(kafka: &KafkaSettings, topic: &str, count: usize) -> 
     Ok(seen as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64()))
 }
 
-/// Runs `handler` in group `group` over `topic` until `expected` records have a dedupe row (the
-/// records the handler takes; the others are read and skipped): handled records/s.
+/// Runs `handler` in group `group` over `topic`, in `ordering` (as the service's binary runs it),
+/// until `expected` records have a dedupe row (the records the handler takes; the others are
+/// read and skipped): handled records/s.
 pub async fn run_group<H: Handler>(
     setup: Setup<'_>,
     group: &str,
     topic: &str,
     handler: H,
     expected: i64,
+    ordering: Ordering,
 ) -> anyhow::Result<f64> {
     let mut settings = ConsumerSettings::new(group, &[topic], setup.kafka.clone());
+    settings.ordering = ordering;
     settings.lag_interval = Duration::from_secs(60);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (pool, codec) = (setup.pool.clone(), setup.codec.clone());

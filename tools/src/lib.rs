@@ -4,6 +4,7 @@ pub mod consumer_bench;
 pub mod drill;
 pub mod issuer;
 pub mod kafka_cli;
+pub mod payment_bench;
 
 use rand::{Rng, seq::IndexedRandom};
 use serde_json::{Value, json};

@@ -304,6 +304,12 @@ impl PaymentProviderClient {
             return Err(self.held_back("window", Duration::from_millis(100)));
         };
         self.token(deadline).await?;
+        // Waiting for a place and a token can take a while; in key order many calls wait at
+        // once. If the circuit opened meanwhile, they hold back instead of draining into the
+        // outage (dropping an unsent permit settles nothing).
+        if let Some(wait) = permit.opened_since() {
+            return Err(self.held_back("breaker_open", wait));
+        }
         let result = self.send(op, key, body, deadline).await;
         let congestion = Duration::from_millis(200);
         match result {

@@ -16,6 +16,10 @@
 //!    their real handler on a scratch database; records/s read, against Kafka's own
 //!    `ConsumerPerformance` (and a plain rdkafka consumer) reading the same records (see
 //!    `orderflow_tools::consumer_bench`).
+//! 6. Payment (`--phases payment`, not in the default set: it takes minutes): orders charged per
+//!    second through a provider answering in 50, 200 and 500 ms, in partition order and in key
+//!    order, against the ceiling `min(limit, in-flight ÷ latency)` (see
+//!    `orderflow_tools::payment_bench`).
 
 use std::{
     process::Command,
@@ -65,7 +69,13 @@ struct Args {
     /// The email/SMS provider the notifications phase sends through.
     #[arg(long, env = "ORDERFLOW_NOTIFY_PROVIDER_URL", default_value = "http://127.0.0.1:18091")]
     notify_provider_url: String,
-    /// Which measurements to run.
+    /// The payment phase's provider latencies.
+    #[arg(long, value_delimiter = ',', default_value = "50,200,500")]
+    payment_latencies_ms: Vec<u64>,
+    /// The payment phase's provider limit (requests/s): generous, so latency is what bounds.
+    #[arg(long, default_value_t = 1000.0)]
+    payment_rate_limit: f64,
+    /// Which measurements to run (also: payment).
     #[arg(long, value_delimiter = ',', default_value = "relay,intake,consumers")]
     phases: Vec<String>,
 }
@@ -291,10 +301,46 @@ async fn main() -> anyhow::Result<()> {
     if phase("consumers") {
         consumers(&args).await?;
     }
+    if phase("payment") {
+        payment(&args).await?;
+    }
+    Ok(())
+}
+
+async fn payment(args: &Args) -> anyhow::Result<()> {
+    use orderflow_consumer_runtime::Ordering;
+    use orderflow_tools::payment_bench::{Bench, Simulator};
+    let kafka = args.kafka.settings()?;
+    let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
+    let (_, simulator_db) = scratch_database(&args.admin_url, "orderflow_bench_payment_simulator").await?;
+    let simulator = Simulator::start(simulator_db).await?;
+    let bench =
+        Bench { kafka: &kafka, codec, simulator: &simulator, rate_limit: args.payment_rate_limit, seconds: 20.0 };
+    for latency in args.payment_latencies_ms.iter().map(|ms| Duration::from_millis(*ms)) {
+        for ordering in [Ordering::Partition, Ordering::Key] {
+            let name = format!("orderflow_bench_payment_{}_{ordering:?}", latency.as_millis()).to_lowercase();
+            let (_, pool) = scratch_database(&args.admin_url, &name).await?;
+            let m = bench.measure(latency, ordering, pool).await?;
+            let verdict = match (ordering, latency >= Duration::from_millis(500)) {
+                (Ordering::Key, true) if m.orders_per_sec >= 0.8 * m.ceiling => "   (target >= 0.8 at 500 ms: met)",
+                (Ordering::Key, true) => "   (target >= 0.8 at 500 ms: MISSED)",
+                _ => "",
+            };
+            println!(
+                "payment   provider {:>4} ms, {:<9} order: {:>7.1} orders/s   ceiling {:>6.1}   ratio {:.2}{verdict}",
+                latency.as_millis(),
+                format!("{ordering:?}").to_lowercase(),
+                m.orders_per_sec,
+                m.ceiling,
+                m.orders_per_sec / m.ceiling
+            );
+        }
+    }
     Ok(())
 }
 
 async fn consumers(args: &Args) -> anyhow::Result<()> {
+    use orderflow_consumer_runtime::Ordering;
     use orderflow_tools::consumer_bench::{Setup, read_baseline, run_group, seed_topic};
     let kafka = args.kafka.settings()?;
     let codec = Arc::new(orderflow_schemas::EventCodec::new(&args.registry_url, Duration::from_secs(5))?);
@@ -324,7 +370,7 @@ async fn consumers(args: &Args) -> anyhow::Result<()> {
     orderflow_inventory::set_stock(&pool, &skus).await?;
     let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
     let handler = orderflow_inventory::InventoryHandler { codec: codec.clone() };
-    let rate = run_group(setup, "bench-inventory", &topic, handler, (n / 2) as i64).await?;
+    let rate = run_group(setup, "bench-inventory", &topic, handler, (n / 2) as i64, Ordering::Partition).await?;
     report("inventory", rate, 0.5);
 
     let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_notifications").await?;
@@ -333,13 +379,14 @@ async fn consumers(args: &Args) -> anyhow::Result<()> {
     let provider =
         orderflow_notifications::NotificationClient::new(&args.notify_provider_url, Duration::from_secs(5), None)?;
     let handler = orderflow_notifications::NotificationHandler { provider };
-    let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64).await?;
+    let rate = run_group(setup, "bench-notifications", &topic, handler, n as i64, Ordering::Key).await?;
     report("notifications", rate, 1.0);
 
     let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_analytics").await?;
     orderflow_analytics::migrate(&pool).await?;
     let setup = Setup { kafka: &kafka, codec: codec.clone(), pool: pool.clone() };
-    let rate = run_group(setup, "bench-analytics", &topic, orderflow_analytics::AnalyticsHandler, n as i64).await?;
+    let handler = orderflow_analytics::AnalyticsHandler;
+    let rate = run_group(setup, "bench-analytics", &topic, handler, n as i64, Ordering::Partition).await?;
     report("analytics", rate, 1.0);
     Ok(())
 }

@@ -66,6 +66,20 @@ pub struct BreakerPermit<'a> {
 }
 
 impl BreakerPermit<'_> {
+    /// For a call let through while the circuit was closed that has not been sent yet: how
+    /// long to hold back if the circuit opened meanwhile (`None`: still closed, or this is the
+    /// probe). Sending it now would add to an outage the breaker has already seen.
+    pub fn opened_since(&self) -> Option<Duration> {
+        if self.probe {
+            return None;
+        }
+        match *self.breaker.state.lock().expect("breaker lock") {
+            BreakerState::Closed { .. } => None,
+            BreakerState::Open { until, .. } => Some(until.saturating_duration_since(Instant::now())),
+            BreakerState::HalfOpen { open_for } => Some(open_for / 4),
+        }
+    }
+
     /// The provider answered (any answer but a 5xx or an error payload: a decline, a 429, a
     /// 4xx all prove it is up).
     pub fn success(mut self) {
