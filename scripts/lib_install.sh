@@ -10,7 +10,7 @@ ensure_apt_packages() {
     # prometheus: promtool checks the alert rules, and the dashboards are tested on a live server.
     # docker-compose: `docker-compose config` checks docker-compose.yml (no Docker engine needed).
     # python3-venv: the deployment tests' own Python environment (ensure_python_tools).
-    # openssl: the Postgres TLS test makes its certificate authority with it.
+    # openssl: the TLS tests (Postgres, the providers) make their certificate authority with it.
     local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates
         python3 python3-venv prometheus docker-compose openssl)
     local missing=()

@@ -28,6 +28,7 @@ pub struct Measured {
 pub struct Simulator {
     pub url: String,
     admin_url: String,
+    http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -43,13 +44,13 @@ impl Simulator {
         tokio::spawn(orderflow_payment_simulator::run(api, Some(admin), pool, options, async move {
             let _ = stopped.await;
         }));
-        Ok(Simulator { url, admin_url, stop: Some(stop) })
+        let http = orderflow_http::client().no_proxy().build()?;
+        Ok(Simulator { url, admin_url, http, stop: Some(stop) })
     }
 
     pub async fn answer_after(&self, latency: Duration) -> anyhow::Result<()> {
         let faults = serde_json::json!({"mode": "latency", "delay_ms": latency.as_millis() as u64});
-        let http = orderflow_http::client().no_proxy().build()?;
-        http.put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await?.error_for_status()?;
+        self.http.put(format!("{}/admin/faults", self.admin_url)).json(&faults).send().await?.error_for_status()?;
         Ok(())
     }
 }

@@ -134,16 +134,8 @@ pub(crate) async fn run_worker<H: Handler>(
             let Some(message) = waiting.ready.pop_front() else { break };
             let (shared, mut stop) = (shared.clone(), state.stop.subscribe());
             running.spawn(async move {
-                let finished = match shared.in_flight_limit.acquire().await {
-                    Ok(_permit) => {
-                        let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
-                        in_flight.inc();
-                        let finished = delivery::alone(&shared, &mut stop, &message).await;
-                        in_flight.dec();
-                        finished
-                    }
-                    Err(_) => false,
-                };
+                let delivered = shared.in_flight(1, delivery::alone(&shared, &mut stop, &message));
+                let finished = delivered.await.unwrap_or(false);
                 Ended { key: message.key().map(<[u8]>::to_vec), offset: message.offset(), finished }
             });
         }

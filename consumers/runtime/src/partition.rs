@@ -42,6 +42,19 @@ pub(crate) struct Shared<H> {
     pub in_flight_limit: Semaphore,
 }
 
+impl<H> Shared<H> {
+    /// Runs `work` on `records` records once the instance's `max_in_flight` allows, counted
+    /// in `orderflow_consumer_in_flight` meanwhile; `None` when the runtime is closing.
+    pub async fn in_flight<T>(&self, records: usize, work: impl Future<Output = T>) -> Option<T> {
+        let _permit = self.in_flight_limit.acquire().await.ok()?;
+        let gauge = self.metrics.in_flight.with_label_values(&[&self.settings.group]);
+        gauge.add(records as i64);
+        let result = work.await;
+        gauge.sub(records as i64);
+        Some(result)
+    }
+}
+
 /// One assigned partition's worker, as the rebalance callback and the fetch loop see it.
 pub(crate) struct PartitionState {
     pub(crate) stop: watch::Sender<bool>,
@@ -193,16 +206,8 @@ async fn run_worker<H: Handler>(
             }
         }
         state.busy.store(true, Ordering::Release);
-        let finished = match shared.in_flight_limit.acquire().await {
-            Ok(_permit) => {
-                let in_flight = shared.metrics.in_flight.with_label_values(&[&shared.settings.group]);
-                in_flight.add(batch.len() as i64);
-                let finished = delivery::deliver(&shared, &mut stop, &batch).await;
-                in_flight.sub(batch.len() as i64);
-                finished
-            }
-            Err(_) => 0,
-        };
+        let delivered = shared.in_flight(batch.len(), delivery::deliver(&shared, &mut stop, &batch));
+        let finished = delivered.await.unwrap_or(0);
         if let Some(last) = finished.checked_sub(1).map(|i| &batch[i]) {
             // A revoked partition's callback waits for this before it commits.
             if let Err(error) = shared.consumer.store_offset(last.topic(), last.partition(), last.offset()) {

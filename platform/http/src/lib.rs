@@ -107,6 +107,16 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     Ok(Arc::new(config))
 }
 
+/// [`server_config`] when both a certificate and its key are named (clap's `requires` sees to
+/// one without the other); plain HTTP (`None`) when neither is.
+pub fn server_config_if(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => server_config(cert, key).map(Some),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("a TLS certificate needs its key, and a key its certificate"),
+    }
+}
+
 /// How long a client has to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -31,10 +31,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("payment-simulator");
     let args: Args = orderflow_platform::secret::parse();
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(orderflow_http::server_config(cert, key)?),
-        _ => None,
-    };
+    let tls = orderflow_http::server_config_if(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let pool = PgPoolOptions::new().max_connections(20).connect(&args.database_url).await?;
     orderflow_payment_simulator::migrate(&pool).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
