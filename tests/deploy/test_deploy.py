@@ -412,6 +412,28 @@ class ReviewersChecks(unittest.TestCase):
                 self.assertNotIn("PGSSLMODE", {e["name"] for e in c.get("env", [])})
         self.assertIn("sslMode", render_error(merge(MINIMAL, {"database": {"tls": {"sslMode": "verify-everything"}}})))
 
+    def test_each_group_chooses_its_ordering_and_retry_mode(self):
+        def runtime_env(docs):
+            wanted = ("ORDERFLOW_ORDERING", "ORDERFLOW_RETRY_MODE", "ORDERFLOW_QUARANTINE_AFTER_DEAD_LETTER")
+            return {owner["metadata"]["labels"]["app.kubernetes.io/component"]:
+                    {e["name"]: e["value"] for e in spec["containers"][0].get("env", []) if e["name"] in wanted}
+                    for owner, spec in pod_specs(docs) if owner["kind"] == "Deployment"}
+        # Unset: each binary's own defaults, nothing in the environment.
+        self.assertTrue(all(not env for env in runtime_env(render(MINIMAL)).values()))
+        chosen = runtime_env(render(merge(MINIMAL, {"consumers": {
+            "payment": {"retryMode": "quarantine", "quarantineAfterDeadLetter": "follow"},
+            "inventory": {"ordering": "key", "retryMode": "quarantine"},
+            "analytics": {"ordering": "partition"}}})))
+        self.assertEqual(chosen["payment"], {"ORDERFLOW_RETRY_MODE": "quarantine", "ORDERFLOW_QUARANTINE_AFTER_DEAD_LETTER": "follow"})
+        self.assertEqual(chosen["inventory"], {"ORDERFLOW_ORDERING": "key", "ORDERFLOW_RETRY_MODE": "quarantine"})
+        self.assertEqual(chosen["analytics"], {"ORDERFLOW_ORDERING": "partition"})
+        # The quarantine keeps a key's order: refused in partition order, naming the group.
+        error = render_error(merge(MINIMAL, {"consumers": {"orderService": {"retryMode": "quarantine"}}}))
+        self.assertIn("consumers.orderService: retryMode quarantine needs ordering key", error)
+        error = render_error(merge(MINIMAL, {"consumers": {"payment": {"ordering": "partition", "retryMode": "quarantine"}}}))
+        self.assertIn("consumers.payment: retryMode quarantine needs ordering key", error)
+        self.assertIn("retryMode", render_error(merge(MINIMAL, {"consumers": {"payment": {"retryMode": "park"}}})))
+
     def test_cdc_and_relay_are_chosen_by_one_value(self):
         def relay_modes(docs):
             return {d["metadata"]["name"]: next(e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ORDERFLOW_RELAY_MODE")

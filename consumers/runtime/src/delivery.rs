@@ -1,5 +1,6 @@
 //! Takes a partition's records to a final state — handled, a duplicate, skipped, forwarded to
-//! the retry topic, or dead-lettered — and decides what a [`Failure`] means.
+//! the retry topic, parked in the quarantine, or dead-lettered — and decides what a [`Failure`]
+//! means.
 //!
 //! A batch goes through [`transaction::handle`] once, all together; if anything in it fails
 //! (poison, a handler's verdict, a registry hiccup) it is rolled back and each record goes
@@ -20,11 +21,33 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    ConsumedEvent, ConsumerSettings, Failure, Handler,
+    ConsumedEvent, ConsumerSettings, Failure, Handler, RetryMode,
     dlt::{Origin, Reason},
     partition::Shared,
-    transaction,
+    quarantine, transaction,
 };
+
+/// Where one record's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Handled, a duplicate, or an event this group does not handle.
+    Done,
+    /// In the group's DLT, acknowledged by the broker.
+    DeadLettered,
+    /// In the group's retry topic, acknowledged by the broker.
+    Retried,
+    /// Parked in the quarantine (durable): its key holds until it is handled or dead-lettered.
+    Parked,
+    /// The partition stopped first: not finished, the next owner has it.
+    Abandoned,
+}
+
+impl Delivered {
+    /// Whether the record reached a final state (its offset may be committed).
+    pub fn finished(self) -> bool {
+        self != Delivered::Abandoned
+    }
+}
 
 /// Takes `batch` (one partition's records, in order) to a final state; returns how many got
 /// there (all, unless the partition stopped first).
@@ -49,7 +72,7 @@ pub(crate) async fn deliver<H: Handler>(
         }
     }
     for (done, message) in batch.iter().enumerate() {
-        if !alone(shared, stop, message).await {
+        if !alone(shared, stop, message).await.finished() {
             return done;
         }
     }
@@ -85,7 +108,7 @@ async fn together<H: Handler>(shared: &Shared<H>, batch: &[OwnedMessage]) -> Res
     Ok(())
 }
 
-fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
+pub(crate) fn headers_of(message: &OwnedMessage) -> HashMap<String, String> {
     message
         .headers()
         .map(|h| {
@@ -102,13 +125,13 @@ pub fn backoff_ceiling(settings: &ConsumerSettings, attempt: u32) -> Duration {
 }
 
 /// Exponential backoff with full jitter: a random wait in [0, ceiling].
-fn backoff(settings: &ConsumerSettings, attempt: u32) -> Duration {
+pub(crate) fn backoff(settings: &ConsumerSettings, attempt: u32) -> Duration {
     let ceiling = backoff_ceiling(settings, attempt);
     Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
 }
 
 /// Waits, unless the partition is stopped first (then false).
-async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+pub(crate) async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
     if *stop.borrow() {
         return false;
     }
@@ -118,29 +141,47 @@ async fn pause(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
     }
 }
 
-/// One record to a final state: true. False when it was abandoned because the partition
-/// stopped.
+/// Where `message` was first published, and its delivery history so far (from its `retry_*`
+/// headers when it was read from one of the group's retry topics).
+pub(crate) fn origin_of<H>(shared: &Shared<H>, message: &OwnedMessage) -> Origin {
+    Origin::of(message, &headers_of(message), shared.retry_sources.get(message.topic()).map(String::as_str))
+}
+
+/// One record, as read from Kafka, to a final state.
 pub(crate) async fn alone<H: Handler>(
     shared: &Shared<H>,
     stop: &mut watch::Receiver<bool>,
     message: &OwnedMessage,
-) -> bool {
+) -> Delivered {
+    alone_from(shared, stop, message, origin_of(shared, message)).await
+}
+
+/// One record with its delivery history (`origin`: read from Kafka, or from the quarantine) to
+/// a final state.
+pub(crate) async fn alone_from<H: Handler>(
+    shared: &Shared<H>,
+    stop: &mut watch::Receiver<bool>,
+    message: &OwnedMessage,
+    origin: Origin,
+) -> Delivered {
     let group = shared.settings.group.as_str();
     let headers = headers_of(message);
-    let origin = Origin::of(message, &headers, shared.retry_sources.get(message.topic()).map(String::as_str));
     let first_failure = origin.first_failure.unwrap_or_else(Utc::now);
     if let Some(due) = origin.due_at {
         // A retry record waits here until due; meanwhile only this retry partition is held.
         let wait = (due - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() && !pause(stop, wait).await {
-            return false;
+            return Delivered::Abandoned;
         }
     }
     let dead = |class: String, reason: String, attempts: u32, stop: watch::Receiver<bool>| {
         let origin = &origin;
         async move {
             let reason = Reason { class: &class, message: &reason, attempts, first_failure };
-            dead_letter(shared, stop, message, origin, reason).await
+            match dead_letter(shared, stop, message, origin, reason).await {
+                true => Delivered::DeadLettered,
+                false => Delivered::Abandoned,
+            }
         }
     };
     let Some(event_id) = headers.get(EVENT_ID).and_then(|v| Uuid::parse_str(v).ok()) else {
@@ -158,7 +199,7 @@ pub(crate) async fn alone<H: Handler>(
                 attempt += 1;
                 tracing::warn!(%error, "schema registry unavailable; retrying decode");
                 if !pause(stop, backoff(&shared.settings, attempt)).await {
-                    return false;
+                    return Delivered::Abandoned;
                 }
             }
             Err(error) => return dead(error.class().into(), error.to_string(), 1, stop.clone()).await,
@@ -166,7 +207,7 @@ pub(crate) async fn alone<H: Handler>(
     };
     if !shared.handler.handles(&decoded.event_type) {
         shared.metrics.count(group, &origin.topic, "skipped");
-        return true;
+        return Delivered::Done;
     }
     let attempts = origin.attempts + 1;
     let event = ConsumedEvent::new(
@@ -188,7 +229,7 @@ pub(crate) async fn alone<H: Handler>(
                 tracing::debug!(group, %event_id, %reason, conflicts, "transaction conflict; running it again");
                 let jitter = Duration::from_millis(rand::rng().random_range(5..=50));
                 if !pause(stop, jitter).await {
-                    return false;
+                    return Delivered::Abandoned;
                 }
                 continue;
             }
@@ -197,11 +238,11 @@ pub(crate) async fn alone<H: Handler>(
             other => match other {
                 Ok(committed) if committed.processed == 1 => {
                     count("processed");
-                    return true;
+                    return Delivered::Done;
                 }
                 Ok(_) => {
                     count("deduped");
-                    return true;
+                    return Delivered::Done;
                 }
                 Err(failure) => failure,
             },
@@ -217,15 +258,34 @@ pub(crate) async fn alone<H: Handler>(
             }
             Failure::Retry(reason) | Failure::Rejected { reason, .. } => {
                 let due_at = Utc::now() + backoff(&shared.settings, attempts);
+                if let (RetryMode::Quarantine, Some(key)) = (shared.settings.retry_mode, message.key()) {
+                    // The key holds: this record and every later one of its key wait in the
+                    // quarantine, in order, while the partition's other keys go on.
+                    tracing::info!(group, %event_id, attempts, %reason, %due_at, key = %String::from_utf8_lossy(key),
+                        "parking the record; its key is quarantined");
+                    let history = quarantine::History { attempts, first_failure, due_at, error: &reason };
+                    let parked = until_done(shared, stop.clone(), "park the record", || {
+                        quarantine::park(&shared.pool, group, message, &origin, Some(&history))
+                    })
+                    .await;
+                    return match parked {
+                        Some(()) => {
+                            count("parked");
+                            Delivered::Parked
+                        }
+                        None => Delivered::Abandoned,
+                    };
+                }
                 tracing::info!(group, %event_id, attempts, %reason, %due_at, "retrying through the retry topic");
                 let sent = until_sent(shared, stop.clone(), || {
                     shared.forwarder.retry(message, &origin, attempts, first_failure, due_at, &reason)
                 })
                 .await;
-                if sent {
-                    count("retried");
+                if !sent {
+                    return Delivered::Abandoned;
                 }
-                return sent;
+                count("retried");
+                return Delivered::Retried;
             }
             Failure::Unavailable(reason) => {
                 // Not the record's fault: wait for the dependency, holding this partition (it is
@@ -234,7 +294,7 @@ pub(crate) async fn alone<H: Handler>(
                 count("waited_for_dependency");
                 tracing::warn!(group, %event_id, %reason, "dependency unavailable; waiting");
                 if !pause(stop, backoff(&shared.settings, unavailable_streak)).await {
-                    return false;
+                    return Delivered::Abandoned;
                 }
             }
             Failure::Backpressure { reason, wait } => {
@@ -242,7 +302,7 @@ pub(crate) async fn alone<H: Handler>(
                 tracing::debug!(group, %event_id, %reason, ?wait, "dependency asks to wait");
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
                 if !pause(stop, wait + jitter).await {
-                    return false;
+                    return Delivered::Abandoned;
                 }
             }
             Failure::Conflict(_) => unreachable!("turned into an attempt above"),
@@ -253,7 +313,9 @@ pub(crate) async fn alone<H: Handler>(
 /// Times a transaction that lost a race runs again at once before it costs an attempt.
 const CONFLICT_RETRIES: u32 = 3;
 
-async fn dead_letter<H>(
+/// Publishes `message` to its DLT and waits for the broker's ack (true), unless the partition
+/// stops first.
+pub(crate) async fn dead_letter<H>(
     shared: &Shared<H>,
     stop: watch::Receiver<bool>,
     message: &OwnedMessage,
@@ -270,20 +332,35 @@ async fn dead_letter<H>(
 }
 
 /// Sends until the broker acknowledges (true), with backoff, unless the partition stops first.
-async fn until_sent<H, F, Fut>(shared: &Shared<H>, mut stop: watch::Receiver<bool>, mut send: F) -> bool
+async fn until_sent<H, F, Fut>(shared: &Shared<H>, stop: watch::Receiver<bool>, send: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    until_done(shared, stop, "forward the record", send).await.is_some()
+}
+
+/// Runs `work` until it succeeds, with backoff, unless the partition stops first (None).
+pub(crate) async fn until_done<H, T, E, F, Fut>(
+    shared: &Shared<H>,
+    mut stop: watch::Receiver<bool>,
+    what: &str,
+    mut work: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let mut tries = 0;
     loop {
-        match send().await {
-            Ok(()) => return true,
+        match work().await {
+            Ok(done) => return Some(done),
             Err(error) => {
                 tries += 1;
-                tracing::error!(error = format!("{error:#}"), "cannot forward the record; retrying");
+                tracing::error!(group = %shared.settings.group, error = format!("{error:#}"), "cannot {what}; retrying");
                 if !pause(&mut stop, backoff(&shared.settings, tries)).await {
-                    return false;
+                    return None;
                 }
             }
         }

@@ -82,6 +82,7 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    settings.check()?;
     let group = settings.group.clone();
     let retry_sources: HashMap<String, String> =
         settings.topics.iter().map(|t| (settings.retry_topic(t), t.clone())).collect();
@@ -100,6 +101,9 @@ pub async fn run<H: Handler>(
             metrics.records.with_label_values(&[&group, topic, outcome]);
         }
     }
+    metrics.quarantined_keys.with_label_values(&[&group]);
+    metrics.parked_records.with_label_values(&[&group]);
+    metrics.oldest_parked_seconds.with_label_values(&[&group]);
     let partitions = Arc::new(Partitions::default());
     let context = RuntimeContext {
         group: group.clone(),
@@ -126,6 +130,7 @@ pub async fn run<H: Handler>(
         metrics: metrics.clone(),
         retry_sources,
         in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
+        parked_since: Default::default(),
     });
     settings.ready.store(true, Ordering::Release);
     tracing::info!(%group, topics = ?subscribed, "consumer started");
@@ -147,6 +152,7 @@ pub async fn run<H: Handler>(
         tokio::select! {
             () = &mut shutdown => break,
             _ = lag_tick.tick() => {
+                shared.report_oldest_parked();
                 // One report at a time, off the async threads (the broker calls block).
                 if lag_report.as_ref().is_none_or(|r| r.is_finished()) {
                     let (consumer, metrics, group) = (consumer.clone(), metrics.clone(), group.clone());

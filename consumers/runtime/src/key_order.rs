@@ -13,6 +13,11 @@
 //! finished, and the dedupe store drops whatever of it had (its transaction committed, its
 //! offset not yet). Once the partition is stopped, nothing new starts; what runs finishes (its
 //! waits abandoned) before the worker stores its last safe offset and ends.
+//!
+//! In `--retry-mode quarantine` ([`quarantine`]) a record asking for another try is parked with
+//! its key held: the records of that key in memory and arriving later are parked behind it
+//! (each counts as finished once its row is written), and the key's head drains beside the
+//! partition's running records.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -23,8 +28,10 @@ use rdkafka::{Message, consumer::Consumer, message::OwnedMessage};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
-    Handler, delivery,
+    AfterDeadLetter, Handler, RetryMode,
+    delivery::{self, Delivered},
     partition::{PartitionState, Shared},
+    quarantine,
 };
 
 /// The offsets a partition's worker took and has not finished; what may be committed.
@@ -88,6 +95,13 @@ impl Waiting {
         }
     }
 
+    /// `key` is held by the quarantine: its record in hand was parked. Returns the records that
+    /// waited behind it (still counted as held until they are parked in turn).
+    fn hold(&mut self, key: &[u8]) -> VecDeque<OwnedMessage> {
+        self.held -= 1;
+        self.behind.remove(key).unwrap_or_default()
+    }
+
     /// A record of `key` finished: the next of its key becomes ready, or the key is free.
     fn finished(&mut self, key: Option<&[u8]>) {
         self.held -= 1;
@@ -101,11 +115,14 @@ impl Waiting {
     }
 }
 
-/// A record's task ended: its key, its offset, and whether it reached a final state.
-struct Ended {
-    key: Option<Vec<u8>>,
-    offset: i64,
-    finished: bool,
+/// A task of the worker ended.
+enum Ended {
+    /// A record's delivery, and how it ended.
+    Record { key: Option<Vec<u8>>, offset: i64, delivered: Delivered },
+    /// A record of a held key parked behind its key's records (false: the partition stopped).
+    Parked { key: Vec<u8>, offset: i64, done: bool },
+    /// A held key's head drained.
+    Head { key: Vec<u8>, delivered: Delivered },
 }
 
 /// The worker of one partition in key order.
@@ -113,6 +130,8 @@ pub(crate) async fn run_worker<H: Handler>(
     shared: Arc<Shared<H>>,
     state: Arc<PartitionState>,
     mut records: mpsc::Receiver<OwnedMessage>,
+    topic: String,
+    partition: i32,
 ) {
     let concurrency = shared.settings.key_concurrency.max(1);
     let hold = shared.settings.partition_queue.max(concurrency);
@@ -120,9 +139,32 @@ pub(crate) async fn run_worker<H: Handler>(
     let mut unfinished = Unfinished::default();
     let mut waiting = Waiting::default();
     let mut running: JoinSet<Ended> = JoinSet::new();
-    // The partition's topic and number, from its first record.
-    let mut place: Option<(String, i32)> = None;
+    // Records' deliveries running (what `key_concurrency` bounds; parking and draining a held
+    // key's head run beside them).
+    let mut delivering = 0;
     let mut stop = state.stop.subscribe();
+    // The keys held by the quarantine: the partition's parked records, before any new record.
+    let mut held = match shared.settings.retry_mode {
+        RetryMode::Topic => quarantine::Held::default(),
+        RetryMode::Quarantine => {
+            let loaded = delivery::until_done(&shared, stop.clone(), "load the partition's parked records", || {
+                quarantine::load_partition(&shared.pool, &group, &topic, partition)
+            });
+            match loaded.await {
+                Some(held) => held,
+                None => return,
+            }
+        }
+    };
+    let mut gauges = Gauges::new(&shared, &topic, partition);
+    let store = |safe: Option<i64>| {
+        if let Some(safe) = safe
+            && let Err(error) = shared.consumer.store_offset(&topic, partition, safe)
+        {
+            // Revoked and the grace period passed; the next owner re-reads.
+            tracing::debug!(%error, %topic, partition, "offset not stored");
+        }
+    };
     // Set when the partition stopped, the queue closed or a record was abandoned: nothing new
     // starts; what runs finishes.
     let mut ending = false;
@@ -130,15 +172,26 @@ pub(crate) async fn run_worker<H: Handler>(
         if state.is_stopped() {
             ending = true;
         }
-        while !ending && running.len() < concurrency {
+        while !ending && delivering < concurrency {
             let Some(message) = waiting.ready.pop_front() else { break };
             let (shared, mut stop) = (shared.clone(), state.stop.subscribe());
+            delivering += 1;
             running.spawn(async move {
                 let delivered = shared.in_flight(1, delivery::alone(&shared, &mut stop, &message));
-                let finished = delivered.await.unwrap_or(false);
-                Ended { key: message.key().map(<[u8]>::to_vec), offset: message.offset(), finished }
+                let delivered = delivered.await.unwrap_or(Delivered::Abandoned);
+                Ended::Record { key: message.key().map(<[u8]>::to_vec), offset: message.offset(), delivered }
             });
         }
+        if !ending {
+            for (key, offset, following) in held.next_heads() {
+                let (shared, stop, topic) = (shared.clone(), state.stop.subscribe(), topic.clone());
+                running.spawn(async move {
+                    let delivered = quarantine::drain_head(&shared, stop, &topic, partition, offset, following).await;
+                    Ended::Head { key, delivered }
+                });
+            }
+        }
+        gauges.report(&held);
         state.busy.store(!running.is_empty(), Ordering::Release);
         if ending && running.is_empty() {
             break;
@@ -146,19 +199,38 @@ pub(crate) async fn run_worker<H: Handler>(
         let take = !ending && waiting.held < hold;
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok(Ended { key, offset, finished: true }) => {
-                    waiting.finished(key.as_deref());
-                    if let Some(safe) = unfinished.finish(offset)
-                        && let Some((topic, partition)) = &place
-                        && let Err(error) = shared.consumer.store_offset(topic, *partition, safe)
-                    {
-                        // Revoked and the grace period passed; the next owner re-reads.
-                        tracing::debug!(%error, %topic, partition, "offset not stored");
+                Ok(Ended::Record { key, offset, delivered }) if delivered.finished() => {
+                    delivering -= 1;
+                    match (delivered, key) {
+                        (Delivered::Parked, Some(key)) => {
+                            // The key is held: what waits behind it in memory is parked too.
+                            held.hold(&key, offset);
+                            for message in waiting.hold(&key) {
+                                held.arrive(&key, message.offset());
+                                park(&mut running, &shared, &state, message);
+                            }
+                        }
+                        (_, key) => waiting.finished(key.as_deref()),
                     }
+                    store(unfinished.finish(offset));
+                }
+                Ok(Ended::Parked { key, offset, done: true }) => {
+                    held.written(&key, offset);
+                    waiting.held -= 1;
+                    store(unfinished.finish(offset));
+                }
+                Ok(Ended::Head { key, delivered }) if delivered.finished() => {
+                    let follows = delivered == Delivered::DeadLettered
+                        && shared.settings.after_dead_letter == AfterDeadLetter::Follow;
+                    held.head_ended(&key, follows.then(|| "an earlier record of this key was dead-lettered before it; this one follows it unhandled".to_string()));
+                }
+                Ok(Ended::Head { key, .. }) => {
+                    held.head_abandoned(&key);
+                    ending = true;
                 }
                 // Abandoned (the partition stopped) or the task failed: it stays unfinished,
                 // and so does everything after it.
-                Ok(Ended { finished: false, .. }) => ending = true,
+                Ok(Ended::Record { .. } | Ended::Parked { .. }) => ending = true,
                 Err(error) => {
                     tracing::error!(%group, %error, "a record's task failed; the partition stops here");
                     ending = true;
@@ -166,16 +238,80 @@ pub(crate) async fn run_worker<H: Handler>(
             },
             received = records.recv(), if take => match received {
                 Some(message) => {
-                    place.get_or_insert_with(|| (message.topic().to_string(), message.partition()));
                     unfinished.take(message.offset());
-                    waiting.arrive(message);
+                    match message.key().map(<[u8]>::to_vec) {
+                        Some(key) if held.holds(&key) => {
+                            if held.arrive(&key, message.offset()) {
+                                waiting.held += 1;
+                                park(&mut running, &shared, &state, message);
+                            } else {
+                                // Parked or finished before: a redelivery.
+                                store(unfinished.finish(message.offset()));
+                            }
+                        }
+                        _ => waiting.arrive(message),
+                    }
                 }
                 None => ending = true,
             },
             _ = stop.wait_for(|stopped| *stopped), if !ending => ending = true,
         }
     }
+    gauges.clear();
     state.busy.store(false, Ordering::Release);
+}
+
+/// Parks `message` behind its held key's records.
+fn park<H: Handler>(
+    running: &mut JoinSet<Ended>,
+    shared: &Arc<Shared<H>>,
+    state: &PartitionState,
+    message: OwnedMessage,
+) {
+    let (shared, stop) = (shared.clone(), state.stop.subscribe());
+    running.spawn(async move {
+        let origin = delivery::origin_of(&shared, &message);
+        let group = shared.settings.group.as_str();
+        let parked = delivery::until_done(&shared, stop, "park a record behind its key", || {
+            quarantine::park(&shared.pool, group, &message, &origin, None)
+        });
+        let done = parked.await.is_some();
+        if done {
+            shared.metrics.count(group, &origin.topic, "parked");
+        }
+        Ended::Parked { key: message.key().unwrap_or_default().to_vec(), offset: message.offset(), done }
+    });
+}
+
+/// The quarantine's gauges, as far as this partition adds to them.
+struct Gauges<'a, H> {
+    shared: &'a Shared<H>,
+    place: (String, i32),
+    keys: i64,
+    records: i64,
+}
+
+impl<'a, H> Gauges<'a, H> {
+    fn new(shared: &'a Shared<H>, topic: &str, partition: i32) -> Self {
+        Gauges { shared, place: (topic.to_string(), partition), keys: 0, records: 0 }
+    }
+
+    fn report(&mut self, held: &quarantine::Held) {
+        let (keys, records, oldest) = held.gauges();
+        let (keys, records) = (keys as i64, records as i64);
+        if (keys, records) == (self.keys, self.records) {
+            return;
+        }
+        let group = [self.shared.settings.group.as_str()];
+        self.shared.metrics.quarantined_keys.with_label_values(&group).add(keys - self.keys);
+        self.shared.metrics.parked_records.with_label_values(&group).add(records - self.records);
+        (self.keys, self.records) = (keys, records);
+        self.shared.parked_since(&self.place, oldest);
+    }
+
+    fn clear(&mut self) {
+        self.report(&quarantine::Held::default());
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ mod fetch_loop;
 mod key_order;
 pub mod metrics;
 mod partition;
+mod quarantine;
 pub mod retention;
 mod settings;
 mod transaction;
@@ -70,7 +71,7 @@ pub use delivery::backoff_ceiling;
 pub use dlt::{dlt_topic, retry_headers, retry_topic};
 pub use failure::{Failure, classify_sqlstate};
 pub use fetch_loop::{run, run_service, run_service_with};
-pub use settings::{ConsumerArgs, ConsumerSettings, Ordering, RuntimeArgs, defaults};
+pub use settings::{AfterDeadLetter, ConsumerArgs, ConsumerSettings, Ordering, RetryMode, RuntimeArgs, defaults};
 
 /// Applies the dedupe-store migration (idempotent; shares the service's database).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -1,15 +1,16 @@
 //! What the consume loop counts, per group and topic (labels stay low-cardinality: never an
 //! order or event id).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Every `outcome` label `orderflow_consumer_records_total` takes.
-pub const OUTCOMES: [&str; 6] =
-    ["processed", "deduped", "skipped", "retried", "dead_lettered", "waited_for_dependency"];
+pub const OUTCOMES: [&str; 7] =
+    ["processed", "deduped", "skipped", "retried", "parked", "dead_lettered", "waited_for_dependency"];
 
 #[derive(Clone)]
 pub struct ConsumerMetrics {
-    /// outcome: processed | deduped | skipped | retried | dead_lettered | waited_for_dependency
+    /// outcome: processed | deduped | skipped | retried | parked | dead_lettered |
+    /// waited_for_dependency
     pub records: IntCounterVec,
     pub handler_seconds: HistogramVec,
     pub in_flight: IntGaugeVec,
@@ -28,6 +29,11 @@ pub struct ConsumerMetrics {
     pub revoke_seconds: HistogramVec,
     /// Rows deleted past the retention horizon, by table.
     pub pruned: IntCounterVec,
+    /// In quarantine: keys held, records parked, and the age of the oldest parked record, over
+    /// the partitions this instance holds.
+    pub quarantined_keys: IntGaugeVec,
+    pub parked_records: IntGaugeVec,
+    pub oldest_parked_seconds: GaugeVec,
 }
 
 impl ConsumerMetrics {
@@ -82,6 +88,18 @@ impl ConsumerMetrics {
             Opts::new("orderflow_consumer_pruned_rows_total", "Rows deleted past the retention horizon, by table"),
             &["group", "table"],
         )?;
+        let group_gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group"]);
+        let quarantined_keys =
+            group_gauge("orderflow_consumer_quarantined_keys", "Keys held by the quarantine (their records parked)")?;
+        let parked_records =
+            group_gauge("orderflow_consumer_parked_records", "Records parked in the quarantine behind a failing one")?;
+        let oldest_parked_seconds = GaugeVec::new(
+            Opts::new(
+                "orderflow_consumer_oldest_parked_seconds",
+                "Age of the oldest record parked in the quarantine (0: none)",
+            ),
+            &["group"],
+        )?;
         // One registry per consumer: a second registration of these names fails loudly.
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(handler_seconds.clone()))?;
@@ -94,6 +112,9 @@ impl ConsumerMetrics {
         registry.register(Box::new(rebalances.clone()))?;
         registry.register(Box::new(revoke_seconds.clone()))?;
         registry.register(Box::new(pruned.clone()))?;
+        registry.register(Box::new(quarantined_keys.clone()))?;
+        registry.register(Box::new(parked_records.clone()))?;
+        registry.register(Box::new(oldest_parked_seconds.clone()))?;
         Ok(ConsumerMetrics {
             records,
             handler_seconds,
@@ -106,6 +127,9 @@ impl ConsumerMetrics {
             rebalances,
             revoke_seconds,
             pruned,
+            quarantined_keys,
+            parked_records,
+            oldest_parked_seconds,
         })
     }
 

@@ -12,6 +12,7 @@ use std::{
     },
 };
 
+use chrono::{DateTime, Utc};
 use orderflow_schemas::EventCodec;
 use rdkafka::{
     Message, TopicPartitionList,
@@ -40,6 +41,8 @@ pub(crate) struct Shared<H> {
     pub retry_sources: HashMap<String, String>,
     /// Bounds the batches being handled at once across all partitions.
     pub in_flight_limit: Semaphore,
+    /// Per partition in quarantine: when its oldest parked record was parked.
+    pub parked_since: Mutex<HashMap<(String, i32), DateTime<Utc>>>,
 }
 
 impl<H> Shared<H> {
@@ -52,6 +55,22 @@ impl<H> Shared<H> {
         let result = work.await;
         gauge.sub(records as i64);
         Some(result)
+    }
+
+    /// Records when the oldest record parked by `place` was parked (None: nothing parked).
+    pub fn parked_since(&self, place: &(String, i32), oldest: Option<DateTime<Utc>>) {
+        let mut since = self.parked_since.lock().expect("parked_since lock");
+        match oldest {
+            Some(oldest) => since.insert(place.clone(), oldest),
+            None => since.remove(place),
+        };
+    }
+
+    /// Sets the age of the oldest parked record of this instance's partitions (0: none).
+    pub fn report_oldest_parked(&self) {
+        let oldest = self.parked_since.lock().expect("parked_since lock").values().min().copied();
+        let age = oldest.map_or(0.0, |oldest| (Utc::now() - oldest).as_seconds_f64().max(0.0));
+        self.metrics.oldest_parked_seconds.with_label_values(&[&self.settings.group]).set(age);
     }
 }
 
@@ -117,7 +136,13 @@ impl Slot {
         partitions.insert(topic, partition, state.clone());
         let task = match shared.settings.ordering {
             crate::Ordering::Partition => tokio::spawn(run_worker(shared.clone(), state.clone(), records)),
-            crate::Ordering::Key => tokio::spawn(key_order::run_worker(shared.clone(), state.clone(), records)),
+            crate::Ordering::Key => tokio::spawn(key_order::run_worker(
+                shared.clone(),
+                state.clone(),
+                records,
+                topic.to_string(),
+                partition,
+            )),
         };
         Slot { sender, task, state, parked: VecDeque::new() }
     }

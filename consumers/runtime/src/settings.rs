@@ -125,6 +125,38 @@ pub struct RuntimeArgs {
     #[arg(long, env = "ORDERFLOW_KEY_CONCURRENCY", default_value_t = defaults::KEY_CONCURRENCY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub key_concurrency: usize,
+    /// Where a record goes when its handler asks for another try: `topic`, the group's retry
+    /// topic (the partition moves on, later records of the key pass it); `quarantine` (key
+    /// order only), parked in the database with every later record of its key, which are then
+    /// handled in order once it is.
+    #[arg(long, env = "ORDERFLOW_RETRY_MODE", value_enum, default_value_t = RetryMode::Topic)]
+    pub retry_mode: RetryMode,
+    /// In quarantine: when a key's record is dead-lettered, whether the key's records parked
+    /// behind it are handled (`resume`) or follow it to the DLT unhandled (`follow`).
+    #[arg(long, env = "ORDERFLOW_QUARANTINE_AFTER_DEAD_LETTER", value_enum, default_value_t = AfterDeadLetter::Resume)]
+    pub quarantine_after_dead_letter: AfterDeadLetter,
+}
+
+/// Where a record goes when its handler asks for another try (see README "Retry modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RetryMode {
+    /// The group's retry topic, due after a backoff: the partition and the record's key move on.
+    Topic,
+    /// Parked in `quarantined_records` with every later record of its key; the key's records
+    /// are handled in offset order once the failing one is handled or dead-lettered, while the
+    /// partition's other keys go on. Needs key order.
+    Quarantine,
+}
+
+/// In quarantine, what happens to a key's parked records when the record at their head is
+/// dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AfterDeadLetter {
+    /// They are handled, in order (the dead letter is the operator's to replay or triage).
+    Resume,
+    /// They follow it to the DLT unhandled (`dlt_error_class=key_dead_lettered`), to be replayed
+    /// after it, in order.
+    Follow,
 }
 
 /// How one partition's records are ordered (see the crate's docs and README "Orderings").
@@ -156,6 +188,8 @@ impl RuntimeArgs {
         let mut settings = ConsumerSettings::new(group, topics, kafka);
         settings.ordering = self.ordering.unwrap_or(default);
         settings.key_concurrency = self.key_concurrency;
+        settings.retry_mode = self.retry_mode;
+        settings.after_dead_letter = self.quarantine_after_dead_letter;
         settings.max_attempts = self.max_attempts;
         settings.backoff_base = Duration::from_millis(self.backoff_base_ms);
         settings.backoff_cap = Duration::from_millis(self.backoff_cap_ms);
@@ -211,6 +245,10 @@ pub struct ConsumerSettings {
     /// In key order: the records of one partition handled at once (each instance's
     /// `max_in_flight` bounds them across partitions).
     pub key_concurrency: usize,
+    /// Where a record asking for another try goes: the retry topic or the quarantine.
+    pub retry_mode: RetryMode,
+    /// In quarantine: a dead-lettered record's parked followers resume or follow it.
+    pub after_dead_letter: AfterDeadLetter,
     /// Where this consumer's metrics are registered (serve it with `platform::metrics::serve`).
     pub registry: prometheus::Registry,
     /// Set once the consumer has its topics and has subscribed (`/readyz` answers 200); unset
@@ -243,8 +281,23 @@ impl ConsumerSettings {
             transaction_idle_limit: Duration::from_secs(defaults::TRANSACTION_IDLE_LIMIT_SECS),
             ordering: Ordering::Partition,
             key_concurrency: defaults::KEY_CONCURRENCY,
+            retry_mode: RetryMode::Topic,
+            after_dead_letter: AfterDeadLetter::Resume,
             ready: Default::default(),
         }
+    }
+
+    /// Settings that cannot work together, named: the quarantine keeps a key's order, so it
+    /// needs key order.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.retry_mode == RetryMode::Quarantine && self.ordering != Ordering::Key {
+            anyhow::bail!(
+                "group {}: --retry-mode quarantine needs --ordering key (in partition order a failing record \
+                 would hold its whole partition); use --retry-mode topic or --ordering key",
+                self.group
+            );
+        }
+        Ok(())
     }
 
     /// The group's retry topic for source topic `topic` (a broker name).
@@ -277,7 +330,7 @@ mod tests {
 
     fn knobs(s: &ConsumerSettings) -> String {
         format!(
-            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {}",
+            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {} {:?} {:?}",
             s.max_attempts,
             s.backoff_base,
             s.backoff_cap,
@@ -292,7 +345,9 @@ mod tests {
             s.prune_interval,
             s.transaction_idle_limit,
             s.ordering,
-            s.key_concurrency
+            s.key_concurrency,
+            s.retry_mode,
+            s.after_dead_letter
         )
     }
 
@@ -318,6 +373,20 @@ mod tests {
             Cli::try_parse_from(["consumer", "--ordering", "partition", "--key-concurrency", "8"]).unwrap().runtime;
         let ordered = cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key);
         assert_eq!((ordered.ordering, ordered.key_concurrency), (Ordering::Partition, 8));
+    }
+
+    #[test]
+    fn the_quarantine_needs_key_order() {
+        let kafka = KafkaSettings::new("127.0.0.1:1");
+        let cli =
+            Cli::try_parse_from(["consumer", "--retry-mode", "quarantine", "--quarantine-after-dead-letter", "follow"])
+                .unwrap()
+                .runtime;
+        let keyed = cli.settings_ordered("g", &["t"], kafka.clone(), Ordering::Key);
+        assert_eq!((keyed.retry_mode, keyed.after_dead_letter), (RetryMode::Quarantine, AfterDeadLetter::Follow));
+        keyed.check().unwrap();
+        let error = cli.settings("g", &["t"], kafka).check().unwrap_err().to_string();
+        assert!(error.contains("--retry-mode quarantine needs --ordering key"), "{error}");
     }
 
     #[test]

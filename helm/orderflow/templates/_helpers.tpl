@@ -205,6 +205,19 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
     ORDERFLOW_METRICS_LISTEN: "0.0.0.0:9100"
     {{- end }}
     ORDERFLOW_KAFKA_PARTITIONS: {{ include "orderflow.groupPartitions" (list $ $c.topics) | quote }}
+    {{- $ordering := $cv.ordering | default (ternary "key" "partition" (has $c.name (list "payment" "notifications"))) }}
+    {{- if and (eq ($cv.retryMode | default "topic") "quarantine") (ne $ordering "key") }}
+    {{- fail (printf "consumers.%s: retryMode quarantine needs ordering key (it is %s)" $c.key $ordering) }}
+    {{- end }}
+    {{- with $cv.ordering }}
+    ORDERFLOW_ORDERING: {{ . | quote }}
+    {{- end }}
+    {{- with $cv.retryMode }}
+    ORDERFLOW_RETRY_MODE: {{ . | quote }}
+    {{- end }}
+    {{- with $cv.quarantineAfterDeadLetter }}
+    ORDERFLOW_QUARANTINE_AFTER_DEAD_LETTER: {{ . | quote }}
+    {{- end }}
     {{- if eq $c.name "payment" }}
     ORDERFLOW_PROVIDER_URL: {{ include "orderflow.paymentProviderUrl" $ | quote }}
     ORDERFLOW_PROVIDER_RATE_LIMIT: {{ $v.providers.payment.rateLimitPerSecond | quote }}
