@@ -222,7 +222,7 @@ pub(crate) async fn run_worker<H: Handler>(
                 Ok(Ended::Head { key, delivered }) if delivered.finished() => {
                     let follows = delivered == Delivered::DeadLettered
                         && shared.settings.after_dead_letter == AfterDeadLetter::Follow;
-                    held.head_ended(&key, follows.then(|| "an earlier record of this key was dead-lettered before it; this one follows it unhandled".to_string()));
+                    held.head_ended(&key, follows.then(|| FOLLOWS.to_string()));
                 }
                 Ok(Ended::Head { key, .. }) => {
                     held.head_abandoned(&key);
@@ -260,6 +260,10 @@ pub(crate) async fn run_worker<H: Handler>(
     gauges.clear();
     state.busy.store(false, Ordering::Release);
 }
+
+/// Why a record parked after its key's head was dead-lettered follows it (the rows parked
+/// before carry the head's place: [`quarantine`]).
+const FOLLOWS: &str = "an earlier record of this key was dead-lettered before it; this one follows it unhandled";
 
 /// Parks `message` behind its held key's records.
 fn park<H: Handler>(
