@@ -37,18 +37,44 @@ pub struct Setup<'a> {
 /// Produces `count` events (OrderPlaced then OrderPaid per order, so each group finds the events
 /// it handles) to a fresh 12-partition topic; returns its logical name.
 pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize) -> anyhow::Result<String> {
+    let name = new_topic(kafka).await?;
+    publish_orders(kafka, codec, &name, count, None).await?;
+    Ok(name)
+}
+
+/// A fresh 12-partition topic; its logical name.
+pub async fn new_topic(kafka: &KafkaSettings) -> anyhow::Result<String> {
     let name = format!("bench-consumers-{}", Uuid::new_v4().simple());
-    let topic = kafka.topic(&name);
-    kafka.ensure_topics(&[(&topic, 12)]).await?;
-    // Large batches, as the outbox relay writes them (thousands of rows per claim).
+    kafka.ensure_topics(&[(&kafka.topic(&name), 12)]).await?;
+    Ok(name)
+}
+
+/// Produces `count` events to `topic` (logical), as [`seed_topic`] does: as fast as the broker
+/// takes them, or, with `orders_per_sec`, orders arriving at that pace (as checkout sends them).
+pub async fn publish_orders(
+    kafka: &KafkaSettings,
+    codec: &EventCodec,
+    topic: &str,
+    count: usize,
+    orders_per_sec: Option<f64>,
+) -> anyhow::Result<()> {
+    let topic = kafka.topic(topic);
+    // Large batches, as the outbox relay writes them (thousands of rows per claim); a paced
+    // stream sends each order at once.
+    let linger = if orders_per_sec.is_some() { "1" } else { "100" };
     let producer: FutureProducer = kafka
         .producer("bench-seed", Duration::from_secs(120))
-        .set("linger.ms", "100")
+        .set("linger.ms", linger)
         .set("batch.size", "1000000")
         .create()?;
+    let started = Instant::now();
     let mut deliveries = Vec::with_capacity(count);
     let mut i = 0usize;
     while deliveries.len() < count {
+        if let Some(rate) = orders_per_sec {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let order_id = Uuid::new_v4();
         let line = OrderLine { sku: format!("BENCH-{}", i % 50), quantity: 1, unit_price_minor: 1250 };
         let total = Money { amount_minor: 1250, currency: "EUR".into() };
@@ -83,9 +109,9 @@ pub async fn seed_topic(kafka: &KafkaSettings, codec: &EventCodec, count: usize)
     }
     let acked = futures::future::join_all(deliveries).await.into_iter().filter(|d| matches!(d, Ok(Ok(_)))).count();
     if acked < count {
-        bail!("the broker acknowledged {acked} of {count} seed records");
+        bail!("the broker acknowledged {acked} of {count} records");
     }
-    Ok(name)
+    Ok(())
 }
 
 /// Reads every record of `topic` with a plain consumer (assigned partitions, no group): records/s.

@@ -4,6 +4,12 @@
 //! Orders/s is compared with the ceiling the provider allows, `min(limit, in-flight ÷ latency)`,
 //! where in-flight is what key order may have outstanding: the instance's `max_in_flight`,
 //! within the provider client's adaptive window.
+//!
+//! Two shapes of load: a backlog (every order produced before payment starts: partition order
+//! gets full batches, each with `call_out_concurrency` calls at once) and orders arriving at a
+//! steady pace while payment runs (as checkout sends them: a partition's batches are one or two
+//! orders, each waiting out the provider's latency), where what counts is whether payment keeps
+//! up and how long an order waits to be settled.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,7 +19,7 @@ use orderflow_platform::kafka::KafkaSettings;
 use orderflow_schemas::EventCodec;
 use sqlx::PgPool;
 
-use crate::consumer_bench::{Setup, run_group, seed_topic};
+use crate::consumer_bench::{Setup, new_topic, publish_orders, run_group, seed_topic};
 
 /// One measurement: a latency, an ordering, what it reached and what it could.
 #[derive(Debug, Clone, Copy)]
@@ -74,12 +80,21 @@ pub struct Bench<'a> {
     pub seconds: f64,
 }
 
+/// One paced measurement: orders arriving at `arrival`/s, settled at `settled`/s, and how long an
+/// order waited from its event to its settlement (median, 99th percentile).
+#[derive(Debug, Clone, Copy)]
+pub struct Paced {
+    pub latency: Duration,
+    pub ordering: Ordering,
+    pub arrival: f64,
+    pub settled: f64,
+    pub wait_p50: Duration,
+    pub wait_p99: Duration,
+}
+
 impl Bench<'_> {
-    /// Charges orders through the simulator at `latency` in `ordering` on the scratch database
-    /// `pool` (freshly made): orders/s and the ceiling.
-    pub async fn measure(&self, latency: Duration, ordering: Ordering, pool: PgPool) -> anyhow::Result<Measured> {
-        orderflow_payment::migrate(&pool).await?;
-        self.simulator.answer_after(latency).await?;
+    /// The provider settings for a provider answering in `latency`, and the ceiling it allows.
+    fn provider(&self, latency: Duration) -> (ProviderSettings, f64) {
         let defaults = ConsumerSettings::new("bench", &["bench"], self.kafka.clone());
         let mut provider = ProviderSettings::new(&self.simulator.url);
         provider.rate_limit_per_sec = Some(self.rate_limit);
@@ -87,17 +102,70 @@ impl Bench<'_> {
         provider.attempt_timeout = latency * 4 + Duration::from_secs(1);
         provider.deadline = provider.attempt_timeout * 3;
         let in_flight = defaults.max_in_flight.min(provider.max_window) as f64;
-        let ceiling = self.rate_limit.min(in_flight / latency.as_secs_f64());
+        (provider, self.rate_limit.min(in_flight / latency.as_secs_f64()))
+    }
+
+    /// Payment's handler on `pool` (migrated here) against the simulator, answering in `latency`.
+    async fn handler(
+        &self,
+        provider: ProviderSettings,
+        latency: Duration,
+        pool: &PgPool,
+    ) -> anyhow::Result<PaymentHandler> {
+        orderflow_payment::migrate(pool).await?;
+        self.simulator.answer_after(latency).await?;
+        let registry = prometheus::Registry::new();
+        let client = PaymentProviderClient::new(provider, &registry, Some(pool.clone())).await?;
+        Ok(PaymentHandler { provider: client, codec: self.codec.clone() })
+    }
+
+    /// Charges a backlog of orders through the simulator at `latency` in `ordering` on the
+    /// scratch database `pool` (freshly made): orders/s and the ceiling.
+    pub async fn measure(&self, latency: Duration, ordering: Ordering, pool: PgPool) -> anyhow::Result<Measured> {
+        let (provider, ceiling) = self.provider(latency);
         // Enough orders for about `seconds` at the ceiling, within bounds that keep a slow
         // ordering's run short enough to wait for.
         let orders = ((ceiling * self.seconds) as usize).clamp(200, 5_000);
         let topic = seed_topic(self.kafka, &self.codec, orders * 2).await?;
-        let registry = prometheus::Registry::new();
-        let client = PaymentProviderClient::new(provider, &registry, Some(pool.clone())).await?;
-        let handler = PaymentHandler { provider: client, codec: self.codec.clone() };
+        let handler = self.handler(provider, latency, &pool).await?;
         let setup = Setup { kafka: self.kafka, codec: self.codec.clone(), pool };
         let group = format!("bench-payment-{}-{ordering:?}", latency.as_millis()).to_lowercase();
         let orders_per_sec = run_group(setup, &group, &topic, handler, orders as i64, ordering).await?;
         Ok(Measured { latency, ordering, orders_per_sec, ceiling })
+    }
+
+    /// Orders arriving at `share` × the ceiling for `seconds` while payment runs in `ordering`:
+    /// orders settled per second and how long each waited.
+    pub async fn measure_paced(
+        &self,
+        latency: Duration,
+        ordering: Ordering,
+        share: f64,
+        pool: PgPool,
+    ) -> anyhow::Result<Paced> {
+        let (provider, ceiling) = self.provider(latency);
+        let arrival = ceiling * share;
+        let orders = (arrival * self.seconds).max(50.0) as usize;
+        let topic = new_topic(self.kafka).await?;
+        let handler = self.handler(provider, latency, &pool).await?;
+        let (kafka, codec, name) = (self.kafka.clone(), self.codec.clone(), topic.clone());
+        let checkout =
+            tokio::spawn(async move { publish_orders(&kafka, &codec, &name, orders * 2, Some(arrival)).await });
+        let setup = Setup { kafka: self.kafka, codec: self.codec.clone(), pool: pool.clone() };
+        let group = format!("bench-payment-paced-{}-{ordering:?}", latency.as_millis()).to_lowercase();
+        let settled = run_group(setup, &group, &topic, handler, orders as i64, ordering).await?;
+        checkout.await??;
+        // An event's id is a UUIDv7: its first 48 bits are the milliseconds it was made at.
+        let waits: Vec<f64> = sqlx::query_scalar(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY
+                 extract(epoch FROM processed_at) * 1000
+                 - ('x' || lpad(substr(replace(event_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint)
+             FROM processed_events WHERE consumer_group = $1",
+        )
+        .bind(self.kafka.group(&group))
+        .fetch_one(&pool)
+        .await?;
+        let wait = |i: usize| Duration::from_millis(waits.get(i).copied().unwrap_or_default().max(0.0) as u64);
+        Ok(Paced { latency, ordering, arrival, settled, wait_p50: wait(0), wait_p99: wait(1) })
     }
 }

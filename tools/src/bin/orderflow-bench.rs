@@ -18,8 +18,9 @@
 //!    `orderflow_tools::consumer_bench`).
 //! 6. Payment (`--phases payment`, not in the default set: it takes minutes): orders charged per
 //!    second through a provider answering in 50, 200 and 500 ms, in partition order and in key
-//!    order, against the ceiling `min(limit, in-flight ÷ latency)` (see
-//!    `orderflow_tools::payment_bench`).
+//!    order, against the ceiling `min(limit, in-flight ÷ latency)`; then orders arriving at 0.8 of
+//!    the slowest provider's ceiling while payment runs, settled/s and each order's wait, in both
+//!    orderings (see `orderflow_tools::payment_bench`).
 
 use std::{
     process::Command,
@@ -335,6 +336,25 @@ async fn payment(args: &Args) -> anyhow::Result<()> {
                 m.orders_per_sec / m.ceiling
             );
         }
+    }
+    // Orders arriving while payment runs, at 0.8 of the ceiling of the slowest provider.
+    let Some(latency) = args.payment_latencies_ms.iter().max().map(|ms| Duration::from_millis(*ms)) else {
+        return Ok(());
+    };
+    for ordering in [Ordering::Partition, Ordering::Key] {
+        let name = format!("orderflow_bench_payment_paced_{}_{ordering:?}", latency.as_millis()).to_lowercase();
+        let (_, pool) = scratch_database(&args.admin_url, &name).await?;
+        let p = bench.measure_paced(latency, ordering, 0.8, pool).await?;
+        println!(
+            "payment   provider {:>4} ms, {:<9} order, orders arriving at {:>5.1}/s: settled {:>6.1}/s ({:.2} of arrivals)   wait p50 {:>6} ms  p99 {:>6} ms",
+            latency.as_millis(),
+            format!("{ordering:?}").to_lowercase(),
+            p.arrival,
+            p.settled,
+            p.settled / p.arrival,
+            p.wait_p50.as_millis(),
+            p.wait_p99.as_millis()
+        );
     }
     Ok(())
 }
