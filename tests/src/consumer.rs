@@ -10,7 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use orderflow_consumer_runtime::{ConsumedEvent, ConsumerSettings, Failure, Handler};
+use orderflow_consumer_runtime::{ConsumedEvent, ConsumerSettings, Failure, Handler, Ordering};
 use orderflow_schemas::{
     EventCodec,
     events::{Event, Money, OrderLine, OrderPlaced},
@@ -159,6 +159,8 @@ pub struct RuntimeBed {
     pub script: Arc<Script>,
     /// The source topic, as the broker knows it (the test's namespace + `orders`).
     pub topic: String,
+    /// The ordering [`Self::settings`] asks for (partition order unless [`Self::in_order`]).
+    pub ordering: Ordering,
 }
 
 /// The bed's logical source topic and consumer group.
@@ -182,7 +184,12 @@ impl RuntimeBed {
             .await
             .unwrap();
         let codec = Arc::new(EventCodec::new(registry.anonymous(), Duration::from_secs(5)).unwrap());
-        RuntimeBed { broker, registry, db, pool, codec, script: Arc::default(), topic }
+        RuntimeBed { broker, registry, db, pool, codec, script: Arc::default(), topic, ordering: Ordering::Partition }
+    }
+
+    /// The bed with its consumers in `ordering`.
+    pub fn in_order(self, ordering: Ordering) -> Self {
+        RuntimeBed { ordering, ..self }
     }
 
     /// The consumer group, as the broker (and the metrics) know it.
@@ -214,9 +221,10 @@ impl RuntimeBed {
         }
     }
 
-    /// Settings for the group `runtime-test` with short backoffs.
+    /// Settings for the group `runtime-test` with short backoffs, in the bed's ordering.
     pub fn settings(&self) -> ConsumerSettings {
         let mut settings = ConsumerSettings::new(GROUP, &[SOURCE], self.broker.settings());
+        settings.ordering = self.ordering;
         settings.backoff_base = Duration::from_millis(100);
         settings.backoff_cap = Duration::from_secs(2);
         settings.lag_interval = Duration::from_millis(200);

@@ -152,6 +152,18 @@ impl TestStack {
         stack
     }
 
+    /// Every service and every consumer group (notifications and analytics too) on `broker`:
+    /// a broker or cluster of the test's own.
+    pub async fn spawn_all_on(broker: TestBroker) -> TestStack {
+        let mut stack = Self::spawn_without_consumers_on(broker).await;
+        let provider = stack.provider_settings();
+        stack.start_payment(provider).await;
+        stack.start_inventory();
+        stack.start_notifications(Duration::from_secs(5)).await;
+        stack.start_analytics().await;
+        stack
+    }
+
     /// Every service but the inventory consumer (a test runs that as a process).
     pub async fn spawn_without_inventory() -> TestStack {
         let mut stack = Self::spawn_without_consumers().await;
@@ -263,7 +275,7 @@ impl TestStack {
         };
         let mut settings = self.consumer_settings(orderflow_notifications::GROUP, &orderflow_notifications::TOPICS);
         // As the binary runs it.
-        settings.ordering = orderflow_consumer_runtime::Ordering::Key;
+        settings.set_ordering(orderflow_consumer_runtime::Ordering::Key);
         self.metrics.push((orderflow_notifications::GROUP.into(), settings.registry.clone()));
         let (codec, p) = (self.codec(), pool.clone());
         self.parts.push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, p, codec, handler, stop)));
@@ -345,7 +357,7 @@ impl TestStack {
         let codec = self.codec();
         let mut settings = self.consumer_settings(orderflow_payment::GROUP, &orderflow_payment::TOPICS);
         // As the binary runs it.
-        settings.ordering = orderflow_consumer_runtime::Ordering::Key;
+        settings.set_ordering(orderflow_consumer_runtime::Ordering::Key);
         let limits = match provider.rate_limit_per_sec {
             Some(_) => Some(self.payments_db.pool().await),
             None => None,

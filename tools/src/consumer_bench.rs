@@ -147,7 +147,7 @@ pub async fn run_group<H: Handler>(
     ordering: Ordering,
 ) -> anyhow::Result<f64> {
     let mut settings = ConsumerSettings::new(group, &[topic], setup.kafka.clone());
-    settings.ordering = ordering;
+    settings.set_ordering(ordering);
     settings.lag_interval = Duration::from_secs(60);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (pool, codec) = (setup.pool.clone(), setup.codec.clone());

@@ -93,9 +93,11 @@ pub struct Paced {
 }
 
 impl Bench<'_> {
-    /// The provider settings for a provider answering in `latency`, and the ceiling it allows.
+    /// The provider settings for a provider answering in `latency`, and the ceiling it allows
+    /// (with key order's in-flight: the records one instance handles at once).
     fn provider(&self, latency: Duration) -> (ProviderSettings, f64) {
-        let defaults = ConsumerSettings::new("bench", &["bench"], self.kafka.clone());
+        let mut defaults = ConsumerSettings::new("bench", &["bench"], self.kafka.clone());
+        defaults.set_ordering(Ordering::Key);
         let mut provider = ProviderSettings::new(&self.simulator.url);
         provider.rate_limit_per_sec = Some(self.rate_limit);
         // The latency is the provider's normal pace here, not an outage: time out well past it.

@@ -50,7 +50,11 @@ pub mod defaults {
     pub const BACKOFF_CAP_MS: u64 = 30_000;
     pub const COMMIT_INTERVAL_MS: u64 = 1_000;
     pub const PARTITION_QUEUE: usize = 256;
+    /// In partition order: partitions (each with its batch) handled at once.
     pub const MAX_IN_FLIGHT: usize = 32;
+    /// In key order: records handled at once, each mostly waiting on a provider — the payment
+    /// client's adaptive window reaches 64, and fewer would leave it unused.
+    pub const MAX_IN_FLIGHT_KEYED: usize = 64;
     pub const BATCH_SIZE: usize = 100;
     pub const CALL_OUT_CONCURRENCY: usize = 16;
     pub const REVOKE_GRACE_SECS: u64 = 10;
@@ -84,10 +88,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "ORDERFLOW_PARTITION_QUEUE", default_value_t = defaults::PARTITION_QUEUE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub partition_queue: usize,
-    /// Partitions handled at once.
-    #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT,
+    /// What one instance handles at once: partitions in partition order (32 unless set),
+    /// records in key order (64 unless set).
+    #[arg(long, env = "ORDERFLOW_MAX_IN_FLIGHT",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub max_in_flight: usize,
+    pub max_in_flight: Option<usize>,
     /// Most records of one partition in one transaction.
     #[arg(long, env = "ORDERFLOW_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -186,7 +191,7 @@ impl RuntimeArgs {
         default: Ordering,
     ) -> ConsumerSettings {
         let mut settings = ConsumerSettings::new(group, topics, kafka);
-        settings.ordering = self.ordering.unwrap_or(default);
+        settings.set_ordering(self.ordering.unwrap_or(default));
         settings.key_concurrency = self.key_concurrency;
         settings.retry_mode = self.retry_mode;
         settings.after_dead_letter = self.quarantine_after_dead_letter;
@@ -195,7 +200,9 @@ impl RuntimeArgs {
         settings.backoff_cap = Duration::from_millis(self.backoff_cap_ms);
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
         settings.partition_queue = self.partition_queue;
-        settings.max_in_flight = self.max_in_flight;
+        if let Some(max_in_flight) = self.max_in_flight {
+            settings.max_in_flight = max_in_flight;
+        }
         settings.batch_size = self.batch_size;
         settings.call_out_concurrency = self.call_out_concurrency;
         settings.revoke_grace = Duration::from_secs(self.revoke_grace_secs);
@@ -287,6 +294,16 @@ impl ConsumerSettings {
         }
     }
 
+    /// Runs in `ordering`, with that ordering's `max_in_flight` default (partitions in partition
+    /// order, records in key order).
+    pub fn set_ordering(&mut self, ordering: Ordering) {
+        self.ordering = ordering;
+        self.max_in_flight = match ordering {
+            Ordering::Partition => defaults::MAX_IN_FLIGHT,
+            Ordering::Key => defaults::MAX_IN_FLIGHT_KEYED,
+        };
+    }
+
     /// Settings that cannot work together, named: the quarantine keeps a key's order, so it
     /// needs key order.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -373,6 +390,16 @@ mod tests {
             Cli::try_parse_from(["consumer", "--ordering", "partition", "--key-concurrency", "8"]).unwrap().runtime;
         let ordered = cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key);
         assert_eq!((ordered.ordering, ordered.key_concurrency), (Ordering::Partition, 8));
+        // max_in_flight counts partitions in partition order, records in key order.
+        assert_eq!(ordered.max_in_flight, defaults::MAX_IN_FLIGHT);
+        let cli = Cli::try_parse_from(["consumer"]).unwrap().runtime;
+        let keyed = cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key);
+        assert_eq!(keyed.max_in_flight, defaults::MAX_IN_FLIGHT_KEYED);
+        let cli = Cli::try_parse_from(["consumer", "--max-in-flight", "9"]).unwrap().runtime;
+        assert_eq!(
+            cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key).max_in_flight,
+            9
+        );
     }
 
     #[test]
