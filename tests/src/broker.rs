@@ -4,7 +4,10 @@
 //! run in parallel without meeting, and the namespace's topics are deleted when the test ends.
 //! A test that kills or stops its broker gets one of its own ([`TestBroker::spawn_own`]): a
 //! single-node KRaft JVM from the same jars (`ORDERFLOW_KAFKA_LIBS`) and the same
-//! `ops/kafka/server.properties`, on free ports and a temporary data directory.
+//! `ops/kafka/server.properties`, on free ports and a temporary data directory. A test of
+//! failover gets a cluster of its own ([`TestBroker::spawn_cluster`]): three such JVMs, each a
+//! broker and a controller of one KRaft quorum, topics replicated three times with
+//! `min.insync.replicas=2` (as production's), each node killed, frozen and started alone.
 
 use std::{
     net::TcpStream,
@@ -26,13 +29,18 @@ pub struct TestBroker {
     pub bootstrap: String,
     /// Prefix of this test's topics and groups (`t<random>.`).
     pub namespace: String,
-    own: Option<OwnBroker>,
+    /// The broker processes of this test's own (one, or a cluster's three); none on the shared
+    /// broker.
+    own: Vec<OwnBroker>,
 }
 
-/// A broker process of one test's own.
+/// A broker process of one test's own: a KRaft node (broker and controller) of `voters`.
 struct OwnBroker {
+    node_id: i32,
     port: u16,
     controller_port: u16,
+    /// `controller.quorum.voters`: every node of the test's quorum.
+    voters: String,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -49,48 +57,150 @@ impl TestBroker {
                 "ORDERFLOW_TEST_KAFKA_BOOTSTRAP is not set: run the suite with ./scripts/test.sh, which starts Kafka"
             )
         });
-        TestBroker { bootstrap, namespace: fresh_namespace(), own: None }
+        TestBroker { bootstrap, namespace: fresh_namespace(), own: Vec::new() }
     }
 
     /// A broker of this test's own, which it may kill and start again with its data intact.
     pub fn spawn_own() -> TestBroker {
+        Self::spawn_nodes(1)
+    }
+
+    /// A cluster of this test's own: three KRaft nodes (each a broker and a controller),
+    /// topics replicated three times, `min.insync.replicas=2`; nodes are numbered 1 to 3.
+    pub fn spawn_cluster() -> TestBroker {
+        Self::spawn_nodes(3)
+    }
+
+    fn spawn_nodes(count: i32) -> TestBroker {
         let dir = std::env::temp_dir().join(format!("orderflow-kafka-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let own = OwnBroker { port: free_port(), controller_port: free_port(), dir, child: None };
-        let mut broker =
-            TestBroker { bootstrap: format!("127.0.0.1:{}", own.port), namespace: fresh_namespace(), own: Some(own) };
-        broker.own_mut().format();
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let voters: Vec<String> =
+            ports.iter().zip(1..).map(|((_, controller), id)| format!("{id}@127.0.0.1:{controller}")).collect();
+        let cluster_id = base64_uuid();
+        let mut own: Vec<OwnBroker> = ports
+            .iter()
+            .zip(1..)
+            .map(|(&(port, controller_port), node_id)| OwnBroker {
+                node_id,
+                port,
+                controller_port,
+                voters: voters.join(","),
+                dir: dir.join(format!("node-{node_id}")),
+                child: None,
+            })
+            .collect();
+        for node in &mut own {
+            std::fs::create_dir_all(&node.dir).unwrap();
+            node.format(&cluster_id, count);
+        }
+        let bootstrap = own.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
+        let mut broker = TestBroker { bootstrap, namespace: fresh_namespace(), own };
         broker.start();
         broker
     }
 
-    fn own_mut(&mut self) -> &mut OwnBroker {
-        self.own.as_mut().expect("only a broker of the test's own (TestBroker::spawn_own) can be stopped and started")
+    fn own_mut(&mut self) -> &mut Vec<OwnBroker> {
+        assert!(
+            !self.own.is_empty(),
+            "only a broker of the test's own (TestBroker::spawn_own, spawn_cluster) can be stopped and started"
+        );
+        &mut self.own
     }
 
-    /// Starts the test's own broker (again) on the same ports and data; returns once it answers
-    /// a metadata request.
+    fn node(&mut self, node_id: i32) -> &mut OwnBroker {
+        let own = self.own_mut();
+        own.iter_mut()
+            .find(|n| n.node_id == node_id)
+            .unwrap_or_else(|| panic!("no node {node_id} in the test's cluster"))
+    }
+
+    /// Starts the test's own brokers that are not running (again) on the same ports and data;
+    /// returns once the metadata names every node as a broker.
     pub fn start(&mut self) {
-        self.own_mut().start();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        for node in self.own_mut().iter_mut().filter(|n| n.child.is_none()) {
+            node.start();
+        }
+        self.wait_for_brokers();
+    }
+
+    /// Waits until the metadata names every node as a live broker.
+    fn wait_for_brokers(&mut self) {
+        let wanted = self.own.len();
+        let deadline = Instant::now() + Duration::from_secs(120);
         let probe: BaseConsumer = self.client_config().set("socket.timeout.ms", "2000").create().unwrap();
         loop {
             match probe.fetch_metadata(None, Duration::from_secs(2)) {
-                Ok(metadata) if !metadata.brokers().is_empty() => return,
+                Ok(metadata) if metadata.brokers().len() >= wanted => return,
                 _ => {}
             }
-            let own = self.own_mut();
-            if let Some(status) = own.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the test's broker exited at start ({status}); log: {}", own.dir.join("broker.log").display());
+            for node in self.own_mut().iter_mut() {
+                if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    let log = node.dir.join("broker.log");
+                    panic!("the test's broker {} exited at start ({status}); log: {}", node.node_id, log.display());
+                }
             }
-            assert!(Instant::now() < deadline, "the test's broker did not answer within 60 s");
+            assert!(Instant::now() < deadline, "the test's brokers did not all answer within 120 s");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// SIGKILL of the test's own broker: no clean shutdown, as in a crash.
+    /// SIGKILL of the test's own brokers: no clean shutdown, as in a crash.
     pub fn kill(&mut self) {
-        self.own_mut().kill();
+        for node in self.own_mut() {
+            node.kill();
+        }
+    }
+
+    /// SIGKILL of one node of the test's cluster: no clean shutdown, as in a crash.
+    pub fn kill_node(&mut self, node_id: i32) {
+        self.node(node_id).kill();
+    }
+
+    /// Starts one node again (its data intact); returns once it is a broker of the cluster again.
+    pub fn start_node(&mut self, node_id: i32) {
+        self.node(node_id).start();
+        self.wait_for_brokers();
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) of one node: a broker that hangs, not one that died.
+    pub fn freeze_node(&mut self, node_id: i32, frozen: bool) {
+        let node = self.node(node_id);
+        let pid = node.child.as_ref().unwrap_or_else(|| panic!("node {node_id} is not running")).id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// The nodes of the test's own brokers (1 to 3 in a cluster).
+    pub fn node_ids(&self) -> Vec<i32> {
+        self.own.iter().map(|n| n.node_id).collect()
+    }
+
+    /// The node leading `topic`'s `partition` (a logical name) and its in-sync replicas, as the
+    /// metadata says now.
+    pub fn leader(&self, topic: &str, partition: i32) -> (i32, Vec<i32>) {
+        let probe: BaseConsumer = self.client_config().create().unwrap();
+        let topic = self.topic(topic);
+        let metadata = probe.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        let found =
+            metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| {
+                t.partitions().iter().find(|p| p.id() == partition).map(|p| (p.leader(), p.isr().to_vec()))
+            });
+        found.unwrap_or_else(|| panic!("no metadata for {topic}/{partition}"))
+    }
+
+    /// The node leading the KRaft quorum (the active controller), from Kafka's own
+    /// `kafka-metadata-quorum describe --status`.
+    pub fn active_controller(&self) -> i32 {
+        let output = java(&["-Xmx128m"], "org.apache.kafka.tools.MetadataQuorumCommand")
+            .args(["--bootstrap-server", &self.bootstrap, "describe", "--status"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("kafka-metadata-quorum");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("LeaderId:").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no LeaderId in kafka-metadata-quorum's answer: {text}"))
     }
 
     /// The broker's name of this test's logical topic `name` (a name already in the namespace
@@ -126,10 +236,12 @@ impl TestBroker {
         config
     }
 
-    /// Settings for this test's services: the broker and the test's namespace.
+    /// Settings for this test's services: the broker and the test's namespace (on a cluster,
+    /// topics replicated to every node).
     pub fn settings(&self) -> orderflow_platform::kafka::KafkaSettings {
         let mut settings = orderflow_platform::kafka::KafkaSettings::new(&self.bootstrap);
         settings.namespace = self.namespace.clone();
+        settings.replication_factor = self.own.len().max(1) as i32;
         settings
     }
 
@@ -168,11 +280,17 @@ impl TestBroker {
         let consumer = self.reader(topic);
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
+        // librdkafka reports a lost connection (a cluster's node killed) and goes on: so does
+        // the reader, naming the last such error should it run out of time.
+        let mut last_error = None;
         while out.len() < count {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(Ok(message)) => out.push(message.detach()),
-                Ok(Err(error)) => panic!("consuming {topic}: {error}"),
-                Err(_) => panic!("read {} of {count} records from {topic} in {timeout:?}", out.len()),
+                Ok(Err(error)) => last_error = Some(error),
+                Err(_) => panic!(
+                    "read {} of {count} records from {topic} in {timeout:?} (last consumer error: {last_error:?})",
+                    out.len()
+                ),
             }
         }
         out
@@ -185,10 +303,14 @@ impl TestBroker {
         let consumer = self.reader(topic);
         let mut out = Vec::new();
         // The first record waits for the group to be joined; then `quiet` ends the read.
-        let mut wait = Duration::from_secs(30).max(quiet);
-        while let Ok(Ok(message)) = tokio::time::timeout(wait, consumer.recv()).await {
-            out.push(message.detach());
-            wait = quiet;
+        let mut until = tokio::time::Instant::now() + Duration::from_secs(30).max(quiet);
+        // Until nothing has arrived for `quiet`; a lost connection is reported and consumption
+        // goes on.
+        while let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await {
+            if let Ok(message) = received {
+                out.push(message.detach());
+                until = tokio::time::Instant::now() + quiet;
+            }
         }
         assert!(out.len() >= at_least, "read {} of at least {at_least} records from {topic}", out.len());
         out
@@ -275,23 +397,35 @@ impl OwnBroker {
         self.dir.join("server.properties")
     }
 
-    /// Writes the repository's broker settings plus where this one listens and stores, and
-    /// formats its data directory.
-    fn format(&mut self) {
+    /// Writes the repository's broker settings plus where this one listens and stores (and, in
+    /// a cluster of `nodes`, the replication production asks for), and formats its data
+    /// directory for the cluster `cluster_id`.
+    fn format(&mut self, cluster_id: &str, nodes: i32) {
         let shared = kafka_config_dir().join("server.properties");
         let mut text =
             std::fs::read_to_string(&shared).unwrap_or_else(|e| panic!("cannot read {}: {e}", shared.display()));
         text.push_str(&format!(
-            "\nnode.id=1\nlisteners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{p}\ncontroller.quorum.voters=1@127.0.0.1:{c}\nlog.dirs={d}\n",
+            "\nnode.id={id}\nlisteners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{p}\ncontroller.quorum.voters={v}\nlog.dirs={d}\n",
+            id = self.node_id,
             p = self.port,
             c = self.controller_port,
+            v = self.voters,
             d = self.dir.join("data").display(),
         ));
+        if nodes > 1 {
+            // Later keys win: the replication the chart's Strimzi topics ask for.
+            let (rf, isr) = (nodes.min(3), nodes.min(3) - 1);
+            text.push_str(&format!(
+                "offsets.topic.replication.factor={rf}\ntransaction.state.log.replication.factor={rf}\n\
+                 transaction.state.log.min.isr={isr}\nshare.coordinator.state.topic.replication.factor={rf}\n\
+                 share.coordinator.state.topic.min.isr={isr}\ndefault.replication.factor={rf}\n\
+                 min.insync.replicas={isr}\n"
+            ));
+        }
         std::fs::write(self.properties(), text).unwrap();
-        let cluster_id = base64_uuid();
         let status = java(&["-Xmx256m"], "kafka.tools.StorageTool")
-            .args(["format", "-t", &cluster_id, "-c"])
+            .args(["format", "-t", cluster_id, "-c"])
             .arg(self.properties())
             .stdout(std::fs::File::create(self.dir.join("format.log")).unwrap())
             .stderr(Stdio::inherit())
@@ -304,7 +438,7 @@ impl OwnBroker {
         assert!(self.child.is_none(), "broker already running");
         assert!(TcpStream::connect(("127.0.0.1", self.port)).is_err(), "port {} is taken", self.port);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
-        let child = java(&["-Xms128m", "-Xmx512m", "-XX:+UseG1GC"], "kafka.Kafka")
+        let child = java(&["-Xms128m", "-Xmx384m", "-XX:+UseG1GC"], "kafka.Kafka")
             .arg(self.properties())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -359,16 +493,23 @@ fn fresh_namespace() -> String {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        match self.own.as_mut() {
-            None => self.delete_namespace(),
-            Some(own) => {
-                own.kill();
-                if std::thread::panicking() {
-                    eprintln!("broker data and log kept for the failed test: {}", own.dir.display());
-                } else {
-                    let _ = std::fs::remove_dir_all(&own.dir);
-                }
+        if self.own.is_empty() {
+            self.delete_namespace();
+            return;
+        }
+        let dir = self.own[0].dir.parent().map(PathBuf::from);
+        for node in &mut self.own {
+            // A frozen node dies of SIGKILL only once continued.
+            if let Some(child) = &node.child {
+                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
             }
+            node.kill();
+        }
+        let Some(dir) = dir else { return };
+        if std::thread::panicking() {
+            eprintln!("broker data and logs kept for the failed test: {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod consumer;
+pub mod history;
 pub mod intake;
 pub mod postgres;
 pub mod proxy;
