@@ -1,7 +1,7 @@
 //! One way for every service to treat its database schema at start.
 //!
 //! `ORDERFLOW_MIGRATIONS=apply` (the default, for the local stack and compose) runs the
-//! service's migrations; sqlx takes an advisory lock, so replicas starting together are safe.
+//! service's migrations under an advisory lock, so replicas starting together are safe.
 //! `ORDERFLOW_MIGRATIONS=verify` (the Helm chart: a hook Job migrates before any app starts)
 //! changes nothing and refuses to start unless every migration the binary carries is applied
 //! with the same checksum, so an app needs no DDL rights and never races a half-applied schema.
@@ -40,9 +40,32 @@ pub fn mode() -> anyhow::Result<Mode> {
 pub async fn run(mut migrator: Migrator, pool: &PgPool, what: &str) -> anyhow::Result<()> {
     migrator.set_ignore_missing(true);
     match mode()? {
-        Mode::Apply => migrator.run(pool).await.with_context(|| format!("applying the {what} migrations")),
+        Mode::Apply => apply(&mut migrator, pool).await.with_context(|| format!("applying the {what} migrations")),
         Mode::Verify => verify(&migrator, pool, what).await,
     }
+}
+
+/// Runs `migrator` holding the database's migration lock. The lock is taken by polling
+/// `pg_try_advisory_lock`, not by waiting in `pg_advisory_lock` as sqlx does: a replica waiting
+/// inside a statement holds a snapshot, and `CREATE INDEX CONCURRENTLY` in the lock holder's
+/// migration waits for every snapshot — replicas starting together then deadlock (found by the
+/// drain drill: four payment instances at once on an empty database).
+async fn apply(migrator: &mut Migrator, pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let key = "SELECT hashtext(current_database() || ':orderflow-migrations')::bigint";
+    let key: i64 = sqlx::query_scalar(key).fetch_one(&mut *conn).await?;
+    let mut waited = std::time::Duration::ZERO;
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await? {
+        if waited >= std::time::Duration::from_secs(600) {
+            bail!("another process has held the migration lock for 10 minutes");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        waited += std::time::Duration::from_millis(200);
+    }
+    migrator.set_locking(false);
+    let result = migrator.run_direct(&mut *conn).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await?;
+    Ok(result?)
 }
 
 /// Fails, naming each one, unless every up migration of `migrator` is applied successfully with

@@ -109,3 +109,20 @@ async fn bad_input_gets_a_clear_error() {
     assert!(!unreachable.status.success());
     assert!(text(&unreachable).contains("connecting to the payments database"), "{}", text(&unreachable));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_migrating_an_empty_database_at_once_all_start() {
+    // Four payment instances at once on an empty database (the drain drill's start): one
+    // migrates, the others wait for the lock without holding a snapshot, so the runtime's
+    // CREATE INDEX CONCURRENTLY is not deadlocked by them.
+    let db = TestDatabase::create().await;
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let pool = db.pool().await;
+        starts.push(tokio::spawn(async move { orderflow_payment::migrate(&pool).await }));
+    }
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+    assert!(tables(&db).await >= 4);
+}

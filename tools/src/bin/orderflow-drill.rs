@@ -126,6 +126,22 @@ async fn drill(args: Args) -> anyhow::Result<()> {
         children.push(child);
     }
     let mut instances = Instances(children);
+    // The clock starts when they can work: each has migrated its database and joined the group
+    // (`/readyz`), as a pod's readiness gate says.
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    for i in 0..args.instances {
+        let url = format!("http://127.0.0.1:{}/readyz", args.metrics_port + i as u16);
+        while !http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if let Some(status) = instances.0[i].try_wait()? {
+                anyhow::bail!(
+                    "payment instance {i} exited ({status}); see {}",
+                    args.log_dir.join(format!("payment-{i}.log")).display()
+                );
+            }
+            anyhow::ensure!(Instant::now() < ready_by, "payment instance {i} not ready within 120 s ({url})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let started = Instant::now();
     let start_second = chrono::Utc::now().timestamp();
 
