@@ -318,7 +318,7 @@ impl TestStack {
             .unwrap()
     }
 
-    fn codec(&self) -> Arc<orderflow_schemas::EventCodec> {
+    pub fn codec(&self) -> Arc<orderflow_schemas::EventCodec> {
         Arc::new(orderflow_schemas::EventCodec::new(self.api.registry.anonymous(), Duration::from_secs(5)).unwrap())
     }
 

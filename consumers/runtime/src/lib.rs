@@ -56,6 +56,7 @@ pub mod metrics;
 mod partition;
 mod quarantine;
 pub mod retention;
+pub mod rewind;
 mod settings;
 mod transaction;
 

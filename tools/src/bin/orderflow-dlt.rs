@@ -4,16 +4,21 @@
 //!   orderflow-dlt replay orders.payment.DLT --error-class registry_unavailable
 //!   orderflow-dlt replay orders.payment.DLT --offsets 10-20
 //!   orderflow-dlt triage orders.payment.DLT                 # everything listed so far is dealt with
+//!   orderflow-dlt rewind payment --to 1h                    # what the group would read again
+//!   orderflow-dlt rewind payment --to 1h --execute          # the group stopped: rewind it
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orderflow_consumer_runtime::dlt_tools::{self, Selection};
+use orderflow_consumer_runtime::{
+    dlt_tools::{self, Selection},
+    rewind,
+};
 use orderflow_platform::kafka::KafkaArgs;
 
 #[derive(Parser)]
-#[command(name = "orderflow-dlt", about = "List and replay dead-letter topics")]
+#[command(name = "orderflow-dlt", about = "List and replay dead-letter topics; rewind a consumer group")]
 struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
@@ -46,6 +51,24 @@ enum Command {
         /// The last offset triaged (inclusive); default: everything in the DLT now.
         #[arg(long)]
         through: Option<i64>,
+    },
+    /// Move a consumer group's offsets on a topic to a time, the beginning or offsets per
+    /// partition, so it reads those records again (consumers dedupe: what was handled right is
+    /// skipped). Without --execute: a dry run that shows what would be re-read. Refused while
+    /// the group has live members (stop its instances first).
+    Rewind {
+        /// The consumer group (its logical name: ORDERFLOW_KAFKA_NAMESPACE is added).
+        group: String,
+        /// The topic (logical name).
+        #[arg(long, default_value = "orders")]
+        topic: String,
+        /// `1h`, `90m`, `2d` (back from now), a time (`2026-12-02T04:00:00Z`), `earliest`, or
+        /// offsets per partition (`0:120,3:77`).
+        #[arg(long)]
+        to: rewind::Target,
+        /// Commit the new offsets (without it nothing changes).
+        #[arg(long)]
+        execute: bool,
     },
 }
 
@@ -88,6 +111,32 @@ async fn main() -> anyhow::Result<()> {
             }
             let replayed = dlt_tools::replay(&kafka, &dlt, &Selection { offsets, event_id, error_class }).await?;
             println!("replayed {replayed} records from {dlt}");
+        }
+        Command::Rewind { group, topic, to, execute } => {
+            let (group, topic) = (kafka.group(&group), kafka.topic(&topic));
+            let plan = rewind::plan(&kafka, &group, &topic, &to)?;
+            for m in &plan.moves {
+                let committed = m.committed.map_or("none".to_string(), |c| c.to_string());
+                let effect = match m.reread() {
+                    n if n > 0 => format!("reads {n} records again"),
+                    0 => "unchanged".to_string(),
+                    n => format!("skips {} records", -n),
+                };
+                println!(
+                    "{topic} p{:<3} committed {committed:>8} -> {:<8} {effect:<28} (the partition holds {}..{})",
+                    m.partition, m.target, m.low, m.high
+                );
+            }
+            println!("group {group}: {} records to read again on {topic}", plan.reread());
+            if !plan.members.is_empty() {
+                println!("live members: {}", plan.members.join(", "));
+            }
+            if execute {
+                rewind::apply(&kafka, &plan)?;
+                println!("rewound: the group's next member starts from these offsets");
+            } else {
+                println!("dry run: nothing changed (add --execute to commit these offsets)");
+            }
         }
         Command::Triage { dlt, through } => {
             for (partition, next) in dlt_tools::mark_triaged(&kafka, &dlt, through)? {
