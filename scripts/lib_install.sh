@@ -11,8 +11,9 @@ ensure_apt_packages() {
     # docker-compose: `docker-compose config` checks docker-compose.yml (no Docker engine needed).
     # python3-venv: the deployment tests' own Python environment (ensure_python_tools).
     # openssl: the TLS tests (Postgres, the providers) make their certificate authority with it.
+    # procps: scripts/cluster.sh tells a live node from a zombie with ps.
     local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates
-        python3 python3-venv prometheus docker-compose openssl)
+        python3 python3-venv prometheus docker-compose openssl procps)
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

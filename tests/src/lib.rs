@@ -8,6 +8,7 @@ pub mod broker;
 pub mod consumer;
 pub mod history;
 pub mod intake;
+mod kafka_node;
 pub mod postgres;
 pub mod proxy;
 pub mod registry;
