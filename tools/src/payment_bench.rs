@@ -1,9 +1,9 @@
 //! The payment benchmark (`orderflow-bench --phases payment`): payment's real handler under the
 //! real runtime charges N orders through the payment simulator (in this process, on a scratch
 //! database) answering after a fixed latency, once in partition order and once in key order.
-//! Orders/s is compared with the ceiling the provider allows, `min(limit, in-flight ÷ latency)`,
-//! where in-flight is what key order may have outstanding: the instance's `max_in_flight`,
-//! within the provider client's adaptive window.
+//! Orders/s in steady state (the middle 80% of the settlements) is compared with the ceiling the
+//! provider allows, `min(limit, in-flight ÷ latency)`, where in-flight is what key order may have
+//! outstanding: the instance's `max_in_flight`, within the provider client's adaptive window.
 //!
 //! Two shapes of load: a backlog (every order produced before payment starts: partition order
 //! gets full batches, each with `call_out_concurrency` calls at once) and orders arriving at a
@@ -26,8 +26,18 @@ use crate::consumer_bench::{Setup, new_topic, publish_orders, run_group, seed_to
 pub struct Measured {
     pub latency: Duration,
     pub ordering: Ordering,
+    /// Orders settled per second in steady state: over the middle 80% of the settlements (the
+    /// ceiling is a steady-state rate; the first seconds are the window's slow start, and in
+    /// partition order the first batches' commits).
     pub orders_per_sec: f64,
+    /// From the first settlement to the last: the slow start included.
+    pub whole_run: f64,
     pub ceiling: f64,
+    /// A request's mean time at the provider (its latency, plus the simulator's own work).
+    pub request_time: Duration,
+    pub window: usize,
+    /// Records the instance may hold at once (`max_in_flight`).
+    pub records_bound: usize,
 }
 
 /// A payment simulator in this process whose answers take `latency` (the `latency` fault).
@@ -94,16 +104,15 @@ pub struct Paced {
 
 impl Bench<'_> {
     /// The provider settings for a provider answering in `latency`, and the ceiling it allows
-    /// (with key order's in-flight: the records one instance handles at once).
+    /// (with key order's in-flight: the records one instance handles at once, within the
+    /// client's window).
     fn provider(&self, latency: Duration) -> (ProviderSettings, f64) {
-        let mut defaults = ConsumerSettings::new("bench", &["bench"], self.kafka.clone());
-        defaults.set_ordering(Ordering::Key);
         let mut provider = ProviderSettings::new(&self.simulator.url);
         provider.rate_limit_per_sec = Some(self.rate_limit);
         // The latency is the provider's normal pace here, not an outage: time out well past it.
         provider.attempt_timeout = latency * 4 + Duration::from_secs(1);
         provider.deadline = provider.attempt_timeout * 3;
-        let in_flight = defaults.max_in_flight.min(provider.max_window) as f64;
+        let in_flight = keyed_bound().min(provider.max_window) as f64;
         (provider, self.rate_limit.min(in_flight / latency.as_secs_f64()))
     }
 
@@ -113,12 +122,12 @@ impl Bench<'_> {
         provider: ProviderSettings,
         latency: Duration,
         pool: &PgPool,
-    ) -> anyhow::Result<PaymentHandler> {
+    ) -> anyhow::Result<(PaymentHandler, prometheus::Registry)> {
         orderflow_payment::migrate(pool).await?;
         self.simulator.answer_after(latency).await?;
         let registry = prometheus::Registry::new();
         let client = PaymentProviderClient::new(provider, &registry, Some(pool.clone())).await?;
-        Ok(PaymentHandler { provider: client, codec: self.codec.clone() })
+        Ok((PaymentHandler { provider: client, codec: self.codec.clone() }, registry))
     }
 
     /// Charges a backlog of orders through the simulator at `latency` in `ordering` on the
@@ -129,11 +138,20 @@ impl Bench<'_> {
         // ordering's run short enough to wait for.
         let orders = ((ceiling * self.seconds) as usize).clamp(200, 5_000);
         let topic = seed_topic(self.kafka, &self.codec, orders * 2).await?;
-        let handler = self.handler(provider, latency, &pool).await?;
+        let window = provider.max_window;
+        let (handler, registry) = self.handler(provider, latency, &pool).await?;
         let setup = Setup { kafka: self.kafka, codec: self.codec.clone(), pool };
         let group = format!("bench-payment-{}-{ordering:?}", latency.as_millis()).to_lowercase();
-        let orders_per_sec = run_group(setup, &group, &topic, handler, orders as i64, ordering).await?;
-        Ok(Measured { latency, ordering, orders_per_sec, ceiling })
+        let pool = setup.pool.clone();
+        let whole_run = run_group(setup, &group, &topic, handler, orders as i64, ordering).await?;
+        let orders_per_sec = steady_rate(&pool, &self.kafka.group(&group)).await?;
+        let (requests, seconds) = requests(&registry);
+        let request_time = Duration::from_secs_f64(seconds / requests.max(1) as f64);
+        let records_bound = match ordering {
+            Ordering::Key => keyed_bound(),
+            Ordering::Partition => ConsumerSettings::new("bench", &["bench"], self.kafka.clone()).max_in_flight,
+        };
+        Ok(Measured { latency, ordering, orders_per_sec, whole_run, ceiling, request_time, window, records_bound })
     }
 
     /// Orders arriving at `share` × the ceiling for `seconds` while payment runs in `ordering`:
@@ -149,7 +167,7 @@ impl Bench<'_> {
         let arrival = ceiling * share;
         let orders = (arrival * self.seconds).max(50.0) as usize;
         let topic = new_topic(self.kafka).await?;
-        let handler = self.handler(provider, latency, &pool).await?;
+        let (handler, _) = self.handler(provider, latency, &pool).await?;
         let (kafka, codec, name) = (self.kafka.clone(), self.codec.clone(), topic.clone());
         let checkout =
             tokio::spawn(async move { publish_orders(&kafka, &codec, &name, orders * 2, Some(arrival)).await });
@@ -170,4 +188,39 @@ impl Bench<'_> {
         let wait = |i: usize| Duration::from_millis(waits.get(i).copied().unwrap_or_default().max(0.0) as u64);
         Ok(Paced { latency, ordering, arrival, settled, wait_p50: wait(0), wait_p99: wait(1) })
     }
+}
+
+/// Key order's `max_in_flight` (records an instance holds at once), as the services default it.
+fn keyed_bound() -> usize {
+    let mut settings = ConsumerSettings::new("bench", &["bench"], KafkaSettings::new("127.0.0.1:1"));
+    settings.set_ordering(Ordering::Key);
+    settings.max_in_flight
+}
+
+/// Settlements per second of `group` over the middle 80% of them (by their dedupe rows' time).
+async fn steady_rate(pool: &PgPool, group: &str) -> anyhow::Result<f64> {
+    let (settled, seconds): (i64, f64) = sqlx::query_as(
+        "WITH r AS (SELECT processed_at, row_number() OVER (ORDER BY processed_at) AS n, count(*) OVER () AS total
+                    FROM processed_events WHERE consumer_group = $1)
+         SELECT count(*) FILTER (WHERE n > total / 10 AND n <= total - total / 10),
+                COALESCE(extract(epoch FROM max(processed_at) FILTER (WHERE n <= total - total / 10)
+                                          - max(processed_at) FILTER (WHERE n <= total / 10))::float8, 0)
+         FROM r",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(seconds > 0.0, "{group}: its settlements span no time");
+    Ok(settled as f64 / seconds)
+}
+
+/// The provider's requests and the seconds they took in all (its latency histogram).
+fn requests(registry: &prometheus::Registry) -> (u64, f64) {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "orderflow_provider_request_seconds")
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_histogram())
+        .fold((0, 0.0), |(count, sum), h| (count + h.get_sample_count(), sum + h.get_sample_sum()))
 }

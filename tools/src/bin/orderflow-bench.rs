@@ -328,12 +328,34 @@ async fn payment(args: &Args) -> anyhow::Result<()> {
                 _ => "",
             };
             println!(
-                "payment   provider {:>4} ms, {:<9} order: {:>7.1} orders/s   ceiling {:>6.1}   ratio {:.2}{verdict}",
+                "payment   provider {:>4} ms, {:<9} order: {:>7.1} orders/s (whole run {:>6.1})   ceiling {:>6.1}   ratio {:.2}{verdict}",
                 latency.as_millis(),
                 format!("{ordering:?}").to_lowercase(),
                 m.orders_per_sec,
+                m.whole_run,
                 m.ceiling,
                 m.orders_per_sec / m.ceiling
+            );
+            // Where the time goes (Little's law): calls in flight = rate × a request's time,
+            // against the window; and (key order) how long each record held its place of
+            // max_in_flight: its request, and the rest its own work (decode, dedupe, the call's
+            // intent and outcome rows, the transaction) and its waits (a window place, the CPU).
+            let at_provider = m.request_time.as_secs_f64();
+            let held = m.records_bound as f64 / m.orders_per_sec;
+            println!(
+                "          provider calls in flight {:>5.1} (window {}), a request {:.0} ms{}",
+                m.orders_per_sec * at_provider,
+                m.window,
+                at_provider * 1000.0,
+                match ordering {
+                    Ordering::Key => format!(
+                        "; a record held one of {} places {:.0} ms, {:.0} ms of it outside its request",
+                        m.records_bound,
+                        held * 1000.0,
+                        (held - at_provider) * 1000.0
+                    ),
+                    Ordering::Partition => String::new(),
+                }
             );
         }
     }
