@@ -10,14 +10,18 @@
 //! (`ORDERFLOW_KAFKA_NAMESPACE`, empty by default), so several environments, or the test
 //! suite's parallel tests, share one cluster without meeting.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
-    error::RDKafkaErrorCode,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::{KafkaError, RDKafkaErrorCode},
 };
 
 /// The Kafka flags every binary takes (`#[command(flatten)]`).
@@ -90,12 +94,28 @@ impl KafkaSettings {
         format!("{}{name}", self.namespace)
     }
 
-    /// Parses `key=value,key=value` (the `ORDERFLOW_KAFKA_PROPERTIES` format).
+    /// Parses the `ORDERFLOW_KAFKA_PROPERTIES` format: `key=value,key=value` on one line, or —
+    /// as a file named by `ORDERFLOW_KAFKA_PROPERTIES_FILE` usually is — one `key=value` per
+    /// line (blank lines and `#` comments skipped), where a value may hold commas. A malformed
+    /// entry is an error naming its key or its line number, never its value (it may be a
+    /// password).
     pub fn with_properties(mut self, raw: &str) -> anyhow::Result<Self> {
-        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("Kafka property {pair:?} is not key=value");
+        let raw = raw.trim();
+        let entries: Vec<&str> = match raw.contains('\n') {
+            true => raw.lines().collect(),
+            false => raw.split(',').collect(),
+        };
+        for (number, entry) in entries.into_iter().enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = entry.split_once('=') else {
+                bail!("Kafka property {} is not key=value", number + 1);
             };
+            if key.trim().is_empty() {
+                bail!("Kafka property {} has no key", number + 1);
+            }
             self.properties.push((key.trim().to_string(), value.trim().to_string()));
         }
         Ok(self)
@@ -145,11 +165,56 @@ impl KafkaSettings {
         config
     }
 
+    /// Waits until a broker answers this client (logging, with capped backoff, for as long as it
+    /// takes: a service started before Kafka starts when Kafka does). A broker that refuses the
+    /// client — wrong SASL credentials, a certificate that does not verify — is an error at
+    /// once, naming the cause and where the settings come from (never their values).
+    pub async fn check_access(&self) -> anyhow::Result<()> {
+        let watch = AccessWatch::default();
+        let refused = watch.refused.clone();
+        let probe: Arc<BaseConsumer<AccessWatch>> = Arc::new(
+            self.base()
+                .set("client.id", "orderflow-access-check")
+                .create_with_context(watch)
+                .context("creating a Kafka client")?,
+        );
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let attempt = probe.clone();
+            let answered = tokio::task::spawn_blocking(move || {
+                let answered = attempt.fetch_metadata(None, Duration::from_secs(5)).map(|_| ());
+                // Serves the client's error events (AccessWatch::error): a request's result
+                // only says the broker did not answer.
+                let _ = attempt.poll(Duration::from_millis(100));
+                answered
+            })
+            .await
+            .context("the Kafka access check panicked")?;
+            if let Some(reason) = refused.lock().expect("access watch lock").take() {
+                bail!(
+                    "Kafka at {} refused this client: {reason}. Check the client's security settings \
+                     (security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location) \
+                     in ORDERFLOW_KAFKA_PROPERTIES or the file ORDERFLOW_KAFKA_PROPERTIES_FILE names",
+                    self.bootstrap
+                );
+            }
+            match answered {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(bootstrap = %self.bootstrap, %error, retry_in = ?wait, "waiting for Kafka")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    }
+
     /// Creates the topics that do not exist yet (broker names: callers apply [`Self::topic`]);
-    /// existing ones are left as they are. While no broker answers, it waits and logs, with
-    /// capped backoff, for as long as it takes (a service started before Kafka starts when Kafka
-    /// does); a topic the brokers refuse (bad settings, no rights) is an error at once.
+    /// existing ones are left as they are. Waits for Kafka first ([`Self::check_access`]: a
+    /// broker refusing the client is an error at once); a topic the brokers refuse (bad
+    /// settings, no rights) is an error at once too.
     pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        self.check_access().await?;
         let admin: AdminClient<DefaultClientContext> = self.base().create().context("creating a Kafka admin client")?;
         let new_topics: Vec<NewTopic> = topics
             .iter()
@@ -201,6 +266,30 @@ impl KafkaSettings {
     }
 }
 
+/// A client context that keeps the last reason a broker refused the client. librdkafka reports
+/// a failed SASL authentication or TLS handshake through its error callback and then retries
+/// for ever; a request only times out.
+#[derive(Default)]
+struct AccessWatch {
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for AccessWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "Kafka client error");
+        let code = error.rdkafka_error_code();
+        // A TLS failure is the client's settings only when verification failed (a reset during
+        // the handshake is the network's).
+        let refused = code == Some(RDKafkaErrorCode::Authentication)
+            || (code == Some(RDKafkaErrorCode::SSL) && reason.contains("certificate"));
+        if refused {
+            *self.refused.lock().expect("access watch lock") = Some(reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for AccessWatch {}
+
 /// Answers that mean the cluster is not (yet) able to serve, not that the request is wrong.
 fn not_ready(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -214,4 +303,30 @@ fn not_ready(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::AllBrokersDown
             | RDKafkaErrorCode::BrokerTransportFailure
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_come_on_one_line_or_one_per_line_and_a_bad_one_is_named_without_its_value() {
+        let one_line = KafkaSettings::new("b:9092")
+            .with_properties("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512")
+            .unwrap();
+        assert_eq!(
+            one_line.properties,
+            [("security.protocol".into(), "SASL_SSL".into()), ("sasl.mechanism".into(), "SCRAM-SHA-512".into())]
+        );
+        let file = "# the cluster's client settings\nsecurity.protocol=SASL_SSL\n\nsasl.password=a,b=c\n";
+        let per_line = KafkaSettings::new("b:9092").with_properties(file).unwrap();
+        assert_eq!(
+            per_line.properties,
+            [("security.protocol".into(), "SASL_SSL".into()), ("sasl.password".into(), "a,b=c".into())]
+        );
+        let bad =
+            KafkaSettings::new("b:9092").with_properties("security.protocol=SSL\nhunter2\n").unwrap_err().to_string();
+        assert_eq!(bad, "Kafka property 2 is not key=value");
+        assert!(KafkaSettings::new("b:9092").with_properties("").unwrap().properties.is_empty());
+    }
 }

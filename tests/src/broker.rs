@@ -24,7 +24,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::kafka_node::{OwnBroker, base64_uuid, java};
+use crate::{
+    kafka_node::{OwnBroker, Secured, base64_uuid, java},
+    tls::TestCa,
+};
 
 pub struct TestBroker {
     pub bootstrap: String,
@@ -33,6 +36,11 @@ pub struct TestBroker {
     /// The broker processes of this test's own (one, or a cluster's three); none on the shared
     /// broker.
     own: Vec<OwnBroker>,
+    /// What a client of a secured broker ([`TestBroker::spawn_secured`]) sets: SASL/SCRAM over
+    /// TLS with the test's user; every client the harness and the test's services make uses it.
+    pub client_properties: Vec<(String, String)>,
+    /// The certificate authority a secured broker's certificate chains to.
+    pub ca: Option<TestCa>,
 }
 
 pub fn free_port() -> u16 {
@@ -47,21 +55,80 @@ impl TestBroker {
                 "ORDERFLOW_TEST_KAFKA_BOOTSTRAP is not set: run the suite with ./scripts/test.sh, which starts Kafka"
             )
         });
-        TestBroker { bootstrap, namespace: fresh_namespace(), own: Vec::new() }
+        TestBroker { bootstrap, namespace: fresh_namespace(), own: Vec::new(), client_properties: Vec::new(), ca: None }
     }
 
     /// A broker of this test's own, which it may kill and start again with its data intact.
     pub fn spawn_own() -> TestBroker {
-        Self::spawn_nodes(1)
+        Self::spawn_nodes(1, None)
     }
 
     /// A cluster of this test's own: three KRaft nodes (each a broker and a controller),
     /// topics replicated three times, `min.insync.replicas=2`; nodes are numbered 1 to 3.
     pub fn spawn_cluster() -> TestBroker {
-        Self::spawn_nodes(3)
+        Self::spawn_nodes(3, None)
     }
 
-    fn spawn_nodes(count: i32) -> TestBroker {
+    /// A broker of this test's own whose clients must authenticate with SASL/SCRAM-SHA-512 over
+    /// TLS (its certificate from a test CA, in a PEM keystore; the user `orderflow` with a
+    /// random password formatted into its metadata). `client_properties` says how to connect;
+    /// [`TestBroker::properties_file`] writes them for a service.
+    pub fn spawn_secured() -> TestBroker {
+        let ca = TestCa::new();
+        let keystore = ca.dir.join("kafka-keystore.pem");
+        let mut pem = std::fs::read_to_string(ca.dir.join("server.key")).unwrap();
+        pem.push_str(&std::fs::read_to_string(ca.dir.join("server.crt")).unwrap());
+        std::fs::write(&keystore, pem).unwrap();
+        let secured = Secured {
+            keystore,
+            user: "orderflow".into(),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+            internal_port: free_port(),
+        };
+        let client_properties = Self::scram_properties(&ca, &secured.user, &secured.password);
+        let mut broker = Self::spawn_nodes_with(1, Some(secured), client_properties);
+        broker.ca = Some(ca);
+        broker
+    }
+
+    /// A client of a secured broker: SASL/SCRAM-SHA-512 over TLS, verifying the broker's
+    /// certificate against `ca`.
+    fn scram_properties(ca: &TestCa, user: &str, password: &str) -> Vec<(String, String)> {
+        [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", user),
+            ("sasl.password", password),
+            ("ssl.ca.location", ca.ca_file().to_str().unwrap()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec()
+    }
+
+    /// The password of a secured broker's user.
+    pub fn password(&self) -> String {
+        self.client_properties.iter().find(|(k, _)| k == "sasl.password").map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    /// Writes this broker's client properties, one `key=value` per line, with `password` (the
+    /// broker's, or a wrong one), to a file a service reads through
+    /// `ORDERFLOW_KAFKA_PROPERTIES_FILE`.
+    pub fn properties_file(&self, password: &str) -> PathBuf {
+        let file = std::env::temp_dir().join(format!("orderflow-kafka-{}.properties", uuid::Uuid::new_v4().simple()));
+        let mut text = String::from("# the test broker's client settings\n");
+        for (key, value) in &self.client_properties {
+            let value = if key == "sasl.password" { password } else { value };
+            text.push_str(&format!("{key}={value}\n"));
+        }
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    fn spawn_nodes(count: i32, secured: Option<Secured>) -> TestBroker {
+        Self::spawn_nodes_with(count, secured, Vec::new())
+    }
+
+    fn spawn_nodes_with(count: i32, secured: Option<Secured>, client_properties: Vec<(String, String)>) -> TestBroker {
         let dir = std::env::temp_dir().join(format!("orderflow-kafka-{}", uuid::Uuid::new_v4().simple()));
         let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
         let voters: Vec<String> =
@@ -77,6 +144,7 @@ impl TestBroker {
                 voters: voters.join(","),
                 dir: dir.join(format!("node-{node_id}")),
                 child: None,
+                secured: secured.clone(),
             })
             .collect();
         for node in &mut own {
@@ -84,7 +152,7 @@ impl TestBroker {
             node.format(&cluster_id, count);
         }
         let bootstrap = own.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
-        let mut broker = TestBroker { bootstrap, namespace: fresh_namespace(), own };
+        let mut broker = TestBroker { bootstrap, namespace: fresh_namespace(), own, client_properties, ca: None };
         broker.start();
         broker
     }
@@ -223,6 +291,9 @@ impl TestBroker {
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.client_properties {
+            config.set(key, value);
+        }
         config
     }
 
@@ -230,6 +301,7 @@ impl TestBroker {
     /// topics replicated to every node).
     pub fn settings(&self) -> orderflow_platform::kafka::KafkaSettings {
         let mut settings = orderflow_platform::kafka::KafkaSettings::new(&self.bootstrap);
+        settings.properties = self.client_properties.clone();
         settings.namespace = self.namespace.clone();
         settings.replication_factor = self.own.len().max(1) as i32;
         settings

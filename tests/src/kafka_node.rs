@@ -18,6 +18,19 @@ pub(crate) struct OwnBroker {
     pub voters: String,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Clients authenticate with SASL/SCRAM over TLS on `port`; the nodes speak to each other on
+    /// a PLAINTEXT listener of their own.
+    pub secured: Option<Secured>,
+}
+
+/// A node's SASL/SCRAM-over-TLS listener: its certificate and key (PEM, the test CA's), the
+/// one SCRAM user formatted into the cluster's metadata, and the port the nodes talk on.
+#[derive(Clone)]
+pub(crate) struct Secured {
+    pub keystore: PathBuf,
+    pub user: String,
+    pub password: String,
+    pub internal_port: u16,
 }
 
 impl OwnBroker {
@@ -33,14 +46,31 @@ impl OwnBroker {
         let mut text =
             std::fs::read_to_string(&shared).unwrap_or_else(|e| panic!("cannot read {}: {e}", shared.display()));
         text.push_str(&format!(
-            "\nnode.id={id}\nlisteners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{p}\ncontroller.quorum.voters={v}\nlog.dirs={d}\n",
+            "\nnode.id={id}\ncontroller.quorum.voters={v}\nlog.dirs={d}\n",
             id = self.node_id,
-            p = self.port,
-            c = self.controller_port,
             v = self.voters,
             d = self.dir.join("data").display(),
         ));
+        let (p, c) = (self.port, self.controller_port);
+        match &self.secured {
+            None => text.push_str(&format!(
+                "listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n"
+            )),
+            // Later keys win over the shared file's protocol map.
+            Some(secured) => text.push_str(&format!(
+                "listeners=PLAINTEXT://127.0.0.1:{i},SASL_SSL://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{i},SASL_SSL://127.0.0.1:{p}\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+                 org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.sasl_ssl.ssl.keystore.type=PEM\n\
+                 listener.name.sasl_ssl.ssl.keystore.location={k}\n",
+                i = secured.internal_port,
+                k = secured.keystore.display(),
+            )),
+        }
         if nodes > 1 {
             // Later keys win: the replication the chart's Strimzi topics ask for.
             let (rf, isr) = (nodes.min(3), nodes.min(3) - 1);
@@ -52,9 +82,15 @@ impl OwnBroker {
             ));
         }
         std::fs::write(self.properties(), text).unwrap();
-        let status = java(&["-Xmx256m"], "kafka.tools.StorageTool")
-            .args(["format", "-t", cluster_id, "-c"])
-            .arg(self.properties())
+        let mut format = java(&["-Xmx256m"], "kafka.tools.StorageTool");
+        format.args(["format", "-t", cluster_id, "-c"]).arg(self.properties());
+        if let Some(secured) = &self.secured {
+            // The user's SCRAM credential goes into the cluster's first metadata.
+            format
+                .arg("--add-scram")
+                .arg(format!("SCRAM-SHA-512=[name={},password={}]", secured.user, secured.password));
+        }
+        let status = format
             .stdout(std::fs::File::create(self.dir.join("format.log")).unwrap())
             .stderr(Stdio::inherit())
             .status()

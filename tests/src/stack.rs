@@ -406,6 +406,10 @@ impl TestStack {
             .env("ORDERFLOW_REGISTRY_URL", &self.api.registry.url)
             .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn");
+        if !self.broker.client_properties.is_empty() {
+            // A secured broker's credentials, as a service gets a secret: from a file.
+            command.env("ORDERFLOW_KAFKA_PROPERTIES_FILE", self.broker.properties_file(&self.broker.password()));
+        }
         command
     }
 

@@ -48,11 +48,21 @@ async fn main() -> anyhow::Result<()> {
         interval: Duration::from_secs_f64(args.interval_secs),
     };
     tracing::info!(listen = %args.listen, "lag exporter started");
-    orderflow_lag_exporter::run(
+    let kafka = settings.reader.kafka.clone();
+    let exporter = orderflow_lag_exporter::run(
         settings,
         listener,
         prometheus::Registry::new(),
         orderflow_platform::shutdown::shutdown_signal(),
-    )
-    .await
+    );
+    tokio::pin!(exporter);
+    // The exporter serves while Kafka is away (its gauges say so); a broker refusing our
+    // credentials is a mistake to stop on at once, not an outage to wait out.
+    tokio::select! {
+        done = &mut exporter => done,
+        access = kafka.check_access() => {
+            access?;
+            exporter.await
+        }
+    }
 }
