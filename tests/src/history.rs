@@ -133,6 +133,8 @@ pub struct Report {
     pub lost: usize,
     /// The longest time without an order reaching PAID, from the fault until every order was.
     pub stall: Duration,
+    /// When the longest stall began, from the fault.
+    pub stall_from: Duration,
 }
 
 impl Report {
@@ -140,7 +142,7 @@ impl Report {
     pub fn print(&self, scenario: &str) {
         println!(
             "{scenario}: accepted {} (failed {}, unknown {} of which applied {}), events published {} \
-             (duplicate records {}), handled {:?}, duplicates absorbed {}, lost {}, stalled {:.1} s",
+             (duplicate records {}), handled {:?}, duplicates absorbed {}, lost {}, stalled {:.1} s (from {:.1} s after the fault)",
             self.accepted,
             self.failed,
             self.unknown,
@@ -150,7 +152,8 @@ impl Report {
             self.handled,
             self.duplicates_absorbed,
             self.lost,
-            self.stall.as_secs_f64()
+            self.stall.as_secs_f64(),
+            self.stall_from.as_secs_f64()
         );
     }
 }
@@ -178,6 +181,7 @@ pub async fn check(stack: &TestStack, ops: &[Op], fault: DateTime<Utc>, settle: 
         duplicates_absorbed: 0.0,
         lost: 0,
         stall: Duration::ZERO,
+        stall_from: Duration::ZERO,
     };
     for op in ops {
         match &op.outcome {
@@ -295,7 +299,11 @@ pub async fn check(stack: &TestStack, ops: &[Op], fault: DateTime<Utc>, settle: 
     .unwrap();
     let mut last = fault;
     for at in paid_at.into_iter().filter(|at| *at >= fault) {
-        report.stall = report.stall.max((at - last).to_std().unwrap_or_default());
+        let gap = (at - last).to_std().unwrap_or_default();
+        if gap > report.stall {
+            report.stall = gap;
+            report.stall_from = (last - fault).to_std().unwrap_or_default();
+        }
         last = at;
     }
     report

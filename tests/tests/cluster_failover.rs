@@ -53,7 +53,9 @@ async fn a_follower_killed_and_restarted_catches_up_and_loses_nothing() {
     let fault = Utc::now();
     stack.broker.kill_node(follower);
     wait_for_ops(&intake, 160).await;
+    let restart = (Utc::now() - fault).as_seconds_f64();
     stack.broker.start_node(follower);
+    let restarted = (Utc::now() - fault).as_seconds_f64();
     wait_for_ops(&intake, 240).await;
     let ops = intake.stop().await;
     let report = check(&stack, &ops, fault, SETTLE).await;
@@ -62,7 +64,9 @@ async fn a_follower_killed_and_restarted_catches_up_and_loses_nothing() {
         stack.broker.leader("orders", 0).1.contains(&follower)
     })
     .await;
-    report.print(&format!("follower (node {follower}) of orders/0 SIGKILLed and restarted"));
+    report.print(&format!(
+        "follower (node {follower}) of orders/0 SIGKILLed, started again {restart:.1} s later (up at {restarted:.1} s)"
+    ));
     assert!(report.accepted >= 200, "the client kept placing orders: {report:?}");
 }
 
