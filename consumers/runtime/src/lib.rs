@@ -44,6 +44,14 @@
 //! (every orderflow handler checks the order's state and version, never the arrival order).
 //! `Unavailable` keeps order, because it holds the partition. `Backpressure` is the same wait,
 //! for as long as the dependency asks (`Retry-After`, an open circuit breaker).
+//!
+//! The retry mode that keeps order ([`RetryMode::Quarantine`], key order only; [`quarantine`]):
+//! instead of the retry topic, a record asking for another try is parked in the service's
+//! database with its key held; the key's later records are parked behind it while the
+//! partition's other keys flow, a parked record counts as finished for offsets (the commit is
+//! never pinned), and a partition's new owner loads its parked records before reading Kafka. The
+//! key's head is retried when due; once it is handled the rest drain in offset order, and once it
+//! is dead-lettered they resume or follow it to the DLT ([`AfterDeadLetter`]).
 
 mod context;
 mod delivery;
