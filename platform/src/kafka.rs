@@ -97,8 +97,8 @@ impl KafkaSettings {
     /// Parses the `ORDERFLOW_KAFKA_PROPERTIES` format: `key=value,key=value` on one line, or —
     /// as a file named by `ORDERFLOW_KAFKA_PROPERTIES_FILE` usually is — one `key=value` per
     /// line (blank lines and `#` comments skipped), where a value may hold commas. A malformed
-    /// entry is an error naming its key or its line number, never its value (it may be a
-    /// password).
+    /// entry is an error naming its place (line, or entry on one line), never its text (it may
+    /// hold a password).
     pub fn with_properties(mut self, raw: &str) -> anyhow::Result<Self> {
         let raw = raw.trim();
         let entries: Vec<&str> = match raw.contains('\n') {
