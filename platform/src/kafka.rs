@@ -183,9 +183,11 @@ impl KafkaSettings {
             let attempt = probe.clone();
             let answered = tokio::task::spawn_blocking(move || {
                 let answered = attempt.fetch_metadata(None, Duration::from_secs(5)).map(|_| ());
-                // Serves the client's error events (AccessWatch::error): a request's result
-                // only says the broker did not answer.
-                let _ = attempt.poll(Duration::from_millis(100));
+                if answered.is_err() {
+                    // Serves the client's error events (AccessWatch::error): the request's
+                    // result only says the broker did not answer, not whether it refused us.
+                    let _ = attempt.poll(Duration::from_millis(100));
+                }
                 answered
             })
             .await

@@ -112,7 +112,7 @@ impl Bench<'_> {
         // The latency is the provider's normal pace here, not an outage: time out well past it.
         provider.attempt_timeout = latency * 4 + Duration::from_secs(1);
         provider.deadline = provider.attempt_timeout * 3;
-        let in_flight = keyed_bound().min(provider.max_window) as f64;
+        let in_flight = max_in_flight(Ordering::Key).min(provider.max_window) as f64;
         (provider, self.rate_limit.min(in_flight / latency.as_secs_f64()))
     }
 
@@ -147,10 +147,7 @@ impl Bench<'_> {
         let orders_per_sec = steady_rate(&pool, &self.kafka.group(&group)).await?;
         let (requests, seconds) = requests(&registry);
         let request_time = Duration::from_secs_f64(seconds / requests.max(1) as f64);
-        let records_bound = match ordering {
-            Ordering::Key => keyed_bound(),
-            Ordering::Partition => ConsumerSettings::new("bench", &["bench"], self.kafka.clone()).max_in_flight,
-        };
+        let records_bound = max_in_flight(ordering);
         Ok(Measured { latency, ordering, orders_per_sec, whole_run, ceiling, request_time, window, records_bound })
     }
 
@@ -190,10 +187,11 @@ impl Bench<'_> {
     }
 }
 
-/// Key order's `max_in_flight` (records an instance holds at once), as the services default it.
-fn keyed_bound() -> usize {
+/// `max_in_flight` in `ordering` (partitions, or records in key order), as the services
+/// default it.
+fn max_in_flight(ordering: Ordering) -> usize {
     let mut settings = ConsumerSettings::new("bench", &["bench"], KafkaSettings::new("127.0.0.1:1"));
-    settings.set_ordering(Ordering::Key);
+    settings.set_ordering(ordering);
     settings.max_in_flight
 }
 
