@@ -1,6 +1,7 @@
 //! Key order (`--ordering key`): one partition's records of different keys handled at once,
 //! each key's strictly in order; the committed offset never passes an unfinished record; a
-//! rebalance with records in flight loses none and doubles no side effect.
+//! rebalance with records in flight loses none and doubles no side effect; records ready at the
+//! same time share a commit, and one that fails in it sends the others back to commit alone.
 
 use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
@@ -61,7 +62,8 @@ async fn the_committed_offset_waits_below_a_slow_record_while_later_keys_finish(
     for k in 0..30 {
         after.extend(bed.publish_with(&producer, &format!("fast-{k}"), Some(0), 1).await);
     }
-    bed.script.plan(slow, Plan::Slow(Duration::from_secs(8)));
+    // Slow at its provider (a slow transaction would hold the records sharing its commit too).
+    bed.script.plan(slow, Plan::SlowCallOut(Duration::from_secs(8)));
     let running = bed.start(key_ordered(&bed));
     eventually(WAIT, "every record but the slow one handled", || async { bed.effect_totals().await.0 == 40 }).await;
     assert_eq!(bed.effects(slow).await, 0, "the slow record is still in hand");
@@ -109,4 +111,73 @@ async fn a_rebalance_with_a_hundred_records_in_flight_loses_none_and_doubles_non
     assert_eq!(bed.effect_totals().await, (ids.len() as i64, ids.len() as i64), "each record handled exactly once");
     assert!(bed.script.most_at_once.load(SeqCst) >= 100, "over a hundred records were in flight at once");
     second.stop().await;
+}
+
+/// Key order with one shared transaction at a time per partition, so what becomes ready while it
+/// runs certainly queues for the next.
+fn one_commit_at_a_time(bed: &RuntimeBed) -> ConsumerSettings {
+    let mut settings = key_ordered(bed);
+    settings.group_commits = 1;
+    settings
+}
+
+/// Transactions that wrote the bed's effect rows (rows written by one share its id, `xmin`).
+async fn transactions(bed: &RuntimeBed) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM effects").fetch_one(&bed.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_ready_while_a_commit_runs_share_the_next() {
+    let bed = RuntimeBed::spawn(1).await;
+    let producer = bed.broker.producer();
+    let mut ids = Vec::new();
+    for k in 0..120 {
+        ids.extend(bed.publish_with(&producer, &format!("key-{k}"), Some(0), 1).await);
+    }
+    // The first record holds the partition's transaction for a second.
+    bed.script.plan(ids[0], Plan::Slow(Duration::from_secs(1)));
+    let running = bed.start(one_commit_at_a_time(&bed));
+    let n = ids.len() as i64;
+    eventually(WAIT, "every record handled", || async { bed.effect_totals().await.0 == n }).await;
+    assert_eq!(bed.effect_totals().await, (n, n), "each record handled exactly once");
+    let transactions = transactions(&bed).await;
+    assert!(transactions <= n / 4, "{n} records committed in {transactions} transactions: ready records share one");
+    let again = ids.iter().filter(|id| bed.script.calls(**id).len() > 1).count();
+    assert_eq!(again, 0, "no shared commit failed, so no record ran twice");
+    eventually(WAIT, "everything committed", || async { bed.committed(0) == Some(n) }).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_failing_in_a_shared_commit_sends_the_others_back_to_commit_alone() {
+    let bed = RuntimeBed::spawn(1).await;
+    let producer = bed.broker.producer();
+    let mut ids = Vec::new();
+    for k in 0..40 {
+        ids.extend(bed.publish_with(&producer, &format!("key-{k}"), Some(0), 1).await);
+    }
+    // While the first record holds the transaction, the other 39 queue for the next one, where
+    // three of them fail their first attempt.
+    bed.script.plan(ids[0], Plan::Slow(Duration::from_secs(1)));
+    let failing = [ids[5], ids[10], ids[15]];
+    for id in failing {
+        bed.script.plan(id, Plan::FailTimes(1));
+    }
+    let running = bed.start(one_commit_at_a_time(&bed));
+    let n = ids.len() as i64;
+    eventually(WAIT, "every record handled", || async { bed.effect_totals().await.0 == n }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bed.effect_totals().await, (n, n), "each record handled exactly once");
+    for id in failing {
+        // Attempt 1 in the shared commit (rolled back, unless an earlier failure in it stopped
+        // it before this record) and again alone, then attempt 2 from the retry topic.
+        let attempts: Vec<u32> = bed.script.calls(id).iter().map(|(_, attempt)| *attempt).collect();
+        assert!(attempts == [1, 2] || attempts == [1, 1, 2], "{id}: its attempts {attempts:?}");
+    }
+    // The handler ran in the shared commit for the records queued before its first failure,
+    // then again for each alone: twice at attempt 1. Never so when each record commits alone.
+    let twice = ids.iter().filter(|id| bed.script.calls(**id).iter().filter(|(_, attempt)| *attempt == 1).count() == 2);
+    assert!(twice.count() >= 1, "a shared commit failed and its records ran again alone");
+    eventually(WAIT, "everything committed", || async { bed.committed(0) == Some(n) }).await;
+    running.stop().await;
 }

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::{
     ConsumedEvent, ConsumerSettings, Failure, Handler, RetryMode,
     dlt::{Origin, Reason},
+    group_commit::GroupCommit,
     partition::Shared,
     quarantine, transaction,
 };
@@ -72,7 +73,7 @@ pub(crate) async fn deliver<H: Handler>(
         }
     }
     for (done, message) in batch.iter().enumerate() {
-        if !alone(shared, stop, message).await.finished() {
+        if !alone(shared, stop, message, None).await.finished() {
             return done;
         }
     }
@@ -147,13 +148,15 @@ pub(crate) fn origin_of<H>(shared: &Shared<H>, message: &OwnedMessage) -> Origin
     Origin::of(message, &headers_of(message), shared.retry_sources.get(message.topic()).map(String::as_str))
 }
 
-/// One record, as read from Kafka, to a final state.
+/// One record, as read from Kafka, to a final state; its first transaction shared with the
+/// partition's other ready records when `commits` is given (key order).
 pub(crate) async fn alone<H: Handler>(
     shared: &Shared<H>,
     stop: &mut watch::Receiver<bool>,
     message: &OwnedMessage,
+    commits: Option<&GroupCommit>,
 ) -> Delivered {
-    alone_from(shared, stop, message, origin_of(shared, message)).await
+    alone_from(shared, stop, message, origin_of(shared, message), commits).await
 }
 
 /// One record with its delivery history (`origin`: read from Kafka, or from the quarantine) to
@@ -163,6 +166,7 @@ pub(crate) async fn alone_from<H: Handler>(
     stop: &mut watch::Receiver<bool>,
     message: &OwnedMessage,
     origin: Origin,
+    mut commits: Option<&GroupCommit>,
 ) -> Delivered {
     let group = shared.settings.group.as_str();
     let headers = headers_of(message);
@@ -222,7 +226,17 @@ pub(crate) async fn alone_from<H: Handler>(
     let count = |outcome: &str| shared.metrics.count(group, &event.topic, outcome);
     let (mut unavailable_streak, mut conflicts) = (0, 0);
     loop {
-        let failure = match transaction::handle(shared, std::slice::from_ref(&event)).await {
+        // The first try in the partition's group commit (key order); a shared transaction that
+        // failed, and every later try, alone.
+        let grouped = match commits.take() {
+            Some(commits) => commits.handle(shared, &event).await,
+            None => None,
+        };
+        let result = match grouped {
+            Some(result) => result,
+            None => transaction::handle(shared, std::slice::from_ref(&event)).await,
+        };
+        let failure = match result {
             Err(Failure::Conflict(reason)) if conflicts < CONFLICT_RETRIES => {
                 // Lost a race with another transaction: at once again, after a short jitter.
                 conflicts += 1;

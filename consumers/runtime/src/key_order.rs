@@ -6,7 +6,9 @@
 //! once if fewer than `key_concurrency` of the partition's records are running (and the
 //! instance's `max_in_flight` allows), else waits its turn in arrival order. A record without a
 //! key orders against nothing. Each record goes to its final state alone ([`delivery::alone`]:
-//! handled, deduped, retried, dead-lettered), as in partition order.
+//! handled, deduped, retried, dead-lettered), as in partition order, except that its first
+//! transaction is shared with the partition's other records whose call-outs finished at the same
+//! time ([`group_commit`](crate::group_commit)).
 //!
 //! The offset stored for the next commit is always just below the lowest record not yet
 //! finished ([`Unfinished`]), so a crash or a rebalance re-delivers exactly what had not
@@ -30,6 +32,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use crate::{
     AfterDeadLetter, Handler, RetryMode,
     delivery::{self, Delivered},
+    group_commit::GroupCommit,
     partition::{PartitionState, Shared},
     quarantine,
 };
@@ -137,6 +140,8 @@ pub(crate) async fn run_worker<H: Handler>(
     let hold = shared.settings.partition_queue.max(concurrency);
     let group = shared.settings.group.clone();
     let mut unfinished = Unfinished::default();
+    let commits =
+        (shared.settings.group_commits > 0).then(|| Arc::new(GroupCommit::new(shared.settings.group_commits)));
     let mut waiting = Waiting::default();
     let mut running: JoinSet<Ended> = JoinSet::new();
     // Records' deliveries running (what `key_concurrency` bounds; parking and draining a held
@@ -174,10 +179,10 @@ pub(crate) async fn run_worker<H: Handler>(
         }
         while !ending && delivering < concurrency {
             let Some(message) = waiting.ready.pop_front() else { break };
-            let (shared, mut stop) = (shared.clone(), state.stop.subscribe());
+            let (shared, mut stop, commits) = (shared.clone(), state.stop.subscribe(), commits.clone());
             delivering += 1;
             running.spawn(async move {
-                let delivered = shared.in_flight(1, delivery::alone(&shared, &mut stop, &message));
+                let delivered = shared.in_flight(1, delivery::alone(&shared, &mut stop, &message, commits.as_deref()));
                 let delivered = delivered.await.unwrap_or(Delivered::Abandoned);
                 Ended::Record { key: message.key().map(<[u8]>::to_vec), offset: message.offset(), delivered }
             });

@@ -15,10 +15,11 @@
 //! partitions run concurrently, at most `max_in_flight` at once. In key order
 //! ([`Ordering::Key`], [`key_order`]), records of one partition with different keys run
 //! concurrently and each key's in order, and the stored offset stays below the lowest
-//! unfinished record. What a partition has queued (up to `batch_size`) is handled in one
-//! transaction — one dedupe insert, the handlers, one commit — and on any failure in the batch
-//! the batch is rolled back and handled record by record, so a failure is treated exactly as it
-//! would be alone. A partition whose queue is full is paused (fetching stops,
+//! unfinished record. In partition order what a partition has queued (up to `batch_size`) is
+//! handled in one transaction — one dedupe insert, the handlers, one commit — and on any failure
+//! in the batch the batch is rolled back and handled record by record, so a failure is treated
+//! exactly as it would be alone; in key order the records whose call-outs finished together
+//! share a transaction the same way ([`group_commit`]). A partition whose queue is full is paused (fetching stops,
 //! polling goes on, so a slow handler never overruns `max.poll.interval.ms`) and resumed when
 //! its queue drains to half.
 //!
@@ -59,6 +60,7 @@ mod dlt;
 pub mod dlt_tools;
 mod failure;
 mod fetch_loop;
+mod group_commit;
 mod key_order;
 pub mod metrics;
 mod partition;

@@ -261,7 +261,7 @@ pub(crate) async fn drain_head<H: Handler>(
                     }
                 }
                 let origin = Origin { due_at: None, ..record.origin.clone() };
-                let delivery = delivery::alone_from(shared, &mut stop, &record.message, origin);
+                let delivery = delivery::alone_from(shared, &mut stop, &record.message, origin, None);
                 shared.in_flight(1, delivery).await.unwrap_or(Delivered::Abandoned)
             }
         };

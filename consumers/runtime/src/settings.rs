@@ -66,6 +66,7 @@ pub mod defaults {
     pub const PRUNE_INTERVAL_SECS: u64 = 600;
     pub const TRANSACTION_IDLE_LIMIT_SECS: u64 = 30;
     pub const KEY_CONCURRENCY: usize = 64;
+    pub const GROUP_COMMITS: usize = 4;
 }
 
 /// The runtime's flags every consumer binary takes (`#[command(flatten)]`): every knob of
@@ -132,6 +133,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "ORDERFLOW_KEY_CONCURRENCY", default_value_t = defaults::KEY_CONCURRENCY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub key_concurrency: usize,
+    /// In key order, the shared transactions of one partition running at once: records whose
+    /// provider calls finished while all are busy share the next one (0: each record commits
+    /// in a transaction of its own).
+    #[arg(long, env = "ORDERFLOW_GROUP_COMMITS", default_value_t = defaults::GROUP_COMMITS)]
+    pub group_commits: usize,
     /// Where a record goes when its handler asks for another try: `topic`, the group's retry
     /// topic (the partition moves on, later records of the key pass it); `quarantine` (key
     /// order only), parked in the database with every later record of its key, which are then
@@ -195,6 +201,7 @@ impl RuntimeArgs {
         let mut settings = ConsumerSettings::new(group, topics, kafka);
         settings.set_ordering(self.ordering.unwrap_or(default));
         settings.key_concurrency = self.key_concurrency;
+        settings.group_commits = self.group_commits;
         settings.retry_mode = self.retry_mode;
         settings.after_dead_letter = self.quarantine_after_dead_letter;
         settings.max_attempts = self.max_attempts;
@@ -254,6 +261,9 @@ pub struct ConsumerSettings {
     /// In key order: the records of one partition handled at once (each instance's
     /// `max_in_flight` bounds them across partitions).
     pub key_concurrency: usize,
+    /// In key order: the shared transactions of one partition running at once (0: a
+    /// transaction per record; [`crate::group_commit`]).
+    pub group_commits: usize,
     /// Where a record asking for another try goes: the retry topic or the quarantine.
     pub retry_mode: RetryMode,
     /// In quarantine: a dead-lettered record's parked followers resume or follow it.
@@ -290,6 +300,7 @@ impl ConsumerSettings {
             transaction_idle_limit: Duration::from_secs(defaults::TRANSACTION_IDLE_LIMIT_SECS),
             ordering: Ordering::Partition,
             key_concurrency: defaults::KEY_CONCURRENCY,
+            group_commits: defaults::GROUP_COMMITS,
             retry_mode: RetryMode::Topic,
             after_dead_letter: AfterDeadLetter::Resume,
             ready: Default::default(),
@@ -349,7 +360,7 @@ mod tests {
 
     fn knobs(s: &ConsumerSettings) -> String {
         format!(
-            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {} {:?} {:?}",
+            "{} {:?} {:?} {:?} {} {} {} {} {:?} {:?} {:?} {:?} {:?} {:?} {} {} {:?} {:?}",
             s.max_attempts,
             s.backoff_base,
             s.backoff_cap,
@@ -365,6 +376,7 @@ mod tests {
             s.transaction_idle_limit,
             s.ordering,
             s.key_concurrency,
+            s.group_commits,
             s.retry_mode,
             s.after_dead_letter
         )
@@ -388,10 +400,19 @@ mod tests {
             cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key).ordering,
             Ordering::Key
         );
-        let cli =
-            Cli::try_parse_from(["consumer", "--ordering", "partition", "--key-concurrency", "8"]).unwrap().runtime;
+        let cli = Cli::try_parse_from([
+            "consumer",
+            "--ordering",
+            "partition",
+            "--key-concurrency",
+            "8",
+            "--group-commits",
+            "0",
+        ])
+        .unwrap()
+        .runtime;
         let ordered = cli.settings_ordered("g", &["t"], KafkaSettings::new("127.0.0.1:1"), Ordering::Key);
-        assert_eq!((ordered.ordering, ordered.key_concurrency), (Ordering::Partition, 8));
+        assert_eq!((ordered.ordering, ordered.key_concurrency, ordered.group_commits), (Ordering::Partition, 8, 0));
         // max_in_flight counts partitions in partition order, records in key order.
         assert_eq!(ordered.max_in_flight, defaults::MAX_IN_FLIGHT);
         let cli = Cli::try_parse_from(["consumer"]).unwrap().runtime;

@@ -30,15 +30,27 @@ pub(crate) struct Committed {
 pub(crate) async fn handle<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<Committed, Failure> {
     let started = Instant::now();
     let result = run(shared, events).await;
-    let (group, topic) = (shared.settings.group.as_str(), events[0].topic.as_str());
-    shared.metrics.handler_seconds.with_label_values(&[group, topic]).observe(started.elapsed().as_secs_f64());
+    observe(shared, events, started);
     result
 }
 
+/// Counts the time since `started` spent handling `events` in `orderflow_consumer_handler_seconds`.
+pub(crate) fn observe<H>(shared: &Shared<H>, events: &[ConsumedEvent], started: Instant) {
+    let (group, topic) = (shared.settings.group.as_str(), events[0].topic.as_str());
+    shared.metrics.handler_seconds.with_label_values(&[group, topic]).observe(started.elapsed().as_secs_f64());
+}
+
 async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<Committed, Failure> {
+    call_out(shared, events).await?;
+    let handled = commit(shared, events).await?;
+    Ok(Committed { processed: handled.len(), deduped: events.len() - handled.len() })
+}
+
+/// The transaction alone (the call-outs done): the dedupe rows, the handler's work, one commit.
+/// Returns the ids of the events handled for the first time.
+pub(crate) async fn commit<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<HashSet<Uuid>, Failure> {
     let first = events.first().expect("a transaction handles at least one event");
     let group = shared.settings.group.as_str();
-    call_out(shared, events).await?;
     let mut tx = shared.pool.begin().await?;
     // A frozen consumer's transaction ends at the server instead of holding its locks.
     let idle_limit = shared.settings.transaction_idle_limit.as_millis().clamp(1, i32::MAX as u128) as i32;
@@ -64,7 +76,7 @@ async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result
     .collect();
     if claimed.is_empty() {
         tracing::debug!(group, events = events.len(), "duplicates skipped");
-        return Ok(Committed { processed: 0, deduped: events.len() });
+        return Ok(HashSet::new());
     }
     shared.handler.prepare_batch(&mut tx, events).await?;
     let mut handled = HashSet::new();
@@ -75,14 +87,14 @@ async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result
         }
     }
     tx.commit().await?;
-    Ok(Committed { processed: handled.len(), deduped: events.len() - handled.len() })
+    Ok(handled)
 }
 
 /// The handler's work outside the transaction, for the events that have some and that this
 /// group has not handled yet: one key's events in order, up to `call_out_concurrency` keys at
 /// once. The first failure stops the rest (what finished is recorded by the handler and is not
 /// repeated).
-async fn call_out<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<(), Failure> {
+pub(crate) async fn call_out<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<(), Failure> {
     let wanted: Vec<&ConsumedEvent> = events.iter().filter(|e| shared.handler.calls_out(e.event_type())).collect();
     if wanted.is_empty() {
         return Ok(());
