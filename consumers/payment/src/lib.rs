@@ -96,21 +96,31 @@ impl PaymentHandler {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Outcome, ChargeError>>,
     {
-        sqlx::query(
-            "INSERT INTO provider_calls (idempotency_key, order_id, operation, amount_minor, currency, status)
-             VALUES ($1, $2, $3, $4, $5, 'PENDING') ON CONFLICT (idempotency_key) DO NOTHING",
+        // The intent and the call's status in one round trip: PENDING as just inserted, or the
+        // status of the call recorded before.
+        let status: Option<String> = sqlx::query_scalar(
+            "WITH intent AS (
+                 INSERT INTO provider_calls (idempotency_key, order_id, operation, amount_minor, currency, status)
+                 VALUES ($1, $2, $3, $4, $5, 'PENDING') ON CONFLICT (idempotency_key) DO NOTHING RETURNING status)
+             SELECT status FROM intent UNION ALL SELECT status FROM provider_calls WHERE idempotency_key = $1 LIMIT 1",
         )
         .bind(key)
         .bind(order_id)
         .bind(operation)
         .bind(amount.amount_minor)
         .bind(&amount.currency)
-        .execute(pool)
+        .fetch_optional(pool)
         .await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM provider_calls WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_one(pool)
-            .await?;
+        let status = match status {
+            Some(status) => status,
+            // A concurrent duplicate inserted it after this statement's snapshot was taken.
+            None => {
+                sqlx::query_scalar("SELECT status FROM provider_calls WHERE idempotency_key = $1")
+                    .bind(key)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
         if status != "PENDING" {
             return Ok(());
         }
@@ -133,11 +143,16 @@ impl PaymentHandler {
 
     /// The outcome `call_once` recorded under `key`; a `Retry` when there is none yet.
     async fn outcome(tx: &mut PgConnection, key: &str) -> Result<Outcome, Failure> {
-        let row: Option<(String, Option<String>, Option<String>)> =
+        let row: Option<CallRow> =
             sqlx::query_as("SELECT status, reference, decline_code FROM provider_calls WHERE idempotency_key = $1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?;
+        Self::recorded(key, row)
+    }
+
+    /// A call's row (status, reference, decline code) as its outcome.
+    fn recorded(key: &str, row: Option<CallRow>) -> Result<Outcome, Failure> {
         match row {
             Some((status, Some(reference), _)) if status == "APPROVED" => Ok(Outcome::Approved(reference)),
             Some((status, _, code)) if status == "DECLINED" => Ok(Outcome::Declined(code.unwrap_or_default())),
@@ -184,16 +199,21 @@ impl PaymentHandler {
     ) -> Result<(), Failure> {
         let payment_id = payment_id(order.order_id);
         let key = charge_key(order.order_id);
-        let paid: Option<i32> = sqlx::query_scalar("SELECT 1 FROM payments WHERE order_id = $1")
-            .bind(order.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if paid.is_some() {
+        // Whether the order has a payment, and the charge's recorded outcome, in one round trip.
+        let (paid, status, reference, code): (bool, Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1), c.status, c.reference, c.decline_code
+             FROM (SELECT 1) AS one LEFT JOIN provider_calls c ON c.idempotency_key = $2",
+        )
+        .bind(order.order_id)
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await?;
+        if paid {
             // This order was paid for under another event id (a re-published OrderPlaced, a
             // replay past the horizon): nothing more to do.
             return Ok(());
         }
-        let outcome = Self::outcome(tx, &key).await?;
+        let outcome = Self::recorded(&key, status.map(|status| (status, reference, code)))?;
         let (status, reference, decline) = match &outcome {
             Outcome::Approved(reference) => ("AUTHORIZED", Some(reference.clone()), None),
             Outcome::Declined(code) => ("DECLINED", None, Some(code.clone())),
@@ -242,6 +262,9 @@ impl PaymentHandler {
         }
     }
 }
+
+/// A provider call's recorded status, reference and decline code.
+type CallRow = (String, Option<String>, Option<String>);
 
 fn provider_failure(e: ChargeError) -> Failure {
     match e {
