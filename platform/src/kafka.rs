@@ -132,10 +132,13 @@ impl KafkaSettings {
 
     /// An idempotent producer config: `acks=all`, per-partition order kept across retries,
     /// batching for throughput. `delivery_timeout` bounds how long a send may be retried.
+    /// Keys are placed as Java clients place them (murmur2, as Kafka Connect and Debezium do),
+    /// so a key stays on its partition whichever of the relay or the connector publishes it.
     pub fn producer(&self, client_id: &str, delivery_timeout: Duration) -> ClientConfig {
         let mut config = self.base();
         config
             .set("client.id", client_id)
+            .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
