@@ -47,12 +47,12 @@ kafka_cache_ok() {
     (cd "$dir/libs" && sha256sum --quiet --strict -c ../SHA256SUMS >/dev/null 2>&1)
 }
 
-# Every jar in $1 opens as a zip and its entries' checksums match.
+# Every jar under $1 opens as a zip and its entries' checksums match.
 jars_intact() {
     python3 - "$1" <<'PY'
 import pathlib, sys, zipfile
 bad = []
-for jar in sorted(pathlib.Path(sys.argv[1]).glob("*.jar")):
+for jar in sorted(pathlib.Path(sys.argv[1]).rglob("*.jar")):
     try:
         with zipfile.ZipFile(jar) as z:
             if z.testzip() is not None:
@@ -99,6 +99,52 @@ ensure_kafka() {
         rm -rf "$ORDERFLOW_CACHE/m2"
     done
     die "Kafka's jars stay damaged after a fresh fetch (see $dir.partial)"
+}
+
+# True when $1 holds a complete Connect fetch: every jar under libs/ and plugins/ listed in
+# SHA256SUMS (paths relative to $1), unchanged, and no other.
+connect_cache_ok() {
+    local dir="$1"
+    [ -s "$dir/SHA256SUMS" ] && [ -d "$dir/libs" ] && [ -d "$dir/plugins" ] || return 1
+    [ "$(cd "$dir" && find libs plugins -type f -name '*.jar' | wc -l)" = "$(wc -l <"$dir/SHA256SUMS")" ] || return 1
+    (cd "$dir" && sha256sum --quiet --strict -c SHA256SUMS >/dev/null 2>&1)
+}
+
+# Kafka Connect (a standalone worker's classpath) and Debezium's Postgres connector plugin
+# (connect/pom.xml) in $ORDERFLOW_CACHE/connect/<Debezium version>-<pom hash>/{libs,plugins},
+# fetched from Maven Central on first use, checked on every run; a damaged or half-written
+# cache is fetched again. Exports ORDERFLOW_CONNECT_LIBS and ORDERFLOW_CONNECT_PLUGINS.
+ensure_connect() {
+    ensure_java
+    local pom="$ROOT/connect/pom.xml" dir version hash tries
+    version="$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:p' "$pom")"
+    [ -n "$version" ] || die "no <debezium.version> in $pom"
+    hash="$(sha256sum "$pom" | cut -c1-12)"
+    dir="$ORDERFLOW_CACHE/connect/$version-$hash"
+    export ORDERFLOW_CONNECT_LIBS="$dir/libs" ORDERFLOW_CONNECT_PLUGINS="$dir/plugins"
+    connect_cache_ok "$dir" && return
+    [ -d "$dir" ] && log "the Kafka Connect cache in $dir is incomplete or damaged; fetching it again"
+    ensure_maven
+    for tries in 1 2; do
+        log "fetching Kafka Connect and Debezium $version from Maven Central into $dir (first run only)"
+        rm -rf "$dir" "$dir.partial"
+        mkdir -p "$dir.partial"
+        if ! { mvn -B -q -C -f "$pom" -Dmaven.repo.local="$ORDERFLOW_CACHE/m2" \
+                dependency:copy-dependencies -DoutputDirectory="$dir.partial/libs" &&
+            mvn -B -q -C -f "$pom" -Dmaven.repo.local="$ORDERFLOW_CACHE/m2" \
+                dependency:unpack -DoutputDirectory="$dir.partial/plugins"; } >"$dir.partial/mvn.log" 2>&1; then
+            tail -30 "$dir.partial/mvn.log" >&2
+            die "Maven could not fetch Kafka Connect or Debezium (log: $dir.partial/mvn.log); is Maven Central reachable?"
+        fi
+        if jars_intact "$dir.partial"; then
+            (cd "$dir.partial" && find libs plugins -type f -name '*.jar' -print0 | sort -z | xargs -0 sha256sum) >"$dir.partial/SHA256SUMS"
+            mv "$dir.partial" "$dir"
+            connect_cache_ok "$dir" && return
+        fi
+        log "damaged jars in Maven's cache $ORDERFLOW_CACHE/m2; clearing it"
+        rm -rf "$ORDERFLOW_CACHE/m2"
+    done
+    die "Kafka Connect's jars stay damaged after a fresh fetch (see $dir.partial)"
 }
 
 # kafka_java [JVM options…] CLASS [ARGS…]: a class from Kafka's classpath, logging to stderr.

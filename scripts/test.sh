@@ -11,10 +11,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_apt_packages
 ensure_python_tools
 ensure_kafka
+ensure_connect
 trap stop_started_services EXIT
 ensure_postgres
 
-# Databases left by an earlier, interrupted run.
+# Databases left by an earlier, interrupted run (and the replication slots a killed Kafka
+# Connect worker of theirs left, which would keep them from being dropped).
+psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+    where database like 'oft\_%' and not active" >/dev/null
 psql "$ORDERFLOW_PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'oft\_%'" |
     while read -r db; do psql "$ORDERFLOW_PG_ADMIN_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null; done
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::{
     Running, TestDatabase,
     broker::TestBroker,
+    connect::ConnectWorker,
     intake::{TestApi, TestRelay, eventually, quick_relay},
     proxy::FaultProxy,
 };
@@ -141,6 +142,8 @@ pub struct TestStack {
     /// Between the relays and consumers and Postgres, when the test asked for it (order-api
     /// and the test's own pools connect directly).
     pub db_proxy: Option<FaultProxy>,
+    /// Publishing the orders outbox instead of its relay, when the test asked for CDC.
+    pub connect: Option<ConnectWorker>,
 }
 
 impl TestStack {
@@ -155,7 +158,18 @@ impl TestStack {
     /// Every service and every consumer group (notifications and analytics too) on `broker`:
     /// a broker or cluster of the test's own.
     pub async fn spawn_all_on(broker: TestBroker) -> TestStack {
-        let mut stack = Self::spawn_without_consumers_on(broker).await;
+        let stack = Self::spawn_without_consumers_on(broker).await;
+        Self::with_every_consumer(stack).await
+    }
+
+    /// Every service and every consumer group, with the orders outbox (order-api's and
+    /// order-service's events) published by Debezium in Kafka Connect instead of its relay.
+    pub async fn spawn_all_with_cdc() -> TestStack {
+        let stack = Self::spawn_without_consumers_with(TestBroker::spawn(), None, true).await;
+        Self::with_every_consumer(stack).await
+    }
+
+    async fn with_every_consumer(mut stack: TestStack) -> TestStack {
         let provider = stack.provider_settings();
         stack.start_payment(provider).await;
         stack.start_inventory();
@@ -191,7 +205,7 @@ impl TestStack {
         let host = postgres.split_once("://").unwrap().1.split('/').next().unwrap();
         let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host).to_string();
         let proxy = FaultProxy::start(&host).await;
-        let mut stack = Self::spawn_without_consumers_with(TestBroker::spawn(), Some(proxy)).await;
+        let mut stack = Self::spawn_without_consumers_with(TestBroker::spawn(), Some(proxy), false).await;
         let provider = stack.provider_settings();
         stack.start_payment(provider).await;
         stack.start_inventory();
@@ -199,10 +213,10 @@ impl TestStack {
     }
 
     async fn spawn_without_consumers_on(broker: TestBroker) -> TestStack {
-        Self::spawn_without_consumers_with(broker, None).await
+        Self::spawn_without_consumers_with(broker, None, false).await
     }
 
-    async fn spawn_without_consumers_with(broker: TestBroker, db_proxy: Option<FaultProxy>) -> TestStack {
+    async fn spawn_without_consumers_with(broker: TestBroker, db_proxy: Option<FaultProxy>, cdc: bool) -> TestStack {
         broker.create_topic("orders", 12).await;
         broker.create_topic("payments", 12).await;
         let api = TestApi::spawn().await;
@@ -243,8 +257,13 @@ impl TestStack {
             retention: None,
             service_pools,
             db_proxy,
+            connect: None,
         };
         for (pool, name) in stack.service_pools.clone().iter().zip(["orders", "payments", "inventory"]) {
+            if cdc && name == "orders" {
+                stack.connect = Some(ConnectWorker::spawn(&stack.broker, &stack.api.db).await);
+                continue;
+            }
             stack.relays.push(TestRelay::spawn_named(pool, &stack.broker, quick_relay(), name));
         }
         stack.start_order_service();

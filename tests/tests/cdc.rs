@@ -1,16 +1,31 @@
-//! CDC instead of the relay (`connect/`): the relay refuses a table Debezium captures, and its
-//! prune mode keeps the table small only once a replication slot holds the WAL.
+//! CDC instead of the relay (`connect/`): Debezium in a real Kafka Connect worker publishes the
+//! orders outbox as the relay would and every consumer handles it; the relay refuses a table
+//! Debezium captures, and its prune mode keeps the table small only once a replication slot
+//! holds the WAL.
 
 use std::{
+    collections::BTreeSet,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use chrono::Utc;
 use orderflow_outbox::{OutboxEvent, cdc};
-use orderflow_tests::{TestDatabase, binary, intake::eventually};
+use orderflow_tests::{
+    TestDatabase, binary,
+    broker::{header, key},
+    intake::{eventually, sample_order},
+    stack::TestStack,
+};
+use rdkafka::{
+    Message,
+    message::{Headers, OwnedMessage},
+    producer::FutureRecord,
+};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(90);
 
 async fn outbox_db() -> (TestDatabase, PgPool) {
     let db = TestDatabase::create().await;
@@ -132,4 +147,78 @@ async fn the_relay_binary_in_prune_mode_deletes_old_rows_and_publishes_nothing()
     let _ = child.kill();
     let _ = child.wait();
     slot.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debezium_publishes_the_orders_outbox_as_the_relay_does_and_every_consumer_handles_it() {
+    let stack = TestStack::spawn_all_with_cdc().await;
+    let connect = stack.connect.as_ref().unwrap();
+    // Orders accepted by order-api: their OrderPlaced rows reach `orders` through Debezium.
+    let mut paid = Vec::new();
+    for i in 0..20 {
+        paid.push(stack.api.place(&format!("cdc-{i}")).await);
+    }
+    let response = stack.api.post_order(Some("cdc-declined"), &sample_order("decline-42")).await;
+    assert_eq!(response.status(), 202);
+    let declined: Uuid =
+        response.json::<serde_json::Value>().await.unwrap()["order_id"].as_str().unwrap().parse().unwrap();
+    for order in &paid {
+        stack.wait_for_status(*order, "PAID", WAIT).await;
+    }
+    stack.wait_for_status(declined, "PAYMENT_FAILED", WAIT).await;
+
+    // What Debezium wrote: per order OrderPlaced then its outcome (order-service's event, from
+    // the same outbox), on the order's key, framed Avro the codec decodes.
+    let records = stack.broker.read_distinct("orders", 2 * 21, WAIT, |m| header(m, "event_id").unwrap()).await;
+    let codec = stack.codec();
+    for order in paid.iter().chain([&declined]) {
+        let mine: Vec<&OwnedMessage> = records.iter().filter(|m| key(m) == order.to_string()).collect();
+        let types: Vec<String> = mine.iter().map(|m| header(m, "event_type").unwrap()).collect();
+        let outcome = if *order == declined { "OrderPaymentFailed" } else { "OrderPaid" };
+        assert_eq!(types, vec!["OrderPlaced", outcome], "{order}: its events in order, on its key");
+        for record in &mine {
+            let decoded = codec.decode(record.payload().unwrap()).await.unwrap();
+            assert_eq!(decoded.event_type, header(record, "event_type").unwrap());
+        }
+    }
+    // The relay's headers, every one (the payments relay of this stack wrote these).
+    let relayed = stack.broker.read("payments", 1, WAIT).await.remove(0);
+    let names = |m: &OwnedMessage| -> BTreeSet<String> {
+        m.headers().map(|h| h.iter().map(|h| h.key.to_string()).collect()).unwrap_or_default()
+    };
+    let (relay_names, cdc_names) = (names(&relayed), names(&records[0]));
+    assert!(relay_names.is_subset(&cdc_names), "the relay's headers {relay_names:?}, Debezium's {cdc_names:?}");
+    eprintln!("headers only Debezium adds: {:?}", cdc_names.difference(&relay_names).collect::<Vec<_>>());
+    // A key lands on the partition the platform's producers (the relay) would give it.
+    stack.broker.create_topic("probe", 12).await;
+    let (probe, producer) = (stack.broker.topic("probe"), stack.broker.producer());
+    for record in records.iter().take(10) {
+        let sent = FutureRecord::to(&probe).key(record.key().unwrap()).payload("probe");
+        let partition = producer.send(sent, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap().partition;
+        assert_eq!(record.partition(), partition, "{}: Debezium's partition and the relay's", key(record));
+    }
+    // Every consumer group handled what it got, none dead-lettered anything.
+    for group in [
+        orderflow_payment::GROUP,
+        orderflow_inventory::GROUP,
+        orderflow_notifications::GROUP,
+        orderflow_analytics::GROUP,
+    ] {
+        assert!(stack.records(group, "processed") > 0.0, "{group} handled nothing");
+        assert_eq!(stack.records(group, "dead_lettered"), 0.0, "{group} dead-lettered a record");
+    }
+    assert!(stack.broker.dead_letters().is_empty(), "nothing in any DLT");
+
+    // The relay refuses the table Debezium captures (the connector's own publication).
+    let output = Command::new(binary("outbox-relay"))
+        .env("ORDERFLOW_OUTBOX_DATABASE_URL", &stack.api.db.url)
+        .env("ORDERFLOW_KAFKA_BOOTSTRAP", &stack.broker.bootstrap)
+        .env("ORDERFLOW_METRICS_LISTEN", "127.0.0.1:0")
+        .env_remove("ORDERFLOW_RELAY_MODE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the relay started on a table Debezium captures");
+    assert!(stderr.contains("captured for CDC (publication orderflow_outbox)"), "{stderr}");
+    assert!(connect.status().await.unwrap()["tasks"][0]["state"] == "RUNNING", "{}", connect.log_tail());
 }
