@@ -5,7 +5,6 @@
 //! project-local cluster it starts.
 
 pub mod broker;
-pub mod connect;
 pub mod consumer;
 pub mod history;
 pub mod intake;

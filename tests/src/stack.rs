@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use orderflow_consumer_runtime::ConsumerSettings;
 use orderflow_payment::{PaymentHandler, PaymentProviderClient, ProviderSettings};
 use orderflow_payment_simulator::LedgerEntry;
+use orderflow_tools::connect::{ConnectWorker, Outbox};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -14,7 +15,6 @@ use uuid::Uuid;
 use crate::{
     Running, TestDatabase,
     broker::TestBroker,
-    connect::ConnectWorker,
     intake::{TestApi, TestRelay, eventually, quick_relay},
     proxy::FaultProxy,
 };
@@ -261,7 +261,14 @@ impl TestStack {
         };
         for (pool, name) in stack.service_pools.clone().iter().zip(["orders", "payments", "inventory"]) {
             if cdc && name == "orders" {
-                stack.connect = Some(ConnectWorker::spawn(&stack.broker, &stack.api.db).await);
+                let outbox = Outbox {
+                    database_url: &stack.api.db.url,
+                    database: &stack.api.db.name,
+                    bootstrap: &stack.broker.bootstrap,
+                    namespace: &stack.broker.namespace,
+                };
+                let worker = ConnectWorker::spawn(&connector_template(), &outbox).await;
+                stack.connect = Some(worker.unwrap_or_else(|e| panic!("{e:#}")));
                 continue;
             }
             stack.relays.push(TestRelay::spawn_named(pool, &stack.broker, quick_relay(), name));
@@ -473,4 +480,9 @@ impl TestStack {
         })
         .await;
     }
+}
+
+/// `connect/outbox-connector.json` of the checkout under test.
+pub fn connector_template() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../connect/outbox-connector.json")
 }

@@ -1,5 +1,6 @@
 //! Shared by the demo and the benchmark: sample orders and an order-api client.
 
+pub mod connect;
 pub mod consumer_bench;
 pub mod drill;
 pub mod issuer;

@@ -49,7 +49,7 @@ async fn run<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result
 /// The transaction alone (the call-outs done): the dedupe rows, the handler's work, one commit.
 /// Returns the ids of the events handled for the first time.
 pub(crate) async fn commit<H: Handler>(shared: &Shared<H>, events: &[ConsumedEvent]) -> Result<HashSet<Uuid>, Failure> {
-    let first = events.first().expect("a transaction handles at least one event");
+    assert!(!events.is_empty(), "a transaction handles at least one event");
     let group = shared.settings.group.as_str();
     let mut tx = shared.pool.begin().await?;
     // A frozen consumer's transaction ends at the server instead of holding its locks.
@@ -58,17 +58,20 @@ pub(crate) async fn commit<H: Handler>(shared: &Shared<H>, events: &[ConsumedEve
         .bind(idle_limit.to_string())
         .execute(&mut *tx)
         .await?;
+    // Where each record was first published (a shared commit of retry records mixes them).
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+    let partitions: Vec<i32> = events.iter().map(|e| e.partition).collect();
     let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
     let claimed: HashSet<Uuid> = sqlx::query_scalar(
         "INSERT INTO processed_events (consumer_group, event_id, topic, kafka_partition, kafka_offset)
-         SELECT $1, id, $2, $3, o FROM unnest($4::uuid[], $5::bigint[]) AS t(id, o)
+         SELECT $1, id, t, p, o FROM unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[]) AS r(id, t, p, o)
          ON CONFLICT DO NOTHING RETURNING event_id",
     )
     .bind(group)
-    .bind(&first.topic)
-    .bind(first.partition)
     .bind(&ids)
+    .bind(&topics)
+    .bind(&partitions)
     .bind(&offsets)
     .fetch_all(&mut *tx)
     .await?
