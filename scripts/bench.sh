@@ -13,5 +13,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 trap 'exit 130' INT TERM
 trap 'stop_started_services' EXIT
+ensure_connect   # the cdc phase's Kafka Connect and Debezium
 start_fresh_stack
 "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-bench" "$@"   # ORDERFLOW_PG_ADMIN_URL from the environment (a secret: never argv)

@@ -113,7 +113,8 @@ connect_cache_ok() {
 # Kafka Connect (a standalone worker's classpath) and Debezium's Postgres connector plugin
 # (connect/pom.xml) in $ORDERFLOW_CACHE/connect/<Debezium version>-<pom hash>/{libs,plugins},
 # fetched from Maven Central on first use, checked on every run; a damaged or half-written
-# cache is fetched again. Exports ORDERFLOW_CONNECT_LIBS and ORDERFLOW_CONNECT_PLUGINS.
+# cache is fetched again. Exports ORDERFLOW_CONNECT_LIBS, ORDERFLOW_CONNECT_PLUGINS and
+# ORDERFLOW_CONNECT_CONNECTOR (connect/outbox-connector.json).
 ensure_connect() {
     ensure_java
     local pom="$ROOT/connect/pom.xml" dir version hash tries
@@ -122,6 +123,7 @@ ensure_connect() {
     hash="$(sha256sum "$pom" | cut -c1-12)"
     dir="$ORDERFLOW_CACHE/connect/$version-$hash"
     export ORDERFLOW_CONNECT_LIBS="$dir/libs" ORDERFLOW_CONNECT_PLUGINS="$dir/plugins"
+    export ORDERFLOW_CONNECT_CONNECTOR="$ROOT/connect/outbox-connector.json"
     connect_cache_ok "$dir" && return
     [ -d "$dir" ] && log "the Kafka Connect cache in $dir is incomplete or damaged; fetching it again"
     ensure_maven

@@ -16,7 +16,11 @@
 //!    their real handler on a scratch database; records/s read, against Kafka's own
 //!    `ConsumerPerformance` (and a plain rdkafka consumer) reading the same records (see
 //!    `orderflow_tools::consumer_bench`).
-//! 6. Payment (`--phases payment`, not in the default set: it takes minutes): orders charged per
+//! 6. CDC (`--phases relay,cdc`, not in the default set: it starts a JVM): the same N events
+//!    inserted into a scratch outbox that Debezium (a standalone Kafka Connect worker with
+//!    `connect/outbox-connector.json`) already streams; events/s from the insert's commit until
+//!    the topic holds all N, as a ratio to the relay's rate of the same run.
+//! 7. Payment (`--phases payment`, not in the default set: it takes minutes): orders charged per
 //!    second through a provider answering in 50, 200 and 500 ms, in partition order and in key
 //!    order, against the ceiling `min(limit, in-flight ÷ latency)`; then orders arriving at 0.8 of
 //!    the slowest provider's ceiling while payment runs, settled/s and each order's wait, in both
@@ -76,7 +80,7 @@ struct Args {
     /// The payment phase's provider limit (requests/s): generous, so latency is what bounds.
     #[arg(long, default_value_t = 1000.0)]
     payment_rate_limit: f64,
-    /// Which measurements to run (also: payment).
+    /// Which measurements to run (also: cdc, payment).
     #[arg(long, value_delimiter = ',', default_value = "relay,intake,consumers")]
     phases: Vec<String>,
 }
@@ -260,6 +264,59 @@ async fn relay(args: &Args) -> anyhow::Result<f64> {
     Ok(args.relay_events as f64 / elapsed)
 }
 
+/// Debezium's rate: N rows committed at once into an outbox it streams, until all N are on the
+/// topic (the worker's producer waits for `acks=all`; the topic's end offsets count them).
+async fn cdc(args: &Args) -> anyhow::Result<f64> {
+    use orderflow_tools::connect::{ConnectWorker, Outbox};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const NAME: &str = "orderflow_bench_cdc";
+    let template = std::env::var("ORDERFLOW_CONNECT_CONNECTOR")
+        .context("ORDERFLOW_CONNECT_CONNECTOR is not set: run this through scripts/bench.sh")?;
+    // A slot an interrupted run left would keep the scratch database from being dropped.
+    let admin = PgPool::connect(&args.admin_url).await?;
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+    )
+    .bind(NAME)
+    .execute(&admin)
+    .await?;
+    let (url, pool) = scratch_database(&args.admin_url, NAME).await?;
+    orderflow_outbox::migrate(&pool).await?;
+    let kafka = args.kafka.settings()?;
+    let topic = format!("bench-cdc-{}", uuid::Uuid::new_v4().simple());
+    let partitions = 12;
+    kafka.ensure_topics(&[(&kafka.topic(&topic), partitions)]).await?;
+    let outbox =
+        Outbox { database_url: &url, database: NAME, bootstrap: &kafka.bootstrap, namespace: &kafka.namespace };
+    let worker = ConnectWorker::spawn(std::path::Path::new(&template), &outbox).await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now()
+         FROM generate_series(1, $2)",
+    )
+    .bind(&topic)
+    .bind(args.relay_events)
+    .execute(&pool)
+    .await?;
+    let start = Instant::now();
+    let reader: BaseConsumer = kafka.consumer("bench-cdc-watermarks", &kafka.group("bench-cdc")).create()?;
+    let broker_topic = kafka.topic(&topic);
+    loop {
+        let mut published = 0;
+        for partition in 0..partitions {
+            published += reader.fetch_watermarks(&broker_topic, partition, Duration::from_secs(10))?.1;
+        }
+        if published >= args.relay_events {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("Debezium published {published} of {} events in 600 s:\n{}", args.relay_events, worker.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(args.relay_events as f64 / start.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     orderflow_platform::telemetry::init("orderflow-bench");
@@ -269,18 +326,27 @@ async fn main() -> anyhow::Result<()> {
         "orderflow-bench: {} s per phase, concurrency {}, {} relay events",
         args.seconds, args.concurrency, args.relay_events
     );
+    let mut relay_rate = None;
     if phase("relay") {
         let perf_rate = producer_performance(&args).await?;
         println!("baseline  Kafka ProducerPerformance (unkeyed):       {perf_rate:>9.0} records/s");
         let broker_rate = broker_baseline(&args).await?;
         println!("baseline  plain idempotent rdkafka producer, keyed:  {broker_rate:>9.0} records/s");
-        let relay_rate = relay(&args).await?;
-        println!("relay     outbox -> broker, acknowledged:            {relay_rate:>9.0} events/s");
+        let rate = relay(&args).await?;
+        relay_rate = Some(rate);
+        println!("relay     outbox -> broker, acknowledged:            {rate:>9.0} events/s");
         println!(
             "relay / ProducerPerformance = {:.2}   (target >= 0.5; / rdkafka producer = {:.2})",
-            relay_rate / perf_rate,
-            relay_rate / broker_rate
+            rate / perf_rate,
+            rate / broker_rate
         );
+    }
+    if phase("cdc") {
+        let rate = cdc(&args).await?;
+        println!("cdc       outbox -> Debezium -> broker, on Kafka:    {rate:>9.0} events/s");
+        if let Some(relay_rate) = relay_rate {
+            println!("cdc / relay = {:.2}   (the relay's rate of this run)", rate / relay_rate);
+        }
     }
     if phase("intake") {
         let pgbench_tps = baseline(&args).await?;
