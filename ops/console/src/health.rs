@@ -1,0 +1,185 @@
+//! Health at a glance: every consumer group's lag per partition (records and seconds), the skew
+//! between its partitions, whether its committed offsets move; every outbox's backlog. Read from
+//! the broker (the lag exporter's [`BrokerReader`]) and the databases directly, so the page works
+//! without Prometheus.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use orderflow_lag_exporter::broker_view::{GroupView, Snapshot};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// What the page shows, as of one read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    /// When the broker was last read (Unix seconds); `None` before the first read.
+    pub read_at: Option<u64>,
+    /// Why the last read of the broker failed (what is shown is then the read before it).
+    pub broker_error: Option<String>,
+    pub groups: Vec<GroupHealth>,
+    pub outboxes: Vec<OutboxHealth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupHealth {
+    pub name: String,
+    /// Members the coordinator lists; `None` when the broker would not list groups.
+    pub members: Option<usize>,
+    /// Records behind, over every partition.
+    pub lag: i64,
+    /// The oldest unconsumed record's age, over every partition.
+    pub lag_seconds: Option<f64>,
+    /// The worst partition's lag ÷ the median partition's (`None` while the median is 0).
+    pub skew: Option<f64>,
+    /// The longest a partition with lag has gone without its committed offset moving.
+    pub stalled_seconds: f64,
+    pub partitions: Vec<PartitionHealth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionHealth {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub lag: i64,
+    pub lag_seconds: Option<f64>,
+    /// How long since the committed offset last moved (0 while the partition has no lag).
+    pub still_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxHealth {
+    pub name: String,
+    /// Rows not yet published, and the oldest one's age; `None` when the database did not answer.
+    pub pending: Option<i64>,
+    pub oldest_seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Remembers when each group partition's committed offset last moved, across reads.
+#[derive(Default)]
+pub struct Motion {
+    last: HashMap<(String, String, i32), (i64, Instant)>,
+}
+
+impl Motion {
+    /// The groups of `snapshot`, with how long each partition has stood still.
+    pub fn groups(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<GroupHealth> {
+        snapshot.groups.iter().map(|group| self.group(group, now)).collect()
+    }
+
+    fn group(&mut self, group: &GroupView, now: Instant) -> GroupHealth {
+        let partitions: Vec<PartitionHealth> = group
+            .partitions
+            .iter()
+            .map(|p| {
+                let place = (group.name.clone(), p.topic.clone(), p.partition);
+                let (committed, since) = self.last.entry(place).or_insert((p.committed, now));
+                if *committed != p.committed || p.lag == 0 {
+                    (*committed, *since) = (p.committed, now);
+                }
+                PartitionHealth {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    committed: p.committed,
+                    lag: p.lag,
+                    lag_seconds: p.lag_seconds,
+                    still_seconds: now.duration_since(*since).as_secs_f64(),
+                }
+            })
+            .collect();
+        let lags: Vec<i64> = partitions.iter().map(|p| p.lag).collect();
+        GroupHealth {
+            name: group.name.clone(),
+            members: group.members,
+            lag: lags.iter().sum(),
+            lag_seconds: partitions.iter().filter_map(|p| p.lag_seconds).reduce(f64::max),
+            skew: skew(&lags),
+            stalled_seconds: partitions.iter().filter(|p| p.lag > 0).map(|p| p.still_seconds).fold(0.0, f64::max),
+            partitions,
+        }
+    }
+}
+
+/// The worst lag ÷ the median lag (the mean of the middle two for an even count); `None` while the
+/// median is 0 (most partitions idle: a ratio would mean nothing).
+pub fn skew(lags: &[i64]) -> Option<f64> {
+    let mut sorted = lags.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => sorted[n / 2] as f64,
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0,
+    };
+    (median > 0.0).then(|| sorted[n - 1] as f64 / median)
+}
+
+/// Each outbox's backlog, every database asked at once; one that does not answer within
+/// `timeout` is reported as such.
+pub async fn outboxes(databases: &[(String, PgPool)], timeout: Duration) -> Vec<OutboxHealth> {
+    let reads = databases.iter().map(|(name, pool)| async move {
+        match tokio::time::timeout(timeout, orderflow_outbox::backlog(pool)).await {
+            Ok(Ok((pending, oldest))) => {
+                OutboxHealth { name: name.clone(), pending: Some(pending), oldest_seconds: Some(oldest), error: None }
+            }
+            Ok(Err(error)) => OutboxHealth {
+                name: name.clone(),
+                pending: None,
+                oldest_seconds: None,
+                // sqlx names the failure, never the URL's password.
+                error: Some(error.to_string()),
+            },
+            Err(_) => OutboxHealth {
+                name: name.clone(),
+                pending: None,
+                oldest_seconds: None,
+                error: Some(format!("no answer within {timeout:?}")),
+            },
+        }
+    });
+    futures::future::join_all(reads).await
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use orderflow_lag_exporter::broker_view::GroupPartition;
+
+    use super::*;
+
+    #[test]
+    fn skew_is_the_worst_over_the_median_and_undefined_when_most_partitions_are_idle() {
+        assert_eq!(skew(&[10, 10, 40]), Some(4.0));
+        assert_eq!(skew(&[10, 20, 30, 100]), Some(4.0));
+        assert_eq!(skew(&[0, 0, 500]), None);
+        assert_eq!(skew(&[]), None);
+    }
+
+    fn snapshot(committed: i64, lag: i64) -> Snapshot {
+        let partition = GroupPartition { topic: "orders".into(), partition: 0, committed, lag, lag_seconds: Some(1.0) };
+        Snapshot {
+            partitions: vec![],
+            groups: vec![GroupView { name: "g".into(), members: Some(1), partitions: vec![partition] }],
+        }
+    }
+
+    #[test]
+    fn a_partition_with_lag_whose_commit_does_not_move_counts_as_stalled() {
+        let mut motion = Motion::default();
+        let start = Instant::now();
+        motion.groups(&snapshot(5, 3), start);
+        let later = motion.groups(&snapshot(5, 3), start + Duration::from_secs(40));
+        assert_eq!(later[0].stalled_seconds, 40.0);
+        let moved = motion.groups(&snapshot(7, 3), start + Duration::from_secs(45));
+        assert_eq!(moved[0].stalled_seconds, 0.0, "the commit moved");
+        let idle = motion.groups(&snapshot(7, 0), start + Duration::from_secs(90));
+        assert_eq!(idle[0].stalled_seconds, 0.0, "no lag: nothing to wait for");
+    }
+}

@@ -1,0 +1,179 @@
+//! The console's pages, rendered on the server. Every value from the broker, a database or a
+//! record goes through [`esc`]: a header or a payload holding `<script>` shows as text.
+
+use std::fmt::Write;
+
+use crate::health::{GroupHealth, Health, OutboxHealth};
+
+/// `text` safe inside HTML text and attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A whole page: the shared head (styles and script served by the console itself, nothing from
+/// elsewhere) around `body`.
+pub fn layout(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · orderflow console</title>\
+         <link rel=\"stylesheet\" href=\"/static/console.css\">\
+         <script src=\"/static/console.js\" defer></script></head>\n\
+         <body><header><h1>orderflow console</h1><nav><a href=\"/\">Health</a></nav></header>\n\
+         <main>{body}</main></body></html>\n",
+        title = esc(title)
+    )
+}
+
+/// The health page: the live section (re-fetched every few seconds by `console.js`).
+pub fn health_page(health: &Health) -> String {
+    layout(
+        "Health",
+        &format!("<section id=\"health\" data-refresh=\"/fragments/health\">{}</section>", health_fragment(health)),
+    )
+}
+
+/// The health section alone.
+pub fn health_fragment(health: &Health) -> String {
+    let mut html = String::new();
+    match health.read_at {
+        None => html.push_str("<p class=\"warn\">The broker has not been read yet.</p>"),
+        Some(at) => {
+            let _ = write!(
+                html,
+                "<p class=\"meta\">Read from the broker at <time data-unix=\"{at}\">{at}</time> (Unix seconds).</p>"
+            );
+        }
+    }
+    if let Some(error) = &health.broker_error {
+        let _ = write!(html, "<p class=\"error\">Kafka: {} — showing the last good read.</p>", esc(error));
+    }
+    html.push_str("<h2>Consumer groups</h2>");
+    if health.groups.is_empty() {
+        html.push_str("<p>No consumer group known yet.</p>");
+    } else {
+        html.push_str(
+            "<table class=\"groups\"><thead><tr><th>Group</th><th>Members</th><th>Lag (records)</th>\
+             <th>Lag (seconds)</th><th>Skew (worst ÷ median)</th><th>Commit</th></tr></thead><tbody>",
+        );
+        for group in &health.groups {
+            html.push_str(&group_row(group));
+        }
+        html.push_str("</tbody></table>");
+    }
+    html.push_str("<h2>Outboxes</h2>");
+    if health.outboxes.is_empty() {
+        html.push_str("<p>No outbox database configured.</p>");
+    } else {
+        html.push_str("<table class=\"outboxes\"><thead><tr><th>Database</th><th>Pending rows</th><th>Oldest (seconds)</th></tr></thead><tbody>");
+        for outbox in &health.outboxes {
+            html.push_str(&outbox_row(outbox));
+        }
+        html.push_str("</tbody></table>");
+    }
+    html
+}
+
+/// A stall this long (a partition with lag whose commit has not moved) marks the group.
+const STALLED_AFTER_SECS: f64 = 30.0;
+
+fn group_row(group: &GroupHealth) -> String {
+    let members = group.members.map_or("?".to_string(), |m| m.to_string());
+    let seconds = group.lag_seconds.map_or("–".to_string(), |s| format!("{s:.1}"));
+    let skew = group.skew.map_or("–".to_string(), |s| format!("{s:.1}"));
+    let (class, commit) = if group.stalled_seconds >= STALLED_AFTER_SECS {
+        ("stalled", format!("stalled {:.0} s", group.stalled_seconds))
+    } else if group.lag > 0 {
+        ("moving", "moving".to_string())
+    } else {
+        ("idle", "caught up".to_string())
+    };
+    let mut partitions = String::new();
+    for p in group.partitions.iter().filter(|p| p.lag > 0) {
+        let _ = write!(
+            partitions,
+            "<li>{} [{}] at {}: {} behind{}</li>",
+            esc(&p.topic),
+            p.partition,
+            p.committed,
+            p.lag,
+            p.lag_seconds.map_or(String::new(), |s| format!(", {s:.1} s")),
+        );
+    }
+    let details = if partitions.is_empty() {
+        String::new()
+    } else {
+        format!("<details><summary>partitions with lag</summary><ul>{partitions}</ul></details>")
+    };
+    format!(
+        "<tr class=\"{class}\" data-group=\"{name}\"><td>{name}{details}</td><td>{members}</td><td>{lag}</td><td>{seconds}</td>\
+         <td>{skew}</td><td>{commit}</td></tr>",
+        name = esc(&group.name),
+        lag = group.lag,
+    )
+}
+
+fn outbox_row(outbox: &OutboxHealth) -> String {
+    match (&outbox.error, outbox.pending, outbox.oldest_seconds) {
+        (Some(error), _, _) => format!(
+            "<tr class=\"error\" data-outbox=\"{name}\"><td>{name}</td><td colspan=\"2\">unreachable: {error}</td></tr>",
+            name = esc(&outbox.name),
+            error = esc(error)
+        ),
+        (None, pending, oldest) => format!(
+            "<tr data-outbox=\"{name}\"><td>{name}</td><td>{pending}</td><td>{oldest:.1}</td></tr>",
+            name = esc(&outbox.name),
+            pending = pending.unwrap_or_default(),
+            oldest = oldest.unwrap_or_default(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::PartitionHealth;
+
+    #[test]
+    fn markup_in_any_value_is_shown_as_text() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"y\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
+        let health = Health {
+            read_at: Some(1),
+            broker_error: Some("<img src=x onerror=alert(1)>".into()),
+            groups: vec![GroupHealth {
+                name: "<b>g</b>".into(),
+                members: Some(1),
+                lag: 3,
+                lag_seconds: Some(2.0),
+                skew: None,
+                stalled_seconds: 0.0,
+                partitions: vec![PartitionHealth {
+                    topic: "<t>".into(),
+                    partition: 0,
+                    committed: 1,
+                    lag: 3,
+                    lag_seconds: None,
+                    still_seconds: 0.0,
+                }],
+            }],
+            outboxes: vec![],
+        };
+        let html = health_page(&health);
+        assert!(!html.contains("<img") && !html.contains("<b>g") && !html.contains("<t>"), "{html}");
+        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    }
+}
