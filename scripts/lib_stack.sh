@@ -71,29 +71,37 @@ secret_file() {
 # out (the drill starts its own payment instances). Exports each listener's url_env and each
 # database's ORDERFLOW_<DATABASE>_DATABASE_URL_FILE for the tools.
 start_stack() {
-    local lines line name binary database database_env health listens env_list
+    local lines line name binary database database_env health listens env_list reads
     lines="$(python3 "$ROOT/scripts/manifest.py" shell)" || die "the service manifest is broken (above)"
     mapfile -t lines <<<"$lines"
     for line in "${lines[@]}"; do
-        IFS='|' read -r name binary database database_env health listens env_list <<<"$line"
+        IFS='|' read -r name binary database database_env health listens env_list reads <<<"$line"
         if [[ " ${ORDERFLOW_SKIP_SERVICES:-} " == *" $name "* ]]; then
             log "not starting $name (ORDERFLOW_SKIP_SERVICES)"
             continue
         fi
-        start_manifest_service "$name" "$binary" "$database" "$database_env" "$health" "$listens" "$env_list"
+        start_manifest_service "$name" "$binary" "$database" "$database_env" "$health" "$listens" "$env_list" "$reads"
     done
 }
 
-# start_manifest_service NAME BINARY DATABASE DATABASE_ENV HEALTH LISTENS ENV: one manifest line.
+# start_manifest_service NAME BINARY DATABASE DATABASE_ENV HEALTH LISTENS ENV READS: one manifest
+# line.
 start_manifest_service() {
-    local name="$1" binary="$2" database="$3" database_env="$4" health="$5" listens="$6" env_list="$7"
-    local vars=() listeners=() settings=() url listener env offset url_env port first_port="" setting
+    local name="$1" binary="$2" database="$3" database_env="$4" health="$5" listens="$6" env_list="$7" reads="${8:-}"
+    local vars=() listeners=() settings=() url listener env offset url_env port first_port="" setting read file
     if [ -n "$database" ]; then
         url="$(ensure_database "${ORDERFLOW_DB_PREFIX}_$database")"
         url="$(secret_file "$database-database-url" "$url")"
         export "ORDERFLOW_${database^^}_DATABASE_URL_FILE=$url"
         vars+=("${database_env}_FILE=$url")
     fi
+    # The databases it reads: their owners, started before it, exported their URL files.
+    IFS=',' read -ra settings <<<"$reads"
+    for read in "${settings[@]}"; do
+        file="ORDERFLOW_${read^^}_DATABASE_URL_FILE"
+        [ -n "${!file:-}" ] && vars+=("$file=${!file}")
+    done
+    settings=()
     IFS=',' read -ra listeners <<<"$listens"
     for listener in "${listeners[@]}"; do
         IFS=':' read -r env offset url_env <<<"$listener"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).resolve().parent.parent / "ops" / "services.toml"
 REQUIRED = ("name", "binary", "home", "health", "listen")
-KNOWN = set(REQUIRED) | {"database", "database_env", "needs", "group", "topics", "env", "optional"}
+KNOWN = set(REQUIRED) | {"database", "database_env", "reads", "needs", "group", "topics", "env", "optional"}
 
 
 class ManifestError(Exception):
@@ -28,7 +28,7 @@ def load(path=MANIFEST):
         services = tomllib.load(f).get("service", [])
     if not services:
         raise ManifestError(f"{path}: no [[service]] entries")
-    seen, ports = {}, {}
+    seen, ports, owned = {}, {}, set()
     root = Path(path).resolve().parent.parent
     for index, service in enumerate(services):
         name = service.get("name", f"#{index + 1}")
@@ -57,6 +57,11 @@ def load(path=MANIFEST):
             if other:
                 raise ManifestError(f"{where}: local port offset {listener['local']} is {other}'s too")
             ports[listener["local"]] = name
+        for database in service.get("reads", []):
+            if database not in owned:
+                raise ManifestError(f"{where}: reads {database}, which no service listed before it owns")
+        if "database" in service:
+            owned.add(service["database"])
         for need in service.get("needs", []):
             if need not in seen:
                 raise ManifestError(f"{where}: needs {need}, which is not a service listed before it")
@@ -67,11 +72,12 @@ def load(path=MANIFEST):
 
 
 def shell_lines(services):
-    """name|binary|database|database_env|health|env:local:url_env,…|NAME=value,…"""
+    """name|binary|database|database_env|health|env:local:url_env,…|NAME=value,…|read,…"""
     for s in services:
         listens = ",".join(f"{l['env']}:{l['local']}:{l.get('url_env', '')}" for l in s["listen"])
         env = ",".join(f"{k}={v}" for k, v in s.get("env", {}).items())
-        fields = [s["name"], s["binary"], s.get("database", ""), s.get("database_env", ""), s["health"], listens, env]
+        reads = ",".join(s.get("reads", []))
+        fields = [s["name"], s["binary"], s.get("database", ""), s.get("database_env", ""), s["health"], listens, env, reads]
         if any("|" in field for field in fields):
             raise ManifestError(f"service {s['name']}: '|' in a field")
         yield "|".join(fields)

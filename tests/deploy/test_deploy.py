@@ -189,7 +189,7 @@ class ReviewersChecks(unittest.TestCase):
             "outbox-relay": {"/healthz"}, "payment": {"/healthz", "/readyz"}, "order-service": {"/healthz", "/readyz"},
             "inventory": {"/healthz", "/readyz"}, "notifications": {"/healthz", "/readyz"}, "analytics": {"/healthz", "/readyz"},
             "payment-simulator": {"/healthz"},
-            "notification-simulator": {"/healthz"},
+            "notification-simulator": {"/healthz"}, "orderflow-console": {"/healthz", "/readyz"},
         }
         for owner, spec in pod_specs(self.docs):
             for c in containers(spec):

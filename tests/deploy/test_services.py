@@ -31,6 +31,10 @@ def camel(name: str) -> str:
     return first + "".join(part.title() for part in rest)
 
 
+def read_env(database: str) -> str:
+    return f"ORDERFLOW_{database.upper()}_DATABASE_URL"
+
+
 def first_url(name: str) -> tuple[str, int]:
     listener = BY_NAME[name]["listen"][0]
     return listener["url_env"], listener["port"]
@@ -99,7 +103,10 @@ class ComposeAgrees(unittest.TestCase):
                 self.assertEqual(service["healthcheck"]["test"][-1], f"http://127.0.0.1:{port}{s['health']}")
                 if "database" in s:
                     self.assertRegex(env[s["database_env"]], rf"^postgres://[^@]+@postgres:5432/{s['database']}$")
-                self.assertEqual([k for k in env if k.endswith("DATABASE_URL")], [s["database_env"]] if "database" in s else [])
+                urls = ([s["database_env"]] if "database" in s else []) + [read_env(r) for r in s.get("reads", [])]
+                self.assertEqual(sorted(k for k in env if k.endswith("DATABASE_URL")), sorted(urls))
+                for read in s.get("reads", []):
+                    self.assertRegex(env[read_env(read)], rf"^postgres://[^@]+@postgres:5432/{read}$")
                 for key, value in s.get("env", {}).items():
                     self.assertEqual(env[key], value)
                 for need in s.get("needs", []):
@@ -141,7 +148,8 @@ class ChartAgrees(unittest.TestCase):
                 if "database" in s:
                     self.assertIn(camel(s["database"]), self.keys, "the chart's database.keys has no key for it")
                 expected = [(s["database_env"], self.keys[camel(s["database"])])] if "database" in s else []
-                self.assertEqual(secrets, expected, "its own database and no other")
+                expected += [(read_env(r), self.keys[camel(r)]) for r in s.get("reads", [])]
+                self.assertEqual(sorted(secrets), sorted(expected), "its own database, the ones it reads, no other")
                 for key, value in s.get("env", {}).items():
                     self.assertEqual(env[key]["value"], value)
                 for need in s.get("needs", []):

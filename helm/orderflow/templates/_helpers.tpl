@@ -240,6 +240,21 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
     ORDERFLOW_METRICS_LISTEN: "0.0.0.0:9100"
     ORDERFLOW_LAG_INTERVAL_SECS: {{ $v.lagExporter.intervalSeconds | quote }}
     ORDERFLOW_LAG_GROUPS: payment,order-service,inventory,notifications,analytics
+- name: console
+  command: [orderflow-console]
+  replicas: {{ $v.console.replicas }}
+  resources: {{ toJson $v.console.resources }}
+  reads: [orders, payments, inventory]
+  ports: [{name: http, port: 8070}]
+  service: {port: {{ $v.console.service.port }}}
+  probes: {port: http, live: /healthz, ready: /readyz}
+  metricsPort: http
+  reaches: [database, kafka]
+  ingressFrom: [operators]
+  env:
+    ORDERFLOW_CONSOLE_LISTEN: "0.0.0.0:8070"
+    ORDERFLOW_CONSOLE_INTERVAL_SECS: {{ $v.console.intervalSeconds | quote }}
+    ORDERFLOW_LAG_GROUPS: payment,order-service,inventory,notifications,analytics
 {{- if $v.simulators.enabled }}
 - name: payment-simulator
   command: [payment-simulator]
