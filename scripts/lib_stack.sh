@@ -197,6 +197,8 @@ start_service() {
 # for a clean exit, then SIGKILL), so consumers commit while the broker is still up.
 stop_started_services() {
     local pid i
+    # A second ctrl-c (or TERM) while stopping would abandon what is still running.
+    trap '' INT TERM
     for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
         pid="${STARTED_PIDS[$i]}"
         kill -TERM "$pid" 2>/dev/null || continue
