@@ -76,7 +76,8 @@ fn every_binary_takes_the_settings_the_manifest_passes_it() {
         let help = String::from_utf8(help.stdout).unwrap();
         let mut names: Vec<String> = service.listen.iter().map(|l| l.env.clone()).collect();
         names.extend(service.database_env.clone());
-        names.extend(service.reads.iter().map(|database| format!("ORDERFLOW_{}_DATABASE_URL", database.to_uppercase())));
+        names
+            .extend(service.reads.iter().map(|database| format!("ORDERFLOW_{}_DATABASE_URL", database.to_uppercase())));
         names.extend(service.env.keys().cloned());
         names.extend(service.needs.iter().map(|n| url_env(n)));
         for name in names {

@@ -32,8 +32,30 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+impl DeadLetter {
+    /// A record read from a DLT, with the reasons its headers carry.
+    pub fn of(message: OwnedMessage) -> DeadLetter {
+        DeadLetter {
+            partition: message.partition(),
+            offset: message.offset(),
+            event_id: header(&message, headers::EVENT_ID),
+            event_type: header(&message, headers::EVENT_TYPE),
+            original_topic: header(&message, headers::dlt::ORIGINAL_TOPIC),
+            error_class: header(&message, headers::dlt::ERROR_CLASS).unwrap_or_else(|| "unknown".into()),
+            error_message: header(&message, headers::dlt::ERROR_MESSAGE).unwrap_or_default(),
+            attempts: header(&message, headers::dlt::ATTEMPTS),
+            message,
+        }
+    }
+}
+
 /// Reads a DLT from the beginning to its current end.
 pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    read_tail(kafka, dlt, None)
+}
+
+/// Reads a DLT to its current end: every record, or the last `last` of each partition.
+pub fn read_tail(kafka: &KafkaSettings, dlt: &str, last: Option<i64>) -> anyhow::Result<Vec<DeadLetter>> {
     let group = kafka.group(&format!("dlt-reader-{}", uuid::Uuid::new_v4().simple()));
     let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", &group).create().context("creating a reader")?;
     let metadata = consumer.fetch_metadata(Some(dlt), Duration::from_secs(10)).context("reading topic metadata")?;
@@ -45,9 +67,10 @@ pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>>
     let mut ends = BTreeMap::new();
     for partition in topic.partitions() {
         let (low, high) = consumer.fetch_watermarks(dlt, partition.id(), Duration::from_secs(10))?;
-        if high > low {
+        let from = last.map_or(low, |last| (high - last).max(low));
+        if high > from {
             ends.insert(partition.id(), high);
-            assignment.add_partition_offset(dlt, partition.id(), Offset::Offset(low))?;
+            assignment.add_partition_offset(dlt, partition.id(), Offset::Offset(from))?;
         }
     }
     consumer.assign(&assignment)?;
@@ -62,20 +85,33 @@ pub fn read(kafka: &KafkaSettings, dlt: &str) -> anyhow::Result<Vec<DeadLetter>>
         if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
             ends.remove(&message.partition());
         }
-        out.push(DeadLetter {
-            partition: message.partition(),
-            offset: message.offset(),
-            event_id: header(&message, headers::EVENT_ID),
-            event_type: header(&message, headers::EVENT_TYPE),
-            original_topic: header(&message, headers::dlt::ORIGINAL_TOPIC),
-            error_class: header(&message, headers::dlt::ERROR_CLASS).unwrap_or_else(|| "unknown".into()),
-            error_message: header(&message, headers::dlt::ERROR_MESSAGE).unwrap_or_default(),
-            attempts: header(&message, headers::dlt::ATTEMPTS),
-            message,
-        });
+        out.push(DeadLetter::of(message));
     }
     out.sort_by_key(|d| (d.partition, d.offset));
     Ok(out)
+}
+
+/// The record of a DLT at `partition` and `offset`; `None` when there is none (past its end, or
+/// deleted by retention).
+pub fn read_one(kafka: &KafkaSettings, dlt: &str, partition: i32, offset: i64) -> anyhow::Result<Option<DeadLetter>> {
+    let group = kafka.group(&format!("dlt-reader-{}", uuid::Uuid::new_v4().simple()));
+    let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", &group).create().context("creating a reader")?;
+    let (low, high) =
+        consumer.fetch_watermarks(dlt, partition, Duration::from_secs(10)).context("reading the DLT's offsets")?;
+    if !(low..high).contains(&offset) {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(dlt, partition, Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let Some(received) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = received.context("reading the DLT")?.detach();
+        // A compacted or transactional topic may skip the offset asked for.
+        return Ok((message.offset() == offset).then(|| DeadLetter::of(message)));
+    }
+    bail!("timed out reading {dlt} [{partition}] at {offset}")
 }
 
 /// Which dead letters to replay; every given criterion must match.

@@ -249,7 +249,7 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   service: {port: {{ $v.console.service.port }}}
   probes: {port: http, live: /healthz, ready: /readyz}
   metricsPort: http
-  reaches: [database, kafka]
+  reaches: [database, kafka, registry]
   ingressFrom: [operators]
   env:
     ORDERFLOW_CONSOLE_LISTEN: "0.0.0.0:8070"

@@ -21,6 +21,7 @@ pub struct Health {
     pub broker_error: Option<String>,
     pub groups: Vec<GroupHealth>,
     pub outboxes: Vec<OutboxHealth>,
+    pub dead_letters: Vec<crate::dead_letters::DeadLetterTopic>,
 }
 
 #[derive(Debug, Clone, Serialize)]

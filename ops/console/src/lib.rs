@@ -5,11 +5,16 @@
 //! Prometheus and while the broker or a database is down (the page says which, and shows the
 //! last good read).
 //!
+//! Dead letters ([`dead_letters`]): every `*.DLT` topic with its untriaged count on the health
+//! page; `/dead-letters/<topic>` lists a topic's newest records by error class;
+//! `/dead-letters/<topic>/<partition>/<offset>` opens one, its payload decoded via the registry.
+//!
 //! Routes: `/` (the page), `/fragments/health` (its live section), `/api/health` (the same as
 //! JSON), `/static/*` (its one stylesheet and script, built in: nothing comes from a CDN), and
 //! `/metrics`, `/healthz`, `/readyz`. Every response forbids framing and inline script
 //! (`Content-Security-Policy`), so a value that slipped past escaping could still not run.
 
+pub mod dead_letters;
 pub mod health;
 pub mod page;
 
@@ -22,25 +27,36 @@ use std::{
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use health::{Health, Motion};
+use orderflow_consumer_runtime::dlt_tools;
 use orderflow_lag_exporter::broker_view::{BrokerReader, ReaderSettings};
+use orderflow_platform::kafka::KafkaSettings;
+use orderflow_schemas::EventCodec;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub struct ConsoleSettings {
     pub reader: ReaderSettings,
+    /// Decodes dead-lettered payloads (none: they are shown as hex).
+    pub codec: Option<Arc<EventCodec>>,
     /// The outbox databases shown, by name.
     pub outboxes: Vec<(String, PgPool)>,
     /// How often the broker and the databases are read.
     pub interval: Duration,
 }
 
-type Shared = Arc<RwLock<Health>>;
+/// What the handlers share: the latest read, and what they need to read more.
+#[derive(Clone)]
+struct Shared {
+    health: Arc<RwLock<Health>>,
+    kafka: KafkaSettings,
+    codec: Option<Arc<EventCodec>>,
+}
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
@@ -53,9 +69,11 @@ pub async fn run(
     registry: prometheus::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shared: Shared = Arc::default();
+    let shared = Shared { health: Arc::default(), kafka: settings.reader.kafka.clone(), codec: settings.codec.clone() };
     let routes = Router::new()
         .route("/", get(index))
+        .route("/dead-letters/{topic}", get(dead_letter_topic))
+        .route("/dead-letters/{topic}/{partition}/{offset}", get(dead_letter_record))
         .route("/fragments/health", get(health_fragment))
         .route("/api/health", get(health_json))
         .route("/static/console.css", get(|| async { asset("text/css", include_str!("../static/console.css")) }))
@@ -83,6 +101,7 @@ async fn read_loop(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let timeout = settings.reader.timeout;
+    let triage_group = settings.reader.triage_group.as_deref().map(|g| settings.reader.kafka.group(g));
     let mut reader = Some(BrokerReader::new(settings.reader)?);
     let mut motion = Motion::default();
     let mut tick = tokio::time::interval(settings.interval);
@@ -100,11 +119,12 @@ async fn read_loop(
         let (outboxes, broker) = tokio::join!(health::outboxes(&settings.outboxes, timeout), broker);
         let (back, result) = broker.context("the broker read panicked")?;
         reader = Some(back);
-        let mut health = shared.write().expect("health lock");
+        let mut health = shared.health.write().expect("health lock");
         health.outboxes = outboxes;
         match result {
             Ok(snapshot) => {
                 health.groups = motion.groups(&snapshot, Instant::now());
+                health.dead_letters = dead_letters::topics(&snapshot, triage_group.as_deref());
                 health.read_at = Some(health::unix_now());
                 health.broker_error = None;
             }
@@ -117,19 +137,73 @@ async fn read_loop(
 }
 
 async fn index(State(shared): State<Shared>) -> Html<String> {
-    Html(page::health_page(&shared.read().expect("health lock")))
+    Html(page::health_page(&shared.health.read().expect("health lock")))
 }
 
 async fn health_fragment(State(shared): State<Shared>) -> Html<String> {
-    Html(page::health_fragment(&shared.read().expect("health lock")))
+    Html(page::health_fragment(&shared.health.read().expect("health lock")))
 }
 
 async fn health_json(State(shared): State<Shared>) -> Json<Health> {
-    Json(shared.read().expect("health lock").clone())
+    Json(shared.health.read().expect("health lock").clone())
+}
+
+/// A DLT the last read of the broker listed; only those may be read through the console.
+fn known_topic(shared: &Shared, topic: &str) -> Option<dead_letters::DeadLetterTopic> {
+    let health = shared.health.read().expect("health lock");
+    health.dead_letters.iter().find(|t| t.topic == topic).cloned()
+}
+
+fn not_found(what: &str) -> Response {
+    let body = page::layout("Not found", &format!("<p class=\"error\">{}.</p>", page::esc(what)));
+    (StatusCode::NOT_FOUND, Html(body)).into_response()
+}
+
+/// The broker did not answer: the page says so.
+fn unavailable(what: &str, error: &anyhow::Error) -> Response {
+    let body = page::layout(
+        "Kafka unavailable",
+        &format!("<p class=\"error\">{}: {}</p>", page::esc(what), page::esc(&format!("{error:#}"))),
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, Html(body)).into_response()
+}
+
+async fn dead_letter_topic(State(shared): State<Shared>, Path(topic): Path<String>) -> Response {
+    let Some(known) = known_topic(&shared, &topic) else {
+        return not_found(&format!("No dead-letter topic {topic}"));
+    };
+    let kafka = shared.kafka.clone();
+    let name = topic.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        dlt_tools::read_tail(&kafka, &name, Some(dead_letters::RECENT_PER_PARTITION))
+    });
+    match read.await.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(records) => Html(dead_letters::topic_page(&known, &records)).into_response(),
+        Err(error) => unavailable(&format!("reading {topic}"), &error),
+    }
+}
+
+async fn dead_letter_record(
+    State(shared): State<Shared>,
+    Path((topic, partition, offset)): Path<(String, i32, i64)>,
+) -> Response {
+    if known_topic(&shared, &topic).is_none() {
+        return not_found(&format!("No dead-letter topic {topic}"));
+    }
+    let kafka = shared.kafka.clone();
+    let name = topic.clone();
+    let read = tokio::task::spawn_blocking(move || dlt_tools::read_one(&kafka, &name, partition, offset));
+    match read.await.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(Some(record)) => {
+            Html(dead_letters::record_page(&topic, &record, shared.codec.as_deref()).await).into_response()
+        }
+        Ok(None) => not_found(&format!("{topic} has no record at [{partition}] {offset}")),
+        Err(error) => unavailable(&format!("reading {topic}"), &error),
+    }
 }
 
 async fn ready(State(shared): State<Shared>) -> (StatusCode, &'static str) {
-    match shared.read().expect("health lock").read_at {
+    match shared.health.read().expect("health lock").read_at {
         Some(_) => (StatusCode::OK, "ready"),
         None => (StatusCode::SERVICE_UNAVAILABLE, "the broker has not been read yet"),
     }

@@ -12,6 +12,9 @@ use sqlx::postgres::PgPoolOptions;
 struct Args {
     #[command(flatten)]
     kafka: orderflow_platform::kafka::KafkaArgs,
+    /// The schema registry dead-lettered payloads are decoded with.
+    #[command(flatten)]
+    registry: orderflow_schemas::RegistryArgs,
     /// Where the console (and its `/metrics`, `/healthz`, `/readyz`) is served.
     #[arg(long, env = "ORDERFLOW_CONSOLE_LISTEN", default_value = "127.0.0.1:9110")]
     listen: String,
@@ -60,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
         // The parse error is not repeated: it may quote the URL, password and all.
         outboxes.push((name.to_string(), pool.map_err(|_| anyhow::anyhow!("the {name} database URL does not parse"))?));
     }
+    let codec = orderflow_schemas::EventCodec::new(args.registry.access()?, timeout)?;
     let settings = ConsoleSettings {
+        codec: Some(std::sync::Arc::new(codec)),
         reader: ReaderSettings {
             kafka: args.kafka.settings()?,
             groups: args.groups.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),

@@ -72,6 +72,8 @@ pub fn health_fragment(health: &Health) -> String {
         }
         html.push_str("</tbody></table>");
     }
+    html.push_str("<h2>Dead letters</h2>");
+    html.push_str(&crate::dead_letters::summary_table(&health.dead_letters));
     html.push_str("<h2>Outboxes</h2>");
     if health.outboxes.is_empty() {
         html.push_str("<p>No outbox database configured.</p>");
@@ -171,6 +173,7 @@ mod tests {
                 }],
             }],
             outboxes: vec![],
+            dead_letters: vec![],
         };
         let html = health_page(&health);
         assert!(!html.contains("<img") && !html.contains("<b>g") && !html.contains("<t>"), "{html}");
