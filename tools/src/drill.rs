@@ -1,7 +1,10 @@
 //! The drain drill's measures (docs/failure-catalog.md §8: payments down, a backlog, instances come back),
 //! shared by `orderflow-drill` and the small drill in the test suite.
 
-use std::{collections::HashMap, fmt};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
 
 use orderflow_payment_simulator::{LedgerEntry, faults::Stats};
 
@@ -31,6 +34,10 @@ pub struct DrillReport {
     pub duplicate_charges: u64,
     /// Orders still PLACED when the drill ended.
     pub pending: u64,
+    /// Provider calls that sent no request, by why (`window`, `rate_limit`, `breaker_open`, …).
+    pub held_back: BTreeMap<String, u64>,
+    /// Records that waited for a dependency (a held-back call, an outage) before going again.
+    pub waits: u64,
 }
 
 impl DrillReport {
@@ -59,6 +66,11 @@ impl DrillReport {
             metric_sum(text, "orderflow_provider_breaker_transitions_total", &[r#"to="open""#]) as u64;
         self.dead_lettered +=
             metric_sum(text, "orderflow_consumer_records_total", &[r#"outcome="dead_lettered""#]) as u64;
+        self.waits +=
+            metric_sum(text, "orderflow_consumer_records_total", &[r#"outcome="waited_for_dependency""#]) as u64;
+        for (reason, count) in metric_by_label(text, "orderflow_provider_held_back_total", "reason") {
+            *self.held_back.entry(reason).or_default() += count as u64;
+        }
     }
 }
 
@@ -84,6 +96,13 @@ impl fmt::Display for DrillReport {
         )?;
         writeln!(f, "  retries            {}", self.retries)?;
         writeln!(f, "  breaker openings   {}", self.breaker_openings)?;
+        let held: Vec<String> = self.held_back.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+        writeln!(
+            f,
+            "  held back          {} (calls that sent no request); records that waited: {}",
+            if held.is_empty() { "none".to_string() } else { held.join(", ") },
+            self.waits
+        )?;
         writeln!(f, "  dead-lettered      {}", self.dead_lettered)?;
         writeln!(f, "  duplicate charges  {}", self.duplicate_charges)?;
         write!(f, "  orders pending     {}", self.pending)
@@ -111,6 +130,23 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A metric's samples summed by the value of one label.
+pub fn metric_by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let prefix = format!("{label}=\"");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (Some(metric), Ok(value)) = (series.split('{').next(), value.parse::<f64>()) else { continue };
+        if metric != name {
+            continue;
+        }
+        let Some(start) = series.find(&prefix).map(|i| i + prefix.len()) else { continue };
+        let Some(end) = series[start..].find('"') else { continue };
+        *out.entry(series[start..start + end].to_string()).or_default() += value;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +158,16 @@ mod tests {
                     orderflow_provider_retries_total_other{decision=\"allowed\"} 7\n";
         assert_eq!(metric_sum(text, "orderflow_provider_retries_total", &[r#"decision="allowed""#]), 3.0);
         assert_eq!(metric_sum(text, "orderflow_provider_retries_total", &[]), 8.0);
+    }
+
+    #[test]
+    fn metric_by_label_sums_per_label_value() {
+        let text = "orderflow_provider_held_back_total{reason=\"window\"} 2\n\
+                    orderflow_provider_held_back_total{reason=\"rate_limit\"} 40\n\
+                    orderflow_provider_held_back_total{reason=\"window\"} 1\n\
+                    orderflow_provider_requests_total{outcome=\"ok\"} 9\n";
+        let by = metric_by_label(text, "orderflow_provider_held_back_total", "reason");
+        assert_eq!(by.into_iter().collect::<Vec<_>>(), vec![("rate_limit".into(), 40.0), ("window".into(), 3.0)]);
     }
 
     #[test]
