@@ -97,6 +97,29 @@ impl ConsumerHandle {
     }
 }
 
+impl ConsumerHandle {
+    /// Lets this last handle go and waits, up to `limit`, until the consumer has closed: the
+    /// caller returns with nothing of the consumer still running. (A process that exited while a
+    /// consumer was closing on a detached thread, mid-TLS, aborted in OpenSSL's teardown.) The
+    /// other handles — the workers', a commit's thread — are let go on threads of their own
+    /// first; past `limit` the close goes on detached, as any drop's.
+    pub async fn close(mut self, limit: std::time::Duration) {
+        let Some(consumer) = self.0.take() else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        while std::sync::Arc::strong_count(&consumer) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (done, closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            tracing::warn!("the consumer did not close within {limit:?}; it goes on closing in the background");
+        }
+    }
+}
+
 impl std::ops::Deref for ConsumerHandle {
     type Target = rdkafka::consumer::StreamConsumer<RuntimeContext>;
 

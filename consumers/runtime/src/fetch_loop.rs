@@ -222,13 +222,13 @@ pub async fn run<H: Handler>(
         }
         Ok(Err(_)) | Err(_) => tracing::warn!("final commit did not finish in 10 s; the next owner re-reads"),
     }
-    // The lag report gives up on its first failed request; the consumer closes on a thread of
-    // its own once the last handle is gone (see `ConsumerHandle`).
+    // The lag report gives up on its first failed request. The consumer closes (leaves the
+    // group) on a thread of its own, and `run` returns once it has (see `ConsumerHandle`).
     if let Some(report) = lag_report {
         let _ = report.await;
     }
     drop(shared);
-    drop(consumer);
+    consumer.close(Duration::from_secs(15)).await;
     tracing::info!(%group, "consumer stopped");
     Ok(())
 }
