@@ -229,21 +229,27 @@ async fn broker_baseline(args: &Args) -> anyhow::Result<f64> {
     Ok(acked as f64 / elapsed)
 }
 
+/// `count` outbox rows for `topic`, 180-byte payloads, random keys, in one statement.
+async fn seed_outbox(pool: &PgPool, topic: &str, count: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
+         SELECT gen_random_uuid(), $1, gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now()
+         FROM generate_series(1, $2)",
+    )
+    .bind(topic)
+    .bind(count)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn relay(args: &Args) -> anyhow::Result<f64> {
     let (_, pool) = scratch_database(&args.admin_url, "orderflow_bench_relay").await?;
     orderflow_outbox::migrate(&pool).await?;
     let kafka = args.kafka.settings()?;
     let topic = format!("bench-relay-{}", uuid::Uuid::new_v4().simple());
     kafka.ensure_topics(&[(&kafka.topic(&topic), 12)]).await?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
-         SELECT gen_random_uuid(), $1, gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now()
-         FROM generate_series(1, $2)",
-    )
-    .bind(&topic)
-    .bind(args.relay_events)
-    .execute(&pool)
-    .await?;
+    seed_outbox(&pool, &topic, args.relay_events).await?;
     let producer = kafka.producer("bench-relay", Duration::from_secs(120));
     let settings = RelaySettings {
         batch_size: args.relay_batch,
@@ -289,15 +295,7 @@ async fn cdc(args: &Args) -> anyhow::Result<f64> {
     let outbox =
         Outbox { database_url: &url, database: NAME, bootstrap: &kafka.bootstrap, namespace: &kafka.namespace };
     let worker = ConnectWorker::spawn(std::path::Path::new(&template), &outbox).await?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, topic, message_key, event_type, schema_version, payload, occurred_at)
-         SELECT gen_random_uuid(), $1, gen_random_uuid()::text, 'OrderPlaced', 2, decode(repeat('00', 180), 'hex'), now()
-         FROM generate_series(1, $2)",
-    )
-    .bind(&topic)
-    .bind(args.relay_events)
-    .execute(&pool)
-    .await?;
+    seed_outbox(&pool, &topic, args.relay_events).await?;
     let start = Instant::now();
     let reader: BaseConsumer = kafka.consumer("bench-cdc-watermarks", &kafka.group("bench-cdc")).create()?;
     let broker_topic = kafka.topic(&topic);
