@@ -172,6 +172,19 @@ impl KafkaSettings {
     /// takes: a service started before Kafka starts when Kafka does). A broker that refuses the
     /// client — wrong SASL credentials, a certificate that does not verify — is an error at
     /// once, naming the cause and where the settings come from (never their values).
+    /// Runs `work` — a service that keeps serving while Kafka is away — and stops it early, with
+    /// the reason, if the broker refuses this client's credentials ([`Self::check_access`]).
+    pub async fn unless_refused<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        tokio::pin!(work);
+        tokio::select! {
+            done = &mut work => done,
+            access = self.check_access() => {
+                access?;
+                work.await
+            }
+        }
+    }
+
     pub async fn check_access(&self) -> anyhow::Result<()> {
         let watch = AccessWatch::default();
         let refused = watch.refused.clone();

@@ -81,11 +81,7 @@ pub async fn run(
         .route("/readyz", get(ready))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(shared.clone());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
+    let stopped = orderflow_platform::shutdown::fan_out(shutdown);
     let mut server_stopped = stopped.clone();
     let server = tokio::spawn(orderflow_platform::metrics::serve_with(listener, registry, routes, async move {
         let _ = server_stopped.wait_for(|s| *s).await;

@@ -83,13 +83,6 @@ async fn main() -> anyhow::Result<()> {
         prometheus::Registry::new(),
         orderflow_platform::shutdown::shutdown_signal(),
     );
-    tokio::pin!(console);
     // It serves while Kafka is away (the page says so); credentials the broker refuses stop it.
-    tokio::select! {
-        done = &mut console => done,
-        access = kafka.check_access() => {
-            access?;
-            console.await
-        }
-    }
+    kafka.unless_refused(console).await
 }

@@ -55,14 +55,7 @@ async fn main() -> anyhow::Result<()> {
         prometheus::Registry::new(),
         orderflow_platform::shutdown::shutdown_signal(),
     );
-    tokio::pin!(exporter);
     // The exporter serves while Kafka is away (its gauges say so); a broker refusing our
     // credentials is a mistake to stop on at once, not an outage to wait out.
-    tokio::select! {
-        done = &mut exporter => done,
-        access = kafka.check_access() => {
-            access?;
-            exporter.await
-        }
-    }
+    kafka.unless_refused(exporter).await
 }
