@@ -43,8 +43,30 @@ pub struct TestBroker {
     pub ca: Option<TestCa>,
 }
 
+/// A port on 127.0.0.1 that nothing listens on now, for a process the test starts to bind
+/// later. Drawn at random below the kernel's ephemeral range (`ip_local_port_range`), never from
+/// it: a port the kernel hands out for `bind(0)` is also the local end it picks for outgoing
+/// connections, and with the suite's hundreds of connections one of them took a test broker's
+/// port between the draw and the broker's bind (the broker exited at start with "Address already
+/// in use"). Each port is handed out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::{collections::HashSet, sync::Mutex};
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 { (10_000, ephemeral_low - 1) } else { (ephemeral_low, u16::MAX) };
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let port = rand::random_range(low..=high);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {low} and {high} after 1000 draws");
 }
 
 impl TestBroker {
