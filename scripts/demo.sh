@@ -18,7 +18,8 @@ ensure_broker
 start_stack
 
 log "stack is up: order-api $ORDERFLOW_API_URL, registry $ORDERFLOW_REGISTRY_URL, broker $ORDERFLOW_KAFKA_BOOTSTRAP"
-log "ops console: $ORDERFLOW_CONSOLE_URL (lag per group and partition, outbox backlogs)"
+log "ops console: $ORDERFLOW_CONSOLE_URL (lag, outboxes, dead letters, an order's story; replay and triage sign in as"
+log "     oncall, password in $ORDERFLOW_STATE_DIR/auth/console-password)"
 log "try: TOKEN=\$($CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-token sign --key $ORDERFLOW_API_TOKEN_KEY --issuer orderflow-local --subject you --scope orders:read)"
 log "     curl -s -H \"Authorization: Bearer \$TOKEN\" $ORDERFLOW_API_URL/orders/<order_id> | python3 -m json.tool"
 log "     curl -s $ORDERFLOW_ANALYTICS_URL/funnel ; curl -s $ORDERFLOW_NOTIFY_PROVIDER_ADMIN_URL/ledger | head -c 400"

@@ -12,10 +12,14 @@ ensure_apt_packages() {
     # python3-venv: the deployment tests' own Python environment (ensure_python_tools).
     # openssl: the TLS tests (Postgres, the providers) make their certificate authority with it.
     # procps: scripts/cluster.sh tells a live node from a zombie with ps.
-    local wanted=(build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl ca-certificates
-        python3 python3-venv prometheus docker-compose openssl procps)
+    ensure_debian_packages build-essential pkg-config libssl-dev zlib1g-dev postgresql postgresql-client curl \
+        ca-certificates python3 python3-venv prometheus docker-compose openssl procps
+}
+
+# The named Debian packages, installed when missing.
+ensure_debian_packages() {
     local missing=()
-    for p in "${wanted[@]}"; do
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -42,4 +46,25 @@ PY
     log "installing the deployment tests' Python packages into $venv"
     [ -x "$ORDERFLOW_PYTHON" ] || python3 -m venv "$venv" || die "cannot create a virtualenv (Debian: apt-get install python3-venv)"
     "$ORDERFLOW_PYTHON" -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
+}
+
+# The browser tests: Debian's chromium, driven by playwright-core from npm (pinned by
+# tests/browser/package-lock.json; playwright-core downloads no browser) installed once into a
+# cache keyed by the lock file. Exports ORDERFLOW_NODE_MODULES and ORDERFLOW_CHROMIUM.
+ensure_browser_tools() {
+    ensure_debian_packages chromium
+    command -v npm >/dev/null || ensure_debian_packages nodejs npm
+    local lock="$ROOT/tests/browser/package-lock.json"
+    local dir
+    dir="$HOME/.cache/orderflow/browser-$(sha256sum "$lock" | cut -c1-12)"
+    if [ ! -f "$dir/.complete" ]; then
+        log "installing playwright-core from npm into $dir"
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp "$ROOT/tests/browser/package.json" "$lock" "$dir/"
+        (cd "$dir" && npm ci --silent --no-audit --no-fund) || die "npm ci of the browser tests' packages failed"
+        touch "$dir/.complete"
+    fi
+    export ORDERFLOW_NODE_MODULES="$dir/node_modules"
+    ORDERFLOW_CHROMIUM="$(command -v chromium)" || die "chromium is not on PATH after installing it"
+    export ORDERFLOW_CHROMIUM
 }

@@ -125,15 +125,22 @@ start_manifest_service() {
 # $ORDERFLOW_STATE_DIR/auth (registry-password, mode 600) and its bcrypt hash in registry-users.
 # Only the schema workflow gets it; the services read schemas without credentials.
 before_start_registry() {
-    local auth="$ORDERFLOW_STATE_DIR/auth"
+    make_login registry-password registry-users orderflow-registry --user schema-admin
+    export ORDERFLOW_REGISTRY_USERS_FILE="$ORDERFLOW_STATE_DIR/auth/registry-users"
+}
+
+# make_login PASSWORD_FILE USERS_FILE BINARY ARGS...: once, a random password in
+# $ORDERFLOW_STATE_DIR/auth/PASSWORD_FILE and its users-file line (`BINARY hash-password ARGS`)
+# in USERS_FILE, both mode 600.
+make_login() {
+    local auth="$ORDERFLOW_STATE_DIR/auth" password="$1" users="$2" binary="$3"
+    shift 3
     mkdir -p "$auth"
-    if [ ! -s "$auth/registry-users" ] || [ ! -s "$auth/registry-password" ]; then
+    if [ ! -s "$auth/$users" ] || [ ! -s "$auth/$password" ]; then
         (umask 077
-         head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$auth/registry-password"
-         "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/orderflow-registry" hash-password --user schema-admin \
-             <"$auth/registry-password" >"$auth/registry-users")
+         head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$auth/$password"
+         "$CARGO_TARGET_DIR/$ORDERFLOW_PROFILE/$binary" hash-password "$@" <"$auth/$password" >"$auth/$users")
     fi
-    export ORDERFLOW_REGISTRY_USERS_FILE="$auth/registry-users"
 }
 
 # The stack's two set-up steps: every event schema once the registry is up (as its one writer);
@@ -160,6 +167,14 @@ before_start_payment_simulator() {
     local file="$ORDERFLOW_STATE_DIR/secrets/provider-api-key"
     [ -s "$file" ] || secret_file provider-api-key "sk_local_$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >/dev/null
     export ORDERFLOW_SIMULATOR_API_KEY_FILE="$file" ORDERFLOW_PROVIDER_API_KEY_FILE="$file"
+}
+
+# The console's one operator on the local stack: oncall, with a password made once under
+# $ORDERFLOW_STATE_DIR/auth (console-password, mode 600) and its bcrypt hash in
+# console-operators. Reading the console needs nothing; replay, triage and rewind sign in.
+before_start_console() {
+    make_login console-password console-operators orderflow-console --user oncall --cost 10
+    export ORDERFLOW_CONSOLE_OPERATORS_FILE="$ORDERFLOW_STATE_DIR/auth/console-operators"
 }
 
 before_start_inventory() {

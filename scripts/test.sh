@@ -10,6 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_apt_packages
 ensure_python_tools
+ensure_browser_tools
 ensure_kafka
 ensure_connect
 trap stop_started_services EXIT

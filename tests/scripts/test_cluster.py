@@ -11,37 +11,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import unittest
 from pathlib import Path
 
+import ports
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_base() -> int:
-    """A base port whose +0..2 and +100..102 are free."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + 102 < 65535 and all(free(base + d) for d in (0, 1, 2, 100, 101, 102)):
-            return base
-    raise RuntimeError("no free ports")
-
-
-def free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 class Cluster(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(tempfile.mkdtemp(prefix="orderflow-cluster-"))
-        cls.port = free_base()
+        cls.port = ports.free_base([0, 1, 2, 100, 101, 102])
         cls.env = {**os.environ, "ORDERFLOW_CLUSTER_DIR": str(cls.dir / "state"), "ORDERFLOW_CLUSTER_PORT": str(cls.port)}
         cls.bootstrap = ",".join(f"127.0.0.1:{cls.port + i}" for i in range(3))
 

@@ -303,7 +303,19 @@ impl TestBroker {
         for topic in metadata.topics() {
             let name = topic.name();
             if name.starts_with(&self.namespace) && name.ends_with(".DLT") && !topic.partitions().is_empty() {
-                let read = orderflow_consumer_runtime::dlt_tools::read(&kafka, name).unwrap();
+                // A DLT created a moment ago may not have a leader yet: ask again, briefly.
+                let mut tries = 0;
+                let read = loop {
+                    match orderflow_consumer_runtime::dlt_tools::read(&kafka, name) {
+                        Ok(read) => break read,
+                        Err(error) if tries < 20 => {
+                            tries += 1;
+                            eprintln!("reading {name} again: {error:#}");
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        Err(error) => panic!("reading {name}: {error:#}"),
+                    }
+                };
                 letters.extend(read.into_iter().map(|letter| (name.to_string(), letter)));
             }
         }

@@ -5,6 +5,7 @@
 //! project-local cluster it starts.
 
 pub mod broker;
+pub mod browser;
 pub mod consumer;
 pub mod history;
 pub mod intake;

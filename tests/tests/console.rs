@@ -3,19 +3,22 @@
 //! content policy) and as JSON; a broker or database that is down is named on the page, which
 //! still shows what it can; dead letters listed by topic and class, one opened with its reasons
 //! and its payload decoded via the registry — or as hex when it is poison, markup and all shown
-//! as text.
+//! as text. Replay and triage: only a signed-in operator, only after a preview that says how
+//! many and where to, only from the console's own form, each step in the audit log.
 
 use std::time::Duration;
 
 use orderflow_console::ConsoleSettings;
 use orderflow_consumer_runtime::dlt_tools::{self, TRIAGE_GROUP};
 use orderflow_lag_exporter::broker_view::ReaderSettings;
+use orderflow_platform::users_file::{UsersFile, hash};
 use orderflow_tests::{
     Running, TestDatabase,
     broker::TestBroker,
     consumer::{Plan, RuntimeBed},
     http,
     intake::eventually,
+    stack::TestStack,
 };
 use rdkafka::{
     Message,
@@ -32,7 +35,7 @@ async fn console(
     kafka: orderflow_platform::kafka::KafkaSettings,
     outboxes: Vec<(String, sqlx::PgPool)>,
 ) -> (String, Running) {
-    console_with(kafka, outboxes, None).await
+    console_with(kafka, outboxes, None, None).await
 }
 
 /// As [`console`], decoding dead letters with `codec`.
@@ -40,6 +43,7 @@ async fn console_with(
     kafka: orderflow_platform::kafka::KafkaSettings,
     outboxes: Vec<(String, sqlx::PgPool)>,
     codec: Option<std::sync::Arc<orderflow_schemas::EventCodec>>,
+    operators: Option<UsersFile>,
 ) -> (String, Running) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -53,6 +57,9 @@ async fn console_with(
         codec,
         outboxes,
         interval: Duration::from_millis(300),
+        operators,
+        stores: Default::default(),
+        trace_url: None,
     };
     let running =
         Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
@@ -180,7 +187,7 @@ async fn dead_letters_by_class_one_opened_decoded_poison_shown_as_escaped_hex_an
     eventually(WAIT, "three records dead-lettered", || async { bed.broker.dead_letters().len() == 3 }).await;
     consumer.stop().await;
 
-    let (url, running) = console_with(bed.broker.settings(), vec![], Some(bed.codec.clone())).await;
+    let (url, running) = console_with(bed.broker.settings(), vec![], Some(bed.codec.clone()), None).await;
     let dlt = bed.dlt_topic();
     eventually(WAIT, "the DLT on the health page", || async {
         let body = health(&url).await;
@@ -232,6 +239,303 @@ async fn dead_letters_by_class_one_opened_decoded_poison_shown_as_escaped_hex_an
         let body = health(&url).await;
         body["dead_letters"].as_array().unwrap().iter().any(|t| t["topic"] == dlt.as_str() && t["untriaged"] == 0)
     })
+    .await;
+    running.stop().await;
+}
+
+/// An operators file: `ana` (operator, password `ana-pw`) and `bo` (viewer, `bo-pw`).
+async fn operators() -> (UsersFile, tempfile_path::Path) {
+    let path = tempfile_path::Path::new();
+    let text = format!("ana:{}\nbo:{}:viewer\n", hash("ana-pw", 4).unwrap(), hash("bo-pw", 4).unwrap());
+    std::fs::write(&path.0, text).unwrap();
+    (UsersFile::open(path.0.clone(), orderflow_console::operate::ROLES).await.unwrap(), path)
+}
+
+mod tempfile_path {
+    /// A file removed when dropped.
+    pub struct Path(pub std::path::PathBuf);
+
+    impl Path {
+        pub fn new() -> Path {
+            Path(std::env::temp_dir().join(format!("orderflow-operators-{}", uuid::Uuid::new_v4().simple())))
+        }
+    }
+
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// The value of `<input … name="name" value="…">` in `html`.
+fn field(html: &str, name: &str) -> String {
+    let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} field: {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_and_triage_need_an_operator_ask_first_refuse_forged_forms_and_are_audited() {
+    let bed = RuntimeBed::spawn(1).await;
+    let refused = bed.publish("k-refused", 1).await[0];
+    bed.script.plan(refused, Plan::AlwaysRetry);
+    let mut settings = bed.settings();
+    settings.max_attempts = 1;
+    let consumer = bed.start(settings);
+    eventually(WAIT, "the record dead-lettered", || async { bed.broker.dead_letters().len() == 1 }).await;
+    consumer.stop().await;
+
+    let (users, _file) = operators().await;
+    let (url, running) = console_with(bed.broker.settings(), vec![], Some(bed.codec.clone()), Some(users)).await;
+    let dlt = bed.dlt_topic();
+    eventually(WAIT, "the DLT known", || async {
+        health(&url).await["dead_letters"].as_array().unwrap().iter().any(|t| t["topic"] == dlt.as_str())
+    })
+    .await;
+    let preview = format!("{url}/operate/replay?topic={dlt}&class=retries_exhausted");
+
+    // Reading is open; acting needs an operator.
+    let anonymous = http().get(&preview).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic realm="));
+    let viewer = http().get(&preview).basic_auth("bo", Some("bo-pw")).send().await.unwrap();
+    assert_eq!(viewer.status(), 403);
+    assert!(viewer.text().await.unwrap().contains("bo is a viewer"));
+    let wrong = http().get(&preview).basic_auth("ana", Some("nope")).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // The preview says how many and where to.
+    let html = http().get(&preview).basic_auth("ana", Some("ana-pw")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("data-count=\"1\"") && html.contains(&format!("to <strong>{} (1)</strong>", bed.topic)),
+        "{html}"
+    );
+    let token = field(&html, "token");
+    let confirm = |token: &str, expected: &str| {
+        let form = [("topic", dlt.as_str()), ("class", "retries_exhausted"), ("expected", expected), ("token", token)];
+        http().post(format!("{url}/operate/replay")).basic_auth("ana", Some("ana-pw")).form(&form)
+    };
+    // A forged form: no token, another site's origin, a count that no longer matches.
+    assert_eq!(confirm("", "1").send().await.unwrap().status(), 403, "no token");
+    let cross = confirm(&token, "1").header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(cross.status(), 403, "another origin");
+    let stale = confirm(&token, "2").send().await.unwrap();
+    assert_eq!(stale.status(), 409);
+    assert!(stale.text().await.unwrap().contains("nothing was replayed"));
+    let viewer_post = http()
+        .post(format!("{url}/operate/replay"))
+        .basic_auth("bo", Some("bo-pw"))
+        .form(&[("topic", dlt.as_str()), ("class", "retries_exhausted"), ("expected", "1"), ("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer_post.status(), 403, "a viewer with an operator's token");
+    assert_eq!(bed.effects(refused).await, 0);
+
+    // The cause fixed, the replay confirmed: the record is processed, once.
+    bed.script.plan(refused, Plan::FailTimes(0));
+    let done = confirm(&token, "1").send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Done: replay of 1 record"));
+    // A consumer of its own settings (a metrics registry is registered once).
+    let consumer = bed.start(bed.settings());
+    eventually(WAIT, "the replayed record handled", || async { bed.effects(refused).await == 1 }).await;
+    consumer.stop().await;
+
+    // Triage: the preview's count, then the health page's untriaged count cleared.
+    let triage = format!("{url}/operate/triage?topic={dlt}");
+    let html = http().get(&triage).basic_auth("ana", Some("ana-pw")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("data-count=\"1\""), "{html}");
+    let form = [
+        ("topic", dlt.clone()),
+        ("marks", field(&html, "marks")),
+        ("expected", "1".into()),
+        ("token", field(&html, "token")),
+    ];
+    let done = http()
+        .post(format!("{url}/operate/triage"))
+        .basic_auth("ana", Some("ana-pw"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Done: triage of 1 record"));
+    eventually(WAIT, "nothing untriaged", || async {
+        health(&url).await["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["topic"] == dlt.as_str() && t["untriaged"] == 0)
+    })
+    .await;
+
+    // The audit log: who did what, started and done, on the audit page and the topic's.
+    let audit = page(&format!("{url}/audit")).await.1;
+    for expected in ["<td>ana</td><td>replay</td>", "<td>ana</td><td>triage</td>", "<td>started</td>", "<td>done</td>"]
+    {
+        assert!(audit.contains(expected), "{expected} in {audit}");
+    }
+    assert_eq!(audit.matches("<td>ana</td>").count(), 4, "two actions, two steps each: {audit}");
+    let topic_page = page(&format!("{url}/dead-letters/{dlt}")).await.1;
+    assert!(topic_page.contains("class retries_exhausted to"), "{topic_page}");
+    running.stop().await;
+
+    // Without an operators file the console is read-only.
+    let (url, running) = console_with(bed.broker.settings(), vec![], None, None).await;
+    eventually(WAIT, "the DLT known", || async {
+        health(&url).await["dead_letters"].as_array().unwrap().iter().any(|t| t["topic"] == dlt.as_str())
+    })
+    .await;
+    let refused =
+        http().get(format!("{url}/operate/triage?topic={dlt}")).basic_auth("ana", Some("ana-pw")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("read-only"));
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_browser_a_poisoned_record_shows_under_its_class_replays_once_fixed_and_triage_clears_it() {
+    let bed = RuntimeBed::spawn(1).await;
+    let refused = bed.publish("k-refused", 1).await[0];
+    bed.script.plan(refused, Plan::AlwaysRetry);
+    // Poison whose header and payload are markup that would set `window.__pwned` if it ran.
+    let id = uuid::Uuid::now_v7().to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "event_id", value: Some(&id) })
+        .insert(Header { key: "note", value: Some("<img src=x onerror=\"window.__pwned=1\">") });
+    let payload = "<script>window.__pwned=1</script>";
+    let record = FutureRecord::to(&bed.topic).key("k-poison").payload(payload).headers(headers);
+    bed.broker.producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    let mut settings = bed.settings();
+    settings.max_attempts = 1;
+    let consumer = bed.start(settings);
+    eventually(WAIT, "two records dead-lettered", || async { bed.broker.dead_letters().len() == 2 }).await;
+    consumer.stop().await;
+    let dlt = bed.dlt_topic();
+    let letters = dlt_tools::read(&bed.broker.settings(), &dlt).unwrap();
+    let offset_of = |key: &str| letters.iter().find(|d| d.message.key() == Some(key.as_bytes())).unwrap().offset;
+
+    // The cause is fixed and the consumer runs again; only a replay brings the record back.
+    bed.script.plan(refused, Plan::FailTimes(0));
+    let consumer = bed.start(bed.settings());
+    let (users, _file) = operators().await;
+    let (url, running) = console_with(bed.broker.settings(), vec![], Some(bed.codec.clone()), Some(users)).await;
+    orderflow_tests::browser::run(
+        "dead_letters.cjs",
+        serde_json::json!({
+            "url": url, "user": "ana", "password": "ana-pw", "dlt": dlt, "topic": bed.topic,
+            "class": "retries_exhausted", "dead_letters": 2,
+            "refused_offset": offset_of("k-refused"), "poison_offset": offset_of("k-poison"),
+        }),
+    )
+    .await;
+    eventually(WAIT, "the replayed record handled", || async { bed.effects(refused).await == 1 }).await;
+    consumer.stop().await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_browser_the_story_of_a_paid_and_of_a_cancelled_and_refunded_order_shows_every_step() {
+    let stack = TestStack::spawn_all_on(TestBroker::spawn()).await;
+    stack.stock(&[("LAST-ONE", 1)]).await;
+    // Two orders for the last unit, one customer: one is served, the other cancelled and refunded.
+    let customer = format!("cust-{}", uuid::Uuid::new_v4().simple());
+    let order = |n: u32| {
+        serde_json::json!({"customer_id": customer, "currency": "EUR",
+            "items": [{"sku": "LAST-ONE", "quantity": 1, "unit_price_minor": 1000 + n}]})
+    };
+    // Each carries the checkout's trace (order-api continues it).
+    let post = |key: &'static str, body: Value| {
+        let trace =
+            format!("00-{}-{}-01", uuid::Uuid::new_v4().simple(), &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let request = stack.api.http.post(format!("{}/orders", stack.api.url));
+        request.header("Idempotency-Key", key).header("traceparent", trace).json(&body).send()
+    };
+    let (a, b) = tokio::join!(post("story-a", order(1)), post("story-b", order(2)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids = Vec::new();
+    for response in [a, b] {
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["order_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+    }
+    eventually(WAIT, "one order paid, the other refunded", || async {
+        let mut statuses = [stack.status(ids[0]).await, stack.status(ids[1]).await];
+        statuses.sort();
+        statuses == ["PAID", "REFUNDED"]
+    })
+    .await;
+    let (paid, refunded) = if stack.status(ids[0]).await == "PAID" { (ids[0], ids[1]) } else { (ids[1], ids[0]) };
+    let refunded_total = if refunded == ids[0] { "1001" } else { "1002" };
+    let notifications = stack.notifications.as_ref().unwrap().pool.clone();
+    let analytics = stack.analytics.as_ref().unwrap().pool.clone();
+    eventually(WAIT, "the notifications sent and the facts recorded", || async {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'SENT'")
+            .fetch_one(&notifications)
+            .await
+            .unwrap();
+        let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM order_facts WHERE cancelled_at IS NOT NULL")
+            .fetch_one(&analytics)
+            .await
+            .unwrap();
+        sent == 3 && cancelled == 1
+    })
+    .await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let settings = ConsoleSettings {
+        reader: ReaderSettings {
+            kafka: stack.broker.settings(),
+            groups: vec![],
+            triage_group: Some(TRIAGE_GROUP.into()),
+            timeout: Duration::from_secs(5),
+        },
+        codec: Some(stack.codec()),
+        outboxes: vec![],
+        interval: Duration::from_millis(500),
+        operators: None,
+        stores: orderflow_console::story::Stores {
+            orders: Some(stack.api.pool.clone()),
+            payments: Some(stack.payments.clone()),
+            inventory: Some(stack.inventory.clone()),
+            notifications: Some(notifications),
+            analytics: Some(analytics),
+        },
+        trace_url: Some("http://traces.example/trace/{trace_id}".into()),
+    };
+    let running =
+        Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
+    let payment_group = stack.broker.group(orderflow_payment::GROUP);
+    orderflow_tests::browser::run(
+        "story.cjs",
+        serde_json::json!({
+            "url": url, "customer": customer, "paid": paid, "refunded": refunded,
+            "trace_prefix": "http://traces\\.example/trace/",
+            "refunded_story": {
+                "order": ["REFUNDED", customer, refunded_total],
+                "history": ["PAID", "CANCELLED", "REFUNDED"],
+                "events": ["OrderPlaced", "PaymentAuthorized", "OrderPaid", "InventoryShortage", "OrderCancelled",
+                           "PaymentRefunded", payment_group],
+                "payment": ["REFUNDED"],
+                "provider": ["charge", "refund", "APPROVED"],
+                "stock": ["SHORTAGE"],
+                "notifications": ["order_confirmed", "order_cancelled", "SENT"],
+                "analytics": [refunded_total],
+            },
+            "paid_story": {
+                "order": ["PAID"],
+                "history": ["PAID"],
+                "events": ["OrderPlaced", "PaymentAuthorized", "OrderPaid"],
+                "payment": ["AUTHORIZED"],
+                "provider": ["charge", "APPROVED"],
+                "stock": ["RESERVED"],
+                "notifications": ["order_confirmed", "SENT"],
+            },
+        }),
+    )
     .await;
     running.stop().await;
 }

@@ -115,8 +115,11 @@ pub fn read_one(kafka: &KafkaSettings, dlt: &str, partition: i32, offset: i64) -
 }
 
 /// Which dead letters to replay; every given criterion must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
+    /// Only this partition's records.
+    pub partition: Option<i32>,
+    /// Offsets from–to, inclusive.
     pub offsets: Option<(i64, i64)>,
     pub event_id: Option<String>,
     pub error_class: Option<String>,
@@ -124,21 +127,43 @@ pub struct Selection {
 
 impl Selection {
     pub fn matches(&self, d: &DeadLetter) -> bool {
-        self.offsets.is_none_or(|(from, to)| (from..=to).contains(&d.offset))
+        self.partition.is_none_or(|p| p == d.partition)
+            && self.offsets.is_none_or(|(from, to)| (from..=to).contains(&d.offset))
             && self.event_id.as_ref().is_none_or(|id| d.event_id.as_ref() == Some(id))
             && self.error_class.as_ref().is_none_or(|class| &d.error_class == class)
     }
+
+    /// Whether it names no criterion (it would match every record).
+    pub fn is_everything(&self) -> bool {
+        *self == Selection::default()
+    }
+}
+
+/// The records of `dlt` the selection matches, read to the topic's current end.
+pub fn select(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> anyhow::Result<Vec<DeadLetter>> {
+    Ok(read(kafka, dlt)?.into_iter().filter(|d| selection.matches(d)).collect())
 }
 
 /// Re-publishes the selected records, unchanged but for the `dlt_*` headers, to their original
 /// topics; returns how many were sent.
 pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> anyhow::Result<usize> {
-    let chosen: Vec<DeadLetter> = read(kafka, dlt)?.into_iter().filter(|d| selection.matches(d)).collect();
-    let producer: FutureProducer = kafka.producer("orderflow-dlt-replay", Duration::from_secs(30)).create()?;
-    for dead in &chosen {
+    let chosen = select(kafka, dlt, selection)?;
+    replay_records(kafka, dlt, &chosen).await
+}
+
+/// Re-publishes `chosen` (records read from `dlt`) to their original topics, all in flight at
+/// once; every record is checked for its destination before any is sent. Returns how many were
+/// sent; an error says how many of them the brokers did not take.
+pub async fn replay_records(kafka: &KafkaSettings, dlt: &str, chosen: &[DeadLetter]) -> anyhow::Result<usize> {
+    let mut destinations = Vec::with_capacity(chosen.len());
+    for dead in chosen {
         let Some(topic) = dead.original_topic.as_deref() else {
-            bail!("{dlt} offset {} has no {} header", dead.offset, headers::dlt::ORIGINAL_TOPIC);
+            bail!("{dlt} [{}] offset {} has no {} header", dead.partition, dead.offset, headers::dlt::ORIGINAL_TOPIC);
         };
+        destinations.push(topic);
+    }
+    let producer: FutureProducer = kafka.producer("orderflow-dlt-replay", Duration::from_secs(30)).create()?;
+    let sends = chosen.iter().zip(&destinations).map(|(dead, topic)| {
         let mut headers = OwnedHeaders::new();
         if let Some(existing) = dead.message.headers() {
             for h in existing.iter().filter(|h| !h.key.starts_with(headers::dlt::PREFIX)) {
@@ -152,10 +177,16 @@ pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> 
         if let Some(payload) = dead.message.payload() {
             record = record.payload(payload);
         }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("replaying to {topic}: {e}"))?;
+        producer.send(record, Duration::from_secs(30))
+    });
+    let results = futures::future::join_all(sends).await;
+    let failed: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|(e, _)| e.to_string())).collect();
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} of {} records were not replayed (first: {first}); replaying them again is safe",
+            failed.len(),
+            chosen.len()
+        );
     }
     Ok(chosen.len())
 }
@@ -164,10 +195,26 @@ pub async fn replay(kafka: &KafkaSettings, dlt: &str, selection: &Selection) -> 
 /// (the lag exporter reports the rest as untriaged dead letters).
 pub const TRIAGE_GROUP: &str = "orderflow-dlt-triage";
 
-/// Marks a DLT as triaged through `through` (inclusive) on every partition, or through its
-/// current end when `None`, by committing the triage group; returns (partition, next untriaged
-/// offset) per partition. Triage never moves backwards.
-pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> anyhow::Result<Vec<(i32, i64)>> {
+/// Where triage of one partition of a DLT stands and would move to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriageMark {
+    pub partition: i32,
+    /// The first untriaged offset now.
+    pub before: i64,
+    /// The first untriaged offset after marking.
+    pub next: i64,
+}
+
+impl TriageMark {
+    /// Records this mark triages.
+    pub fn count(&self) -> i64 {
+        self.next - self.before
+    }
+}
+
+/// What marking `dlt` triaged through `through` (inclusive) on every partition, or through its
+/// current end when `None`, would do; nothing is changed. Triage never moves backwards.
+pub fn triage_plan(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> anyhow::Result<Vec<TriageMark>> {
     let consumer: BaseConsumer =
         kafka.consumer("orderflow-dlt", &kafka.group(TRIAGE_GROUP)).create().context("creating a client")?;
     let timeout = Duration::from_secs(10);
@@ -180,8 +227,7 @@ pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> a
         all.add_partition(dlt, partition.id());
     }
     let committed = consumer.committed_offsets(all, timeout).context("reading what was triaged before")?;
-    let mut marks = TopicPartitionList::new();
-    let mut out = Vec::new();
+    let mut plan = Vec::new();
     for partition in topic.partitions() {
         let (low, high) = consumer.fetch_watermarks(dlt, partition.id(), timeout)?;
         let before = committed
@@ -190,11 +236,48 @@ pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> a
                 Offset::Offset(o) => Some(o),
                 _ => None,
             })
-            .unwrap_or(low);
+            .unwrap_or(low)
+            .max(low);
         let next = through.map_or(high, |t| (t + 1).clamp(low, high)).max(before);
-        marks.add_partition_offset(dlt, partition.id(), Offset::Offset(next))?;
-        out.push((partition.id(), next));
+        plan.push(TriageMark { partition: partition.id(), before, next });
     }
-    consumer.commit(&marks, rdkafka::consumer::CommitMode::Sync).context("recording the triage")?;
+    plan.sort_by_key(|m| m.partition);
+    Ok(plan)
+}
+
+/// Commits the triage group to `marks` (partition, first untriaged offset); a mark behind what
+/// is already triaged leaves that partition as it is.
+pub fn commit_triage(kafka: &KafkaSettings, dlt: &str, marks: &[(i32, i64)]) -> anyhow::Result<Vec<(i32, i64)>> {
+    let now = triage_plan(kafka, dlt, Some(-1))?;
+    let mut list = TopicPartitionList::new();
+    let mut out = Vec::new();
+    for &(partition, next) in marks {
+        let Some(current) = now.iter().find(|m| m.partition == partition) else {
+            bail!("{dlt} has no partition {partition}")
+        };
+        let next = next.max(current.before);
+        list.add_partition_offset(dlt, partition, Offset::Offset(next))?;
+        out.push((partition, next));
+    }
+    let consumer: BaseConsumer =
+        kafka.consumer("orderflow-dlt", &kafka.group(TRIAGE_GROUP)).create().context("creating a client")?;
+    consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).context("recording the triage")?;
     Ok(out)
+}
+
+/// Marks a DLT as triaged through `through` (inclusive) on every partition, or through its
+/// current end when `None`, by committing the triage group; returns (partition, next untriaged
+/// offset) per partition. Triage never moves backwards.
+pub fn mark_triaged(kafka: &KafkaSettings, dlt: &str, through: Option<i64>) -> anyhow::Result<Vec<(i32, i64)>> {
+    let plan = triage_plan(kafka, dlt, through)?;
+    let marks: Vec<(i32, i64)> = plan.iter().map(|m| (m.partition, m.next)).collect();
+    commit_triage(kafka, dlt, &marks)
+}
+
+/// Whether `topic` exists.
+pub fn exists(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<bool> {
+    let group = kafka.group(&format!("dlt-reader-{}", uuid::Uuid::new_v4().simple()));
+    let consumer: BaseConsumer = kafka.consumer("orderflow-dlt", &group).create().context("creating a client")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("reading topic metadata")?;
+    Ok(metadata.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty() && t.error().is_none()))
 }

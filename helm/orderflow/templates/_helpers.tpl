@@ -244,7 +244,10 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
   command: [orderflow-console]
   replicas: {{ $v.console.replicas }}
   resources: {{ toJson $v.console.resources }}
-  reads: [orders, payments, inventory]
+  reads: [orders, payments, inventory, notifications, analytics]
+  {{- with $v.console.operatorsSecret }}{{ if .name }}
+  secretFiles: [{env: ORDERFLOW_CONSOLE_OPERATORS_FILE, secret: {{ .name }}, key: {{ .key }}}]
+  {{- end }}{{ end }}
   ports: [{name: http, port: 8070}]
   service: {port: {{ $v.console.service.port }}}
   probes: {port: http, live: /healthz, ready: /readyz}
@@ -255,6 +258,9 @@ networkpolicy.yaml and servicemonitor.yaml all read this one list.
     ORDERFLOW_CONSOLE_LISTEN: "0.0.0.0:8070"
     ORDERFLOW_CONSOLE_INTERVAL_SECS: {{ $v.console.intervalSeconds | quote }}
     ORDERFLOW_LAG_GROUPS: payment,order-service,inventory,notifications,analytics
+    {{- with $v.console.traceUrl }}
+    ORDERFLOW_CONSOLE_TRACE_URL: {{ . | quote }}
+    {{- end }}
 {{- if $v.simulators.enabled }}
 - name: payment-simulator
   command: [payment-simulator]

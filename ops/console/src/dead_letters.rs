@@ -83,7 +83,11 @@ pub fn summary_table(topics: &[DeadLetterTopic]) -> String {
 }
 
 /// A topic's page: its records by error class, then each record.
-pub fn topic_page(topic: &DeadLetterTopic, records: &[DeadLetter]) -> String {
+pub fn topic_page(
+    topic: &DeadLetterTopic,
+    records: &[DeadLetter],
+    audit: &Result<Vec<crate::audit::Entry>, String>,
+) -> String {
     let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();
     for record in records {
         *by_class.entry(record.error_class.as_str()).or_default() += 1;
@@ -95,12 +99,27 @@ pub fn topic_page(topic: &DeadLetterTopic, records: &[DeadLetter]) -> String {
         untriaged = topic.untriaged,
     );
     html.push_str(
-        "<h3>By error class</h3><table class=\"classes\"><thead><tr><th>Class</th><th>Records</th></tr></thead><tbody>",
+        "<h3>By error class</h3><table class=\"classes\"><thead><tr><th>Class</th><th>Records</th><th></th></tr></thead><tbody>",
     );
     for (class, count) in &by_class {
-        let _ = write!(html, "<tr data-class=\"{c}\"><td>{c}</td><td>{count}</td></tr>", c = esc(class));
+        let _ = write!(
+            html,
+            "<tr data-class=\"{c}\"><td>{c}</td><td>{count}</td><td><a href=\"/operate/replay?{q}\">replay this class…</a></td></tr>",
+            c = esc(class),
+            q = esc(&crate::page::query(&[("topic", &topic.topic), ("class", class)])),
+        );
     }
-    html.push_str("</tbody></table><h3>Records</h3>");
+    html.push_str("</tbody></table>");
+    let classes: Vec<&str> = by_class.keys().copied().collect();
+    html.push_str(&crate::operate::forms(&topic.topic, &classes));
+    html.push_str("<h3>Recent actions</h3>");
+    match audit {
+        Ok(entries) => html.push_str(&crate::operate::audit_table(entries)),
+        Err(error) => {
+            let _ = write!(html, "<p class=\"warn\">The audit log cannot be read now: {}</p>", esc(error));
+        }
+    }
+    html.push_str("<h3>Records</h3>");
     html.push_str(
         "<table class=\"records\"><thead><tr><th>Partition</th><th>Offset</th><th>Event</th><th>Class</th><th>Reason</th>\
          <th>Attempts</th></tr></thead><tbody>",

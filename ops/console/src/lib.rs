@@ -14,9 +14,12 @@
 //! `/metrics`, `/healthz`, `/readyz`. Every response forbids framing and inline script
 //! (`Content-Security-Policy`), so a value that slipped past escaping could still not run.
 
+pub mod audit;
 pub mod dead_letters;
 pub mod health;
+pub mod operate;
 pub mod page;
+pub mod story;
 
 use std::{
     future::Future,
@@ -27,7 +30,7 @@ use std::{
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
@@ -48,6 +51,12 @@ pub struct ConsoleSettings {
     pub outboxes: Vec<(String, PgPool)>,
     /// How often the broker and the databases are read.
     pub interval: Duration,
+    /// Who may replay, triage and rewind (none: the console is read-only).
+    pub operators: Option<orderflow_platform::users_file::UsersFile>,
+    /// The services' databases an order's story is read from.
+    pub stores: story::Stores,
+    /// A trace UI's URL for one trace, `{trace_id}` standing for its id (none: the id is shown).
+    pub trace_url: Option<String>,
 }
 
 /// What the handlers share: the latest read, and what they need to read more.
@@ -56,6 +65,11 @@ struct Shared {
     health: Arc<RwLock<Health>>,
     kafka: KafkaSettings,
     codec: Option<Arc<EventCodec>>,
+    operators: Arc<operate::Operators>,
+    audit: Arc<audit::AuditLog>,
+    stores: story::Stores,
+    trace_url: Option<String>,
+    timeout: Duration,
 }
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -64,16 +78,31 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 /// Serves the console on `listener` and reads the broker and databases every `interval` until
 /// `shutdown`.
 pub async fn run(
-    settings: ConsoleSettings,
+    mut settings: ConsoleSettings,
     listener: TcpListener,
     registry: prometheus::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shared = Shared { health: Arc::default(), kafka: settings.reader.kafka.clone(), codec: settings.codec.clone() };
+    let kafka = settings.reader.kafka.clone();
+    let shared = Shared {
+        health: Arc::default(),
+        audit: Arc::new(audit::AuditLog::new(&kafka)?),
+        operators: Arc::new(operate::Operators::new(settings.operators.take())),
+        codec: settings.codec.clone(),
+        stores: settings.stores.clone(),
+        trace_url: settings.trace_url.clone(),
+        timeout: settings.reader.timeout,
+        kafka,
+    };
     let routes = Router::new()
         .route("/", get(index))
         .route("/dead-letters/{topic}", get(dead_letter_topic))
         .route("/dead-letters/{topic}/{partition}/{offset}", get(dead_letter_record))
+        .route("/operate/replay", get(operate::replay_preview).post(operate::replay_confirm))
+        .route("/operate/triage", get(operate::triage_preview).post(operate::triage_confirm))
+        .route("/audit", get(operate::audit_page))
+        .route("/orders", get(order_search))
+        .route("/orders/{id}", get(order_story))
         .route("/fragments/health", get(health_fragment))
         .route("/api/health", get(health_json))
         .route("/static/console.css", get(|| async { asset("text/css", include_str!("../static/console.css")) }))
@@ -171,10 +200,15 @@ async fn dead_letter_topic(State(shared): State<Shared>, Path(topic): Path<Strin
     let kafka = shared.kafka.clone();
     let name = topic.clone();
     let read = tokio::task::spawn_blocking(move || {
-        dlt_tools::read_tail(&kafka, &name, Some(dead_letters::RECENT_PER_PARTITION))
+        let records = dlt_tools::read_tail(&kafka, &name, Some(dead_letters::RECENT_PER_PARTITION))?;
+        // The audit log is a second read: when it fails, the records still show.
+        let audit = audit::AuditLog::recent(&kafka, 500)
+            .map(|entries| entries.into_iter().filter(|e| e.target == name).take(20).collect::<Vec<_>>())
+            .map_err(|e| format!("{e:#}"));
+        anyhow::Ok((records, audit))
     });
     match read.await.map_err(anyhow::Error::from).and_then(|r| r) {
-        Ok(records) => Html(dead_letters::topic_page(&known, &records)).into_response(),
+        Ok((records, audit)) => Html(dead_letters::topic_page(&known, &records, &audit)).into_response(),
         Err(error) => unavailable(&format!("reading {topic}"), &error),
     }
 }
@@ -198,6 +232,35 @@ async fn dead_letter_record(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+async fn order_search(State(shared): State<Shared>, Query(search): Query<Search>) -> Response {
+    match story::search(&shared.stores, &search.q, shared.timeout).await {
+        Ok(page) => Html(page).into_response(),
+        Err(story) => axum::response::Redirect::to(&story).into_response(),
+    }
+}
+
+async fn order_story(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.trim().parse::<uuid::Uuid>() else {
+        let body = page::layout(
+            "Not an order id",
+            &format!(
+                "{}<p class=\"error\">{} is not an order id (a UUID).</p>",
+                story::search_form(&id),
+                page::esc(&id)
+            ),
+        );
+        return (StatusCode::BAD_REQUEST, Html(body)).into_response();
+    };
+    Html(story::story(&shared.stores, &shared.kafka, id, shared.trace_url.as_deref(), shared.timeout).await)
+        .into_response()
+}
+
 async fn ready(State(shared): State<Shared>) -> (StatusCode, &'static str) {
     match shared.health.read().expect("health lock").read_at {
         Some(_) => (StatusCode::OK, "ready"),
@@ -213,6 +276,8 @@ async fn secure_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not no-referrer: under it a browser sends `Origin: null` with the console's own forms, and
+    // the operator's confirmations could not be told from another site's.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }

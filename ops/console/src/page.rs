@@ -21,16 +21,29 @@ pub fn esc(text: &str) -> String {
     out
 }
 
+/// `pairs` as a URL query (`a=1&b=x%20y`), every byte but the unreserved ones percent-encoded.
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
 /// A whole page: the shared head (styles and script served by the console itself, nothing from
 /// elsewhere) around `body`.
 pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · orderflow console</title>\
+         <title>{title} · orderflow console</title><link rel=\"icon\" href=\"data:,\">\
          <link rel=\"stylesheet\" href=\"/static/console.css\">\
          <script src=\"/static/console.js\" defer></script></head>\n\
-         <body><header><h1>orderflow console</h1><nav><a href=\"/\">Health</a></nav></header>\n\
+         <body><header><h1>orderflow console</h1><nav><a href=\"/\">Health</a><a href=\"/orders\">Orders</a><a href=\"/audit\">Audit</a></nav></header>\n\
          <main>{body}</main></body></html>\n",
         title = esc(title)
     )
@@ -146,6 +159,11 @@ fn outbox_row(outbox: &OutboxHealth) -> String {
 mod tests {
     use super::*;
     use crate::health::PartitionHealth;
+
+    #[test]
+    fn a_query_encodes_everything_but_the_unreserved_bytes() {
+        assert_eq!(query(&[("topic", "a.DLT"), ("class", "x y&z=<é>")]), "topic=a.DLT&class=x%20y%26z%3D%3C%C3%A9%3E");
+    }
 
     #[test]
     fn markup_in_any_value_is_shown_as_text() {

@@ -17,24 +17,18 @@
 //! The policy is one table ([`needed`]) applied by one middleware ([`gate`]), so no route can
 //! be added without a decision.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
-};
+use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context;
 use axum::{
     extract::{Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use base64::Engine;
-use orderflow_platform::jwt::{AuthError, AuthSettings, NoClaims, Verifier};
-use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use orderflow_platform::{
+    jwt::{AuthError, AuthSettings, NoClaims, Verifier},
+    users_file::UsersFile,
+};
 
 use crate::error::ApiError;
 
@@ -47,11 +41,8 @@ pub mod scopes {
 /// The audience a token for the registry names unless configured otherwise.
 pub const AUDIENCE: &str = "orderflow-registry";
 
-/// How long a checked user name and password are remembered (a bcrypt check costs tens of
-/// milliseconds by design; a client registering a dozen schemas should pay it once).
-const REMEMBER: Duration = Duration::from_secs(300);
-/// Most remembered credentials; past it the memory starts over.
-const REMEMBER_MAX: usize = 4096;
+/// The roles of the users file; a line without one is a writer.
+const ROLES: &[&str] = &["write", "read"];
 
 #[derive(Debug, Clone, Default)]
 pub struct AccessSettings {
@@ -138,29 +129,11 @@ impl LookupOnly {
     }
 }
 
-/// One user of the users file.
-struct User {
-    hash: String,
-    may_write: bool,
-}
-
-struct Users {
-    path: PathBuf,
-    by_name: HashMap<String, User>,
-    modified: Option<SystemTime>,
-}
-
 pub struct Access {
-    users: Option<tokio::sync::Mutex<Users>>,
+    /// Users who sign in with HTTP basic (the platform's users file).
+    users: Option<UsersFile>,
     verifier: Option<Verifier>,
     anonymous_reads: bool,
-    /// Checked credentials (a salted digest of name, password and hash) until when.
-    remembered: Mutex<HashMap<[u8; 32], Instant>>,
-    salt: [u8; 32],
-    /// A hash to check unknown names against, so they take as long as known ones.
-    decoy: String,
-    /// bcrypt checks at once: a flood of wrong passwords queues instead of taking every core.
-    hashing: Semaphore,
 }
 
 impl AccessSettings {
@@ -181,30 +154,14 @@ impl Access {
     pub async fn new(settings: AccessSettings) -> anyhow::Result<Access> {
         settings.ensure_writers()?;
         let users = match settings.users_file {
-            Some(path) => {
-                let (by_name, modified) = read_users(&path)?;
-                tracing::info!(users = by_name.len(), "read the registry's users file");
-                Some(tokio::sync::Mutex::new(Users { path, by_name, modified }))
-            }
+            Some(path) => Some(UsersFile::open(path, ROLES).await?),
             None => None,
         };
         let verifier = match settings.jwt {
             Some(jwt) => Some(Verifier::new(jwt).await?),
             None => None,
         };
-        let decoy =
-            tokio::task::spawn_blocking(|| bcrypt::hash(rand::random::<u64>().to_string(), bcrypt::DEFAULT_COST))
-                .await?
-                .context("hashing the decoy password")?;
-        Ok(Access {
-            users,
-            verifier,
-            anonymous_reads: settings.anonymous_reads,
-            remembered: Mutex::default(),
-            salt: rand::random(),
-            decoy,
-            hashing: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
-        })
+        Ok(Access { users, verifier, anonymous_reads: settings.anonymous_reads })
     }
 
     /// Who sent `headers`: anonymous without an Authorization header, else the verified user or
@@ -269,41 +226,8 @@ impl Access {
         let Some(users) = &self.users else {
             return Err(unauthenticated("this registry does not accept basic credentials; use a bearer token"));
         };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| unauthenticated("the basic credentials are not base64 of user:password"))?;
-        let (name, password) =
-            decoded.split_once(':').ok_or_else(|| unauthenticated("the basic credentials are not user:password"))?;
-        let (hash, may_write) = {
-            let mut users = users.lock().await;
-            refresh_users(&mut users).await;
-            match users.by_name.get(name) {
-                Some(user) => (Some(user.hash.clone()), user.may_write),
-                None => (None, false),
-            }
-        };
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| self.decoy.clone());
-        let digest = self.digest(name, password, &hash);
-        let verified = self.remembered(&digest) || {
-            let _turn = self.hashing.acquire().await.map_err(|e| ApiError::Store(e.into()))?;
-            let password = password.to_string();
-            let check = hash.clone();
-            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &check).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-            if ok && known {
-                self.remember(digest);
-            }
-            ok
-        };
-        if !(known && verified) {
-            tracing::warn!(user = name, "registry basic credentials refused");
-            return Err(unauthenticated("the user name or password is wrong"));
-        }
-        Ok(Caller::User { name: name.to_string(), may_write })
+        let signed_in = users.verify_basic(encoded).await.map_err(|refused| unauthenticated(&refused.0))?;
+        Ok(Caller::User { may_write: signed_in.role == "write", name: signed_in.name })
     }
 
     async fn bearer(&self, header: &str) -> Result<Caller, ApiError> {
@@ -316,84 +240,10 @@ impl Access {
             Err(reason) => Err(unauthenticated(&reason.to_string())),
         }
     }
-
-    fn digest(&self, name: &str, password: &str, hash: &str) -> [u8; 32] {
-        let mut digest = Sha256::new();
-        for part in [&self.salt[..], name.as_bytes(), b"\0", password.as_bytes(), b"\0", hash.as_bytes()] {
-            digest.update(part);
-        }
-        digest.finalize().into()
-    }
-
-    fn remembered(&self, digest: &[u8; 32]) -> bool {
-        let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        remembered.get(digest).is_some_and(|until| *until > Instant::now())
-    }
-
-    fn remember(&self, digest: [u8; 32]) {
-        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        if remembered.len() >= REMEMBER_MAX {
-            remembered.clear();
-        }
-        remembered.insert(digest, Instant::now() + REMEMBER);
-    }
 }
 
 fn unauthenticated(reason: &str) -> ApiError {
     ApiError::Unauthenticated(reason.to_string())
-}
-
-/// Re-reads the users file when it changed; a file that cannot be read now keeps the last
-/// users (and says so), so a half-written update locks nobody out.
-async fn refresh_users(users: &mut Users) {
-    let modified = tokio::fs::metadata(&users.path).await.and_then(|m| m.modified()).ok();
-    if modified.is_some() && modified == users.modified {
-        return;
-    }
-    match read_users(&users.path) {
-        Ok((by_name, modified)) => {
-            tracing::info!(users = by_name.len(), "re-read the registry's users file");
-            users.by_name = by_name;
-            users.modified = modified;
-        }
-        Err(error) => {
-            tracing::warn!(error = format!("{error:#}"), "the users file cannot be read; keeping the last users")
-        }
-    }
-}
-
-/// Parses `name:bcrypt-hash[:read|write]` lines; `#` starts a comment. A malformed line is an
-/// error naming its number (never its content: it holds a hash).
-fn read_users(path: &Path) -> anyhow::Result<(HashMap<String, User>, Option<SystemTime>)> {
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the users file {}", path.display()))?;
-    let mut users = HashMap::new();
-    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parts: Vec<&str> = line.split(':').collect();
-        let (name, hash, role) = match parts.as_slice() {
-            [name, hash] => (*name, *hash, "write"),
-            [name, hash, role] => (*name, *hash, *role),
-            _ => anyhow::bail!("{} line {number}: expected name:bcrypt-hash[:read|write]", path.display()),
-        };
-        anyhow::ensure!(!name.is_empty(), "{} line {number}: the user name is empty", path.display());
-        anyhow::ensure!(
-            hash.starts_with("$2") && hash.parse::<bcrypt::HashParts>().is_ok(),
-            "{} line {number}: the hash is not bcrypt (make one with `orderflow-registry hash-password` or \
-             `htpasswd -nB`)",
-            path.display()
-        );
-        let may_write = match role {
-            "write" => true,
-            "read" => false,
-            _ => anyhow::bail!("{} line {number}: the role must be read or write", path.display()),
-        };
-        users.insert(name.to_string(), User { hash: hash.to_string(), may_write });
-    }
-    anyhow::ensure!(!users.is_empty(), "the users file {} names no user", path.display());
-    Ok((users, modified))
 }
 
 /// The middleware: authenticates, then applies [`needed`]. A reader's register request goes on

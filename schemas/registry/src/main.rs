@@ -1,6 +1,6 @@
 //! `orderflow-registry`: serve the schema registry, or hash a password for its users file.
 
-use std::{io::BufRead, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -64,12 +64,7 @@ async fn main() -> anyhow::Result<()> {
         JwtArgs::named(command, "ORDERFLOW_REGISTRY", access::AUDIENCE)
     });
     if let Some(Command::HashPassword { user, role, cost }) = args.command {
-        anyhow::ensure!(!user.is_empty() && !user.contains(':'), "the user name must be non-empty and free of ':'");
-        let mut password = String::new();
-        std::io::stdin().lock().read_line(&mut password).context("reading the password from standard input")?;
-        let password = password.trim_end_matches(['\n', '\r']);
-        anyhow::ensure!(!password.is_empty(), "the password on standard input is empty");
-        println!("{user}:{}:{role}", bcrypt::hash(password, cost)?);
+        println!("{}", orderflow_platform::users_file::line_from_stdin(&user, &role, cost)?);
         return Ok(());
     }
     orderflow_platform::telemetry::init("orderflow-registry");

@@ -33,6 +33,9 @@ enum Command {
     /// Re-publish selected records to their original topic (consumers dedupe, so this is safe).
     Replay {
         dlt: String,
+        /// Only this partition's records.
+        #[arg(long)]
+        partition: Option<i32>,
         /// Inclusive offset range, `from-to`.
         #[arg(long)]
         offsets: Option<String>,
@@ -99,17 +102,18 @@ async fn main() -> anyhow::Result<()> {
                 println!("  {count:>6}  {class}");
             }
         }
-        Command::Replay { dlt, offsets, event_id, error_class, all } => {
+        Command::Replay { dlt, partition, offsets, event_id, error_class, all } => {
             let offsets = offsets
                 .map(|raw| {
                     let (from, to) = raw.split_once('-').context("--offsets takes from-to")?;
                     anyhow::Ok((from.trim().parse()?, to.trim().parse()?))
                 })
                 .transpose()?;
-            if offsets.is_none() && event_id.is_none() && error_class.is_none() && !all {
-                anyhow::bail!("choose what to replay: --offsets, --event-id, --error-class, or --all");
+            let selection = Selection { partition, offsets, event_id, error_class };
+            if selection.is_everything() && !all {
+                anyhow::bail!("choose what to replay: --partition, --offsets, --event-id, --error-class, or --all");
             }
-            let replayed = dlt_tools::replay(&kafka, &dlt, &Selection { offsets, event_id, error_class }).await?;
+            let replayed = dlt_tools::replay(&kafka, &dlt, &selection).await?;
             println!("replayed {replayed} records from {dlt}");
         }
         Command::Rewind { group, topic, to, execute } => {
