@@ -81,9 +81,9 @@ class Cluster(unittest.TestCase):
         self.assertEqual(stopped.returncode, 0, stopped.stderr)
         self.assertLessEqual(stopped.stderr.count("SIGKILL"), 1, "at most the quorum's last node is killed")
         deadline = time.time() + 15
-        while time.time() < deadline and not all(free(self.port + i) for i in range(3)):
+        while time.time() < deadline and not all(ports.free(self.port + i) for i in range(3)):
             time.sleep(0.5)
-        self.assertTrue(all(free(self.port + i) for i in range(3)), f"no broker left listening: {stopped.stderr}")
+        self.assertTrue(all(ports.free(self.port + i) for i in range(3)), f"no broker left listening: {stopped.stderr}")
         wiped = self.run_script("wipe")
         self.assertEqual(wiped.returncode, 0, wiped.stderr)
         self.assertFalse((self.dir / "state").exists())
