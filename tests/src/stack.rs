@@ -389,12 +389,14 @@ impl TestStack {
             None => None,
         };
         let client = PaymentProviderClient::new(provider, &settings.registry, limits).await.unwrap();
-        let handler = PaymentHandler { provider: client, codec: codec.clone() };
         let instances = self.metrics.iter().filter(|(g, _)| g.starts_with(orderflow_payment::GROUP)).count();
         let name = match instances {
             0 => orderflow_payment::GROUP.to_string(),
             n => format!("{}#{}", orderflow_payment::GROUP, n + 1),
         };
+        // As the binary does: the instance's guard in provider_health, for the console.
+        client.report_to(pool.clone(), name.clone());
+        let handler = PaymentHandler { provider: client, codec: codec.clone() };
         self.metrics.push((name.clone(), settings.registry.clone()));
         self.parts
             .push(Running::spawn(move |stop| orderflow_consumer_runtime::run(settings, pool, codec, handler, stop)));

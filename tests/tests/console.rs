@@ -66,6 +66,32 @@ async fn console_with(
     (url, running)
 }
 
+/// A console reading `kafka` and `stores` (its outboxes and its payment guards), read-only.
+async fn console_on(
+    kafka: orderflow_platform::kafka::KafkaSettings,
+    stores: orderflow_console::story::Stores,
+) -> (String, Running) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let settings = ConsoleSettings {
+        reader: ReaderSettings {
+            kafka,
+            groups: vec![],
+            triage_group: Some(TRIAGE_GROUP.into()),
+            timeout: Duration::from_secs(5),
+        },
+        codec: None,
+        outboxes: vec![],
+        interval: Duration::from_millis(300),
+        operators: None,
+        stores,
+        trace_url: Some("http://traces.example/trace/{trace_id}".into()),
+    };
+    let running =
+        Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
+    (url, running)
+}
+
 async fn health(url: &str) -> Value {
     http().get(format!("{url}/api/health")).send().await.unwrap().json().await.unwrap()
 }
@@ -484,30 +510,20 @@ async fn in_a_browser_the_story_of_a_paid_and_of_a_cancelled_and_refunded_order_
     })
     .await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let settings = ConsoleSettings {
-        reader: ReaderSettings {
-            kafka: stack.broker.settings(),
-            groups: vec![],
-            triage_group: Some(TRIAGE_GROUP.into()),
-            timeout: Duration::from_secs(5),
-        },
-        codec: Some(stack.codec()),
-        outboxes: vec![],
-        interval: Duration::from_millis(500),
-        operators: None,
-        stores: orderflow_console::story::Stores {
-            orders: Some(stack.api.pool.clone()),
-            payments: Some(stack.payments.clone()),
-            inventory: Some(stack.inventory.clone()),
-            notifications: Some(notifications),
-            analytics: Some(analytics),
-        },
-        trace_url: Some("http://traces.example/trace/{trace_id}".into()),
+    let stores = orderflow_console::story::Stores {
+        orders: Some(stack.api.pool.clone()),
+        payments: Some(stack.payments.clone()),
+        inventory: Some(stack.inventory.clone()),
+        notifications: Some(notifications),
+        analytics: Some(analytics),
     };
-    let running =
-        Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
+    let (url, running) = console_on(stack.broker.settings(), stores).await;
+    // The running payment instance's guard, as it reports it.
+    eventually(WAIT, "the payment instance's guard", || async {
+        let body = health(&url).await;
+        body["payment_guards"][0]["instance"] == "payment" && body["payment_guards"][0]["breaker"] == "closed"
+    })
+    .await;
     let payment_group = stack.broker.group(orderflow_payment::GROUP);
     orderflow_tests::browser::run(
         "story.cjs",
@@ -537,5 +553,46 @@ async fn in_a_browser_the_story_of_a_paid_and_of_a_cancelled_and_refunded_order_
         }),
     )
     .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_payment_instances_breaker_and_window_show_from_the_payments_database() {
+    let broker = TestBroker::spawn();
+    let db = TestDatabase::create().await;
+    let pool = db.pool().await;
+    orderflow_payment::migrate(&pool).await.unwrap();
+    // An instance whose provider does not answer (nothing listens on port 1): after two
+    // failed calls its circuit opens.
+    let mut provider = orderflow_payment::ProviderSettings::new("http://127.0.0.1:1");
+    provider.breaker.failure_threshold = 2;
+    provider.breaker.open_for = Duration::from_secs(600);
+    provider.attempt_timeout = Duration::from_millis(300);
+    provider.deadline = Duration::from_millis(600);
+    let client =
+        orderflow_payment::PaymentProviderClient::new(provider, &prometheus::Registry::new(), None).await.unwrap();
+    client.report_to(pool.clone(), "payment-a".into());
+    let stores = orderflow_console::story::Stores { payments: Some(pool.clone()), ..Default::default() };
+    let (url, running) = console_on(broker.settings(), stores).await;
+    eventually(WAIT, "the instance's closed breaker", || async {
+        health(&url).await["payment_guards"][0]["breaker"] == "closed"
+    })
+    .await;
+    let body = health(&url).await;
+    let guard = &body["payment_guards"][0];
+    assert_eq!((guard["instance"].as_str(), guard["window_size"].as_i64()), (Some("payment-a"), Some(1)), "{body}");
+    assert_eq!(guard["window_max"], 64);
+
+    for n in 0..3 {
+        let _ = client.charge(&format!("k-{n}"), 100, "EUR", "c", "r").await;
+    }
+    eventually(WAIT, "the open breaker", || async { health(&url).await["payment_guards"][0]["breaker"] == "open" })
+        .await;
+    let html = page(&format!("{url}/")).await.1;
+    assert!(html.contains("data-instance=\"payment-a\" class=\"breaker-open\""), "{html}");
+    // The instance gone: its row ages and the page says it has gone silent.
+    drop(client);
+    sqlx::query("UPDATE provider_health SET updated_at = now() - interval '1 minute'").execute(&pool).await.unwrap();
+    eventually(WAIT, "the instance silent", || async { page(&format!("{url}/")).await.1.contains("silent for") }).await;
     running.stop().await;
 }

@@ -70,9 +70,9 @@ async fn main() -> anyhow::Result<()> {
     provider.retry_ratio = args.retry_ratio;
     // The shared bucket is taken in `call_out`, where no transaction holds a connection: the
     // consumer's pool serves it.
-    let handler = PaymentHandler {
-        provider: PaymentProviderClient::new(provider, &settings.registry, Some(pool.clone())).await?,
-        codec: codec.clone(),
-    };
+    let provider = PaymentProviderClient::new(provider, &settings.registry, Some(pool.clone())).await?;
+    // The ops console shows each instance's breaker and window from the payments database.
+    provider.report_to(pool.clone(), orderflow_payment::resilience::report::instance_name());
+    let handler = PaymentHandler { provider, codec: codec.clone() };
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

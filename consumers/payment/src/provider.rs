@@ -249,6 +249,12 @@ impl PaymentProviderClient {
         &self.guard
     }
 
+    /// Writes this client's breaker and window to `provider_health` in `pool` (the payments
+    /// database) as `instance`, every few seconds while the client lives.
+    pub fn report_to(&self, pool: PgPool, instance: String) {
+        crate::resilience::report::spawn(Arc::downgrade(&self.guard), pool, instance);
+    }
+
     pub async fn charge(
         &self,
         idempotency_key: &str,

@@ -22,6 +22,41 @@ pub struct Health {
     pub groups: Vec<GroupHealth>,
     pub outboxes: Vec<OutboxHealth>,
     pub dead_letters: Vec<crate::dead_letters::DeadLetterTopic>,
+    /// Each payment instance's guard in front of the provider, as it last reported it.
+    pub payment_guards: Vec<PaymentGuard>,
+    /// Why the payments database could not be read (`None`: read, or not configured).
+    pub payment_guards_error: Option<String>,
+}
+
+/// One payment instance's circuit breaker and adaptive window (its `provider_health` row).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PaymentGuard {
+    pub instance: String,
+    /// `closed`, `half_open` or `open`.
+    pub breaker: String,
+    pub window_size: i32,
+    pub window_max: i32,
+    pub in_flight: i32,
+    /// Seconds since the instance last reported (it reports every 2 s; more: it is gone or stuck).
+    pub age_seconds: f64,
+}
+
+/// Instances that reported within this long are listed.
+const GUARDS_WITHIN: &str = "10 minutes";
+
+/// Every payment instance's guard, from the payments database.
+pub async fn payment_guards(pool: &PgPool, timeout: Duration) -> Result<Vec<PaymentGuard>, String> {
+    let sql = format!(
+        "SELECT instance, breaker, window_size, window_max, in_flight,
+                extract(epoch FROM now() - updated_at)::float8 AS age_seconds
+         FROM provider_health WHERE updated_at > now() - interval '{GUARDS_WITHIN}' ORDER BY instance"
+    );
+    match tokio::time::timeout(timeout, sqlx::query_as::<_, PaymentGuard>(&sql).fetch_all(pool)).await {
+        Ok(Ok(rows)) => Ok(rows),
+        // sqlx names the failure, never the URL's password.
+        Ok(Err(error)) => Err(format!("the payments database: {error}")),
+        Err(_) => Err(format!("the payments database did not answer within {timeout:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -141,11 +141,22 @@ async fn read_loop(
             let result = taken.read();
             (taken, result)
         });
-        let (outboxes, broker) = tokio::join!(health::outboxes(&settings.outboxes, timeout), broker);
+        let guards = async {
+            match &settings.stores.payments {
+                Some(pool) => Some(health::payment_guards(pool, timeout).await),
+                None => None,
+            }
+        };
+        let (outboxes, guards, broker) = tokio::join!(health::outboxes(&settings.outboxes, timeout), guards, broker);
         let (back, result) = broker.context("the broker read panicked")?;
         reader = Some(back);
         let mut health = shared.health.write().expect("health lock");
         health.outboxes = outboxes;
+        match guards {
+            Some(Ok(guards)) => (health.payment_guards, health.payment_guards_error) = (guards, None),
+            Some(Err(error)) => health.payment_guards_error = Some(error),
+            None => {}
+        }
         match result {
             Ok(snapshot) => {
                 health.groups = motion.groups(&snapshot, Instant::now());

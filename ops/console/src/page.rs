@@ -85,6 +85,8 @@ pub fn health_fragment(health: &Health) -> String {
         }
         html.push_str("</tbody></table>");
     }
+    html.push_str("<h2>Payment provider guard</h2>");
+    html.push_str(&guards_table(health));
     html.push_str("<h2>Dead letters</h2>");
     html.push_str(&crate::dead_letters::summary_table(&health.dead_letters));
     html.push_str("<h2>Outboxes</h2>");
@@ -97,6 +99,47 @@ pub fn health_fragment(health: &Health) -> String {
         }
         html.push_str("</tbody></table>");
     }
+    html
+}
+
+/// An instance silent this long (it reports every 2 s) is marked as gone or stuck.
+const SILENT_AFTER_SECS: f64 = 15.0;
+
+/// Each payment instance's breaker and adaptive window.
+fn guards_table(health: &Health) -> String {
+    let mut html = String::new();
+    if let Some(error) = &health.payment_guards_error {
+        let _ = write!(html, "<p class=\"error\">{} — showing the last good read.</p>", esc(error));
+    }
+    if health.payment_guards.is_empty() {
+        html.push_str("<p>No payment instance has reported (or the payments database is not configured).</p>");
+        return html;
+    }
+    html.push_str(
+        "<table class=\"guards\"><thead><tr><th>Instance</th><th>Breaker</th><th>Window (in flight / size / ceiling)</th>\
+         <th>Reported</th></tr></thead><tbody>",
+    );
+    for g in &health.payment_guards {
+        let silent = g.age_seconds >= SILENT_AFTER_SECS;
+        let _ = write!(
+            html,
+            "<tr data-instance=\"{name}\" class=\"breaker-{breaker}{silent}\"><td>{name}</td><td>{breaker_text}</td>\
+             <td>{in_flight} / {size} / {max}</td><td>{age}</td></tr>",
+            name = esc(&g.instance),
+            breaker = esc(&g.breaker),
+            silent = if silent { " silent" } else { "" },
+            breaker_text = esc(&g.breaker.replace('_', "-")),
+            in_flight = g.in_flight,
+            size = g.window_size,
+            max = g.window_max,
+            age = if silent {
+                format!("silent for {:.0} s", g.age_seconds)
+            } else {
+                format!("{:.0} s ago", g.age_seconds)
+            },
+        );
+    }
+    html.push_str("</tbody></table>");
     html
 }
 
@@ -192,6 +235,8 @@ mod tests {
             }],
             outboxes: vec![],
             dead_letters: vec![],
+            payment_guards: vec![],
+            payment_guards_error: None,
         };
         let html = health_page(&health);
         assert!(!html.contains("<img") && !html.contains("<b>g") && !html.contains("<t>"), "{html}");

@@ -41,7 +41,8 @@ impl BreakerState {
         }
     }
 
-    fn name(&self) -> &'static str {
+    /// `closed`, `half_open` or `open`.
+    pub fn name(&self) -> &'static str {
         match self {
             BreakerState::Closed { .. } => "closed",
             BreakerState::HalfOpen { .. } => "half_open",

@@ -19,6 +19,7 @@
 mod breaker;
 mod budget;
 mod rate_limit;
+pub mod report;
 mod window;
 
 pub use breaker::{Breaker, BreakerPermit, BreakerSettings, BreakerState};

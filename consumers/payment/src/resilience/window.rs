@@ -48,6 +48,16 @@ impl Window {
         self.state.lock().expect("window lock").cwnd as usize
     }
 
+    /// The window's ceiling.
+    pub fn max(&self) -> usize {
+        self.max as usize
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().expect("window lock").in_flight
+    }
+
     /// Waits for room in the window.
     pub async fn acquire(&self) -> WindowPermit<'_> {
         loop {
