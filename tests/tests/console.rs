@@ -596,3 +596,92 @@ async fn each_payment_instances_breaker_and_window_show_from_the_payments_databa
     eventually(WAIT, "the instance silent", || async { page(&format!("{url}/")).await.1.contains("silent for") }).await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewind_is_previewed_refused_while_the_group_lives_confirmed_once_stopped_and_audited() {
+    use orderflow_consumer_runtime::rewind::{self, Target};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = TestBroker::spawn();
+    broker.create_topic("orders", 2).await;
+    let (producer, topic) = (broker.producer(), broker.topic("orders"));
+    for partition in [0, 1] {
+        for i in 0..5 {
+            let record = FutureRecord::to(&topic).partition(partition).key("k").payload("x");
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            let _ = i;
+        }
+        broker.commit("audit", "orders", partition, 5);
+    }
+    let group = broker.group("audit");
+    let (users, _file) = operators().await;
+    let (url, running) = console_with(broker.settings(), vec![], None, Some(users)).await;
+    eventually(WAIT, "the group known", || async {
+        health(&url).await["groups"].as_array().unwrap().iter().any(|g| g["name"] == group.as_str())
+    })
+    .await;
+    let (status, group_html) = page(&format!("{url}/groups/{group}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        group_html.contains("action=\"/operate/rewind\"")
+            && group_html.contains(&format!("<option value=\"{topic}\">"))
+    );
+    let preview = format!("{url}/operate/rewind?group={group}&topic={topic}&to=earliest");
+    let get = |u: String| async move {
+        let response = http().get(u).basic_auth("ana", Some("ana-pw")).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+
+    // A live member: the preview names it and offers no button.
+    let member: BaseConsumer = broker.settings().consumer("live-member", &group).create().unwrap();
+    member.subscribe(&[&topic]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let polling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = member.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    eventually(WAIT, "the live member named", || async { get(preview.clone()).await.1.contains("data-members=\"1\"") })
+        .await;
+    assert!(!get(preview.clone()).await.1.contains("action=\"/operate/rewind\" class=\"confirm\""));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    polling.join().unwrap();
+
+    // Stopped: the preview says 10 records read again; the confirmation moves the offsets.
+    eventually(WAIT, "the member gone", || async { get(preview.clone()).await.1.contains("data-count=\"10\"") }).await;
+    let html = get(preview.clone()).await.1;
+    let form = [
+        ("group", group.clone()),
+        ("topic", topic.clone()),
+        ("to", field(&html, "to")),
+        ("expected", "10".into()),
+        ("token", field(&html, "token")),
+    ];
+    assert_eq!(field(&html, "to"), "0:0,1:0", "the preview's targets, not a time to look up again");
+    let done = http()
+        .post(format!("{url}/operate/rewind"))
+        .basic_auth("ana", Some("ana-pw"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Done: rewind of 10 records"));
+    let now = rewind::plan(&broker.settings(), &group, &topic, &Target::Earliest).unwrap();
+    assert!(now.moves.iter().all(|m| m.committed == Some(0)), "{:?}", now.moves);
+    // The same confirmation again: the offsets moved, nothing is read again twice.
+    let again = http()
+        .post(format!("{url}/operate/rewind"))
+        .basic_auth("ana", Some("ana-pw"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let audit = page(&format!("{url}/groups/{group}")).await.1;
+    assert!(audit.contains("<td>ana</td><td>rewind</td>") && audit.contains("<td>done</td>"), "{audit}");
+    running.stop().await;
+}

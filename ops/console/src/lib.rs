@@ -100,6 +100,8 @@ pub async fn run(
         .route("/dead-letters/{topic}/{partition}/{offset}", get(dead_letter_record))
         .route("/operate/replay", get(operate::replay_preview).post(operate::replay_confirm))
         .route("/operate/triage", get(operate::triage_preview).post(operate::triage_confirm))
+        .route("/operate/rewind", get(operate::rewind_preview).post(operate::rewind_confirm))
+        .route("/groups/{group}", get(group_page))
         .route("/audit", get(operate::audit_page))
         .route("/orders", get(order_search))
         .route("/orders/{id}", get(order_story))
@@ -241,6 +243,19 @@ async fn dead_letter_record(
         Ok(None) => not_found(&format!("{topic} has no record at [{partition}] {offset}")),
         Err(error) => unavailable(&format!("reading {topic}"), &error),
     }
+}
+
+/// A group's page: its partitions as the last read saw them, and the rewind form.
+async fn group_page(State(shared): State<Shared>, Path(name): Path<String>) -> Response {
+    let group = shared.health.read().expect("health lock").groups.iter().find(|g| g.name == name).cloned();
+    let Some(group) = group else { return not_found(&format!("No consumer group {name}")) };
+    let kafka = shared.kafka.clone();
+    let audit = tokio::task::spawn_blocking(move || audit::AuditLog::recent(&kafka, 500)).await;
+    let audit = audit
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+        .map(|entries| entries.into_iter().filter(|e| e.target == name).take(20).collect::<Vec<_>>());
+    Html(page::group_page(&group, &audit.map_err(|e| format!("{e:#}")))).into_response()
 }
 
 #[derive(serde::Deserialize)]

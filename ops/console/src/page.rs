@@ -175,11 +175,50 @@ fn group_row(group: &GroupHealth) -> String {
         format!("<details><summary>partitions with lag</summary><ul>{partitions}</ul></details>")
     };
     format!(
-        "<tr class=\"{class}\" data-group=\"{name}\"><td>{name}{details}</td><td>{members}</td><td>{lag}</td><td>{seconds}</td>\
+        "<tr class=\"{class}\" data-group=\"{name}\"><td><a href=\"/groups/{name}\">{name}</a>{details}</td><td>{members}</td><td>{lag}</td><td>{seconds}</td>\
          <td>{skew}</td><td>{commit}</td></tr>",
         name = esc(&group.name),
         lag = group.lag,
     )
+}
+
+/// A group's own page: every partition it reads, its members, its recent operator actions, and
+/// the rewind form.
+pub fn group_page(group: &GroupHealth, audit: &Result<Vec<crate::audit::Entry>, String>) -> String {
+    let mut html = format!(
+        "<h2>Group {name}</h2><p class=\"meta\">{members} member(s); {lag} records behind{seconds}.</p>\
+         <table class=\"partitions\"><thead><tr><th>Topic</th><th>Partition</th><th>Committed</th><th>Lag</th>\
+         <th>Lag (seconds)</th><th>Commit still for</th></tr></thead><tbody>",
+        name = esc(&group.name),
+        members = group.members.map_or("?".to_string(), |m| m.to_string()),
+        lag = group.lag,
+        seconds = group.lag_seconds.map_or(String::new(), |s| format!(", the oldest {s:.1} s old")),
+    );
+    for p in &group.partitions {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.topic),
+            p.partition,
+            p.committed,
+            p.lag,
+            p.lag_seconds.map_or("–".to_string(), |s| format!("{s:.1}")),
+            if p.lag > 0 { format!("{:.0} s", p.still_seconds) } else { "–".to_string() },
+        );
+    }
+    html.push_str("</tbody></table>");
+    let mut topics: Vec<&str> = group.partitions.iter().map(|p| p.topic.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    html.push_str(&crate::operate::rewind_form(&group.name, &topics));
+    html.push_str("<h3>Recent actions</h3>");
+    match audit {
+        Ok(entries) => html.push_str(&crate::operate::audit_table(entries)),
+        Err(error) => {
+            let _ = write!(html, "<p class=\"warn\">The audit log cannot be read now: {}</p>", esc(error));
+        }
+    }
+    layout(&format!("Group {}", group.name), &html)
 }
 
 fn outbox_row(outbox: &OutboxHealth) -> String {
