@@ -67,4 +67,11 @@ run(async (page, s, shot) => {
     );
   }
   await shot("audit");
+
+  // The consumer group's page: its partitions, members and rebalances, and the rewind form.
+  await page.goto(`${s.url}/`);
+  await page.click(`tr[data-group="${s.group}"] a`);
+  assert.match(await page.locator("p.membership").innerText(), /Coordinator state: /);
+  assert.equal(await page.locator("form.rewind").count(), 1);
+  await shot("group");
 });

@@ -452,7 +452,7 @@ async fn in_a_browser_a_poisoned_record_shows_under_its_class_replays_once_fixed
         "dead_letters.cjs",
         serde_json::json!({
             "url": url, "user": "ana", "password": "ana-pw", "dlt": dlt, "topic": bed.topic,
-            "class": "retries_exhausted", "dead_letters": 2,
+            "class": "retries_exhausted", "dead_letters": 2, "group": bed.group(),
             "refused_offset": offset_of("k-refused"), "poison_offset": offset_of("k-poison"),
         }),
     )
@@ -647,8 +647,17 @@ async fn a_rewind_is_previewed_refused_while_the_group_lives_confirmed_once_stop
     eventually(WAIT, "the live member named", || async { get(preview.clone()).await.1.contains("data-members=\"1\"") })
         .await;
     assert!(!get(preview.clone()).await.1.contains("action=\"/operate/rewind\" class=\"confirm\""));
+    // The member's joining was a rebalance the console saw, and it is listed on the group's page.
+    let group_of =
+        |body: Value| body["groups"].as_array().unwrap().iter().find(|g| g["name"] == group.as_str()).cloned();
+    eventually(WAIT, "the join seen", || async { group_of(health(&url).await).is_some_and(|g| g["rebalances"] == 1) })
+        .await;
+    let html = page(&format!("{url}/groups/{group}")).await.1;
+    assert!(html.contains("data-rebalances=\"1\"") && html.contains("<li>live-member@"), "{html}");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     polling.join().unwrap();
+    eventually(WAIT, "the leave seen", || async { group_of(health(&url).await).is_some_and(|g| g["rebalances"] == 2) })
+        .await;
 
     // Stopped: the preview says 10 records read again; the confirmation moves the offsets.
     eventually(WAIT, "the member gone", || async { get(preview.clone()).await.1.contains("data-count=\"10\"") }).await;
@@ -683,5 +692,54 @@ async fn a_rewind_is_previewed_refused_while_the_group_lives_confirmed_once_stop
     assert_eq!(again.status(), 409);
     let audit = page(&format!("{url}/groups/{group}")).await.1;
     assert!(audit.contains("<td>ana</td><td>rewind</td>") && audit.contains("<td>done</td>"), "{audit}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orders_story_shows_its_dead_lettered_event_and_names_the_databases_it_could_not_read() {
+    let bed = RuntimeBed::spawn(1).await;
+    let order = uuid::Uuid::new_v4().to_string();
+    let refused = bed.publish(&order, 1).await[0];
+    bed.script.plan(refused, Plan::AlwaysRetry);
+    let mut settings = bed.settings();
+    settings.max_attempts = 1;
+    let consumer = bed.start(settings);
+    eventually(WAIT, "the event dead-lettered", || async { bed.broker.dead_letters().len() == 1 }).await;
+    consumer.stop().await;
+    // No orders database: the story reads Kafka from the topics' start and says what it lacks.
+    let unreachable = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://u:secret-pw@127.0.0.1:1/x")
+        .unwrap();
+    let stores = orderflow_console::story::Stores { payments: Some(unreachable), ..Default::default() };
+    let (url, running) = console_on(bed.broker.settings(), stores).await;
+    let (status, html) = page(&format!("{url}/orders/{order}")).await;
+    assert_eq!(status, 200, "{html}");
+    let dlt = bed.dlt_topic();
+    assert!(html.contains(&format!("<a href=\"/dead-letters/{dlt}/0/0\">{dlt}</a>")), "the DLT record linked: {html}");
+    assert!(html.contains("retries_exhausted: scripted: always fails"), "{html}");
+    assert!(html.contains(&format!("<td>{}</td>", bed.topic)), "the original event too: {html}");
+    assert!(html.contains("the orders database is not configured"), "{html}");
+    assert!(html.contains("the payments database"), "{html}");
+    assert!(!html.contains("secret-pw"), "no password on the page");
+    // Not an order id: a clear 400; a customer search without the orders database says so.
+    assert_eq!(page(&format!("{url}/orders/not-a-uuid")).await.0, 400);
+    assert!(page(&format!("{url}/orders?q=cust-1")).await.1.contains("orders database is not configured"));
+    let found = http().get(format!("{url}/orders?q={order}")).send().await.unwrap();
+    assert_eq!(found.url().path(), format!("/orders/{order}"), "an order id typed in the search opens its story");
+    running.stop().await;
+
+    // The registry down (nothing listens on port 1): the record's page says so, shows its
+    // reasons and its bytes.
+    let codec = orderflow_schemas::EventCodec::new("http://127.0.0.1:1", Duration::from_secs(2)).unwrap();
+    let (url, running) = console_with(bed.broker.settings(), vec![], Some(std::sync::Arc::new(codec)), None).await;
+    eventually(WAIT, "the DLT known", || async {
+        health(&url).await["dead_letters"].as_array().unwrap().iter().any(|t| t["topic"] == dlt.as_str())
+    })
+    .await;
+    let (status, html) = page(&format!("{url}/dead-letters/{dlt}/0/0")).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Not decoded:") && html.contains("registry_unavailable"), "{html}");
+    assert!(html.contains("dlt_error_class</th><td>retries_exhausted") && html.contains("000000  00"), "{html}");
     running.stop().await;
 }

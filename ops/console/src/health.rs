@@ -68,6 +68,13 @@ pub struct GroupHealth {
     pub lag: i64,
     /// The oldest unconsumed record's age, over every partition.
     pub lag_seconds: Option<f64>,
+    /// The coordinator's state of the group and its members (see the broker view).
+    pub state: Option<String>,
+    pub member_ids: Vec<String>,
+    /// Rebalances the console saw (changes of the member list between its reads) since it
+    /// started, and how long ago the last one was.
+    pub rebalances: u64,
+    pub last_rebalance_seconds: Option<f64>,
     /// The worst partition's lag ÷ the median partition's (`None` while the median is 0).
     pub skew: Option<f64>,
     /// The longest a partition with lag has gone without its committed offset moving.
@@ -99,6 +106,9 @@ pub struct OutboxHealth {
 #[derive(Default)]
 pub struct Motion {
     last: HashMap<(String, String, i32), (i64, Instant)>,
+    /// Per group: its members at the last read, the rebalances seen since the console started,
+    /// and when the last one was seen.
+    membership: HashMap<String, (Vec<String>, u64, Option<Instant>)>,
 }
 
 impl Motion {
@@ -128,9 +138,29 @@ impl Motion {
             })
             .collect();
         let lags: Vec<i64> = partitions.iter().map(|p| p.lag).collect();
+        // A changed member list (one joined, left, or was replaced) means the group rebalanced.
+        // A group not seen before (or listed without members' detail) has nothing to compare.
+        let (rebalances, last_rebalance) = match self.membership.get_mut(&group.name) {
+            None => {
+                self.membership.insert(group.name.clone(), (group.member_ids.clone(), 0, None));
+                (0, None)
+            }
+            Some((members, count, at)) => {
+                if group.state.is_some() && *members != group.member_ids {
+                    *count += 1;
+                    *at = Some(now);
+                    members.clone_from(&group.member_ids);
+                }
+                (*count, *at)
+            }
+        };
         GroupHealth {
             name: group.name.clone(),
             members: group.members,
+            state: group.state.clone(),
+            member_ids: group.member_ids.clone(),
+            rebalances,
+            last_rebalance_seconds: last_rebalance.map(|t| now.duration_since(t).as_secs_f64()),
             lag: lags.iter().sum(),
             lag_seconds: partitions.iter().filter_map(|p| p.lag_seconds).reduce(f64::max),
             skew: skew(&lags),
@@ -202,7 +232,13 @@ mod tests {
         let partition = GroupPartition { topic: "orders".into(), partition: 0, committed, lag, lag_seconds: Some(1.0) };
         Snapshot {
             partitions: vec![],
-            groups: vec![GroupView { name: "g".into(), members: Some(1), partitions: vec![partition] }],
+            groups: vec![GroupView {
+                name: "g".into(),
+                members: Some(1),
+                state: Some("Stable".into()),
+                member_ids: vec![],
+                partitions: vec![partition],
+            }],
         }
     }
 

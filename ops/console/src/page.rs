@@ -147,7 +147,13 @@ fn guards_table(health: &Health) -> String {
 const STALLED_AFTER_SECS: f64 = 30.0;
 
 fn group_row(group: &GroupHealth) -> String {
-    let members = group.members.map_or("?".to_string(), |m| m.to_string());
+    let mut members = group.members.map_or("?".to_string(), |m| m.to_string());
+    if group.state.as_deref().is_some_and(|s| s.contains("Rebalance")) {
+        members.push_str(" (rebalancing)");
+    }
+    if group.rebalances > 0 {
+        let _ = write!(members, " · {} rebalance(s)", group.rebalances);
+    }
     let seconds = group.lag_seconds.map_or("–".to_string(), |s| format!("{s:.1}"));
     let skew = group.skew.map_or("–".to_string(), |s| format!("{s:.1}"));
     let (class, commit) = if group.stalled_seconds >= STALLED_AFTER_SECS {
@@ -185,14 +191,23 @@ fn group_row(group: &GroupHealth) -> String {
 /// A group's own page: every partition it reads, its members, its recent operator actions, and
 /// the rewind form.
 pub fn group_page(group: &GroupHealth, audit: &Result<Vec<crate::audit::Entry>, String>) -> String {
+    let mut members_list = String::new();
+    for m in &group.member_ids {
+        let _ = write!(members_list, "<li>{}</li>", esc(m));
+    }
     let mut html = format!(
         "<h2>Group {name}</h2><p class=\"meta\">{members} member(s); {lag} records behind{seconds}.</p>\
+         <p class=\"membership\" data-rebalances=\"{rebalances}\">Coordinator state: <strong>{state}</strong>; \
+         {rebalances} rebalance(s) seen since the console started{last}.</p><ul class=\"members\">{members_list}</ul>\
          <table class=\"partitions\"><thead><tr><th>Topic</th><th>Partition</th><th>Committed</th><th>Lag</th>\
          <th>Lag (seconds)</th><th>Commit still for</th></tr></thead><tbody>",
         name = esc(&group.name),
         members = group.members.map_or("?".to_string(), |m| m.to_string()),
         lag = group.lag,
         seconds = group.lag_seconds.map_or(String::new(), |s| format!(", the oldest {s:.1} s old")),
+        state = esc(group.state.as_deref().unwrap_or("unknown (the broker does not list groups)")),
+        rebalances = group.rebalances,
+        last = group.last_rebalance_seconds.map_or(String::new(), |s| format!(", the last {s:.0} s ago")),
     );
     for p in &group.partitions {
         let _ = write!(
@@ -259,6 +274,10 @@ mod tests {
             groups: vec![GroupHealth {
                 name: "<b>g</b>".into(),
                 members: Some(1),
+                state: Some("Stable".into()),
+                member_ids: vec!["<i>m</i>".into()],
+                rebalances: 0,
+                last_rebalance_seconds: None,
                 lag: 3,
                 lag_seconds: Some(2.0),
                 skew: None,

@@ -52,6 +52,11 @@ pub struct GroupView {
     /// Members the coordinator lists (0 for a group it knows only by its commits); `None` when
     /// the broker would not list groups.
     pub members: Option<usize>,
+    /// The coordinator's state of the group (`Stable`, `PreparingRebalance`,
+    /// `CompletingRebalance`, `Empty`, `Dead`) and its members (`client-id@host member-id`,
+    /// sorted); `None` and empty when the broker would not list groups.
+    pub state: Option<String>,
+    pub member_ids: Vec<String>,
     pub partitions: Vec<GroupPartition>,
 }
 
@@ -148,14 +153,24 @@ impl BrokerReader {
         let skip = self.listing_failed && !self.polls.is_multiple_of(LIST_RETRY_POLLS);
         self.polls += 1;
         let attempt = if skip { None } else { Some(self.lister.fetch_group_list(None, timeout)) };
-        let listed: Option<BTreeMap<String, usize>> = match attempt {
+        let listed: Option<BTreeMap<String, (String, Vec<String>)>> = match attempt {
             None => None,
             Some(Ok(list)) => Some(
                 list.groups()
                     .iter()
                     .filter(|g| g.protocol_type().is_empty() || g.protocol_type() == "consumer")
                     .filter(|g| g.name().starts_with(&namespace))
-                    .map(|g| (g.name().to_string(), g.members().len()))
+                    .map(|g| {
+                        let mut members: Vec<String> = g
+                            .members()
+                            .iter()
+                            .map(|m| {
+                                format!("{}@{} {}", m.client_id(), m.client_host().trim_start_matches('/'), m.id())
+                            })
+                            .collect();
+                        members.sort();
+                        (g.name().to_string(), (g.state().to_string(), members))
+                    })
                     .collect(),
             ),
             Some(Err(error)) => {
@@ -197,7 +212,10 @@ impl BrokerReader {
                     lag_seconds: None,
                 });
             }
-            let members = listed.as_ref().map(|l| l.get(&name).copied().unwrap_or(0));
+            let entry = listed.as_ref().and_then(|l| l.get(&name));
+            let members = listed.as_ref().map(|_| entry.map_or(0, |(_, m)| m.len()));
+            let state = entry.map(|(state, _)| state.clone());
+            let member_ids = entry.map(|(_, m)| m.clone()).unwrap_or_default();
             let gone = listed.as_ref().is_some_and(|l| !l.contains_key(&name));
             if views.is_empty() && gone && !self.settings.groups.contains(&name) && !is_triage {
                 // Gone: no members, no commits (deleted, or expired by the broker).
@@ -205,7 +223,7 @@ impl BrokerReader {
                 self.offset_readers.remove(&name);
                 continue;
             }
-            groups.push(GroupView { name, members, partitions: views });
+            groups.push(GroupView { name, members, state, member_ids, partitions: views });
         }
         self.fill_record_times(&mut groups);
         Ok(Snapshot { partitions, groups })
