@@ -472,8 +472,10 @@ class ReviewersChecks(unittest.TestCase):
         topics = {d["spec"]["topicName"]: d for d in self.production if d["kind"] == "KafkaTopic"}
         groups = {"payment": ["orders"], "order-service": ["payments", "orders"], "inventory": ["orders"],
                   "notifications": ["orders"], "analytics": ["orders"]}
-        expected = {"orders", "payments"} | {f"{t}.{g}.{kind}" for g, ts in groups.items() for t in ts for kind in ("retry", "DLT")}
+        expected = {"orders", "payments", "console-audit"} | {f"{t}.{g}.{kind}" for g, ts in groups.items() for t in ts for kind in ("retry", "DLT")}
         self.assertEqual(set(topics), expected)
+        self.assertEqual(topics["console-audit"]["spec"]["partitions"], 1, "the audit log reads in order")
+        self.assertEqual(topics["console-audit"]["spec"]["config"]["retention.ms"], str(9600 * 3600 * 1000))
         self.assertEqual(topics["orders"]["spec"]["partitions"], 24)
         self.assertEqual(topics["orders.payment.retry"]["spec"]["partitions"], 24)
         self.assertEqual(topics["orders.payment.DLT"]["spec"]["partitions"], 1)
