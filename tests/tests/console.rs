@@ -743,3 +743,41 @@ async fn an_orders_story_shows_its_dead_lettered_event_and_names_the_databases_i
     assert!(html.contains("dlt_error_class</th><td>retries_exhausted") && html.contains("000000  00"), "{html}");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_page_says_which_partitions_are_paused_and_what_their_workers_wait_for() {
+    let bed = RuntimeBed::spawn(1).await;
+    let mut settings = bed.settings();
+    settings.partition_queue = 2;
+    settings.batch_size = 1;
+    let consumer = bed.start(settings);
+    // One record handled and committed (the group is known by its commits), then the
+    // dependency stays down: the partition waits, its queue fills, it pauses.
+    let first = bed.publish("k", 1).await[0];
+    eventually(WAIT, "the first record committed", || async {
+        bed.effects(first).await == 1 && bed.committed(0) == Some(1)
+    })
+    .await;
+    bed.script.plan_all(Some(Plan::UnavailableTimes(1_000_000)));
+    bed.publish("k", 12).await;
+    let stores = orderflow_console::story::Stores { inventory: Some(bed.pool.clone()), ..Default::default() };
+    let (url, running) = console_on(bed.broker.settings(), stores).await;
+    let group = bed.group();
+    eventually(WAIT, "the paused partition and its reason on the group's page", || async {
+        let (status, html) = page(&format!("{url}/groups/{group}")).await;
+        status == 200
+            && html.contains(&format!(
+                "{} [0]: waiting for a dependency that is down: scripted: dependency down",
+                bed.topic
+            ))
+            && html.contains("<td class=\"paused\"><ul>")
+    })
+    .await;
+    // Stopped, the instance removes its report.
+    consumer.stop().await;
+    eventually(WAIT, "the instance gone", || async {
+        page(&format!("{url}/groups/{group}")).await.1.contains("No instance of this group has reported")
+    })
+    .await;
+    running.stop().await;
+}

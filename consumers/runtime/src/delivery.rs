@@ -65,6 +65,8 @@ pub(crate) async fn deliver<H: Handler>(
                 // records go again one by one, instead of asking again at once.
                 tracing::debug!(group = %shared.settings.group, %reason, ?wait, "batch held back; waiting, then one by one");
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
+                let why = format!("a dependency asking to slow down: {reason}");
+                let _waiting = shared.waits.wait(batch[0].topic(), batch[0].partition(), why);
                 if !pause(stop, wait + jitter).await {
                     return 0;
                 }
@@ -171,9 +173,12 @@ pub(crate) async fn alone_from<H: Handler>(
     let group = shared.settings.group.as_str();
     let headers = headers_of(message);
     let first_failure = origin.first_failure.unwrap_or_else(Utc::now);
+    // What this partition's worker waits for, while it waits (the ops console shows it).
+    let waiting = |why: String| shared.waits.wait(message.topic(), message.partition(), why);
     if let Some(due) = origin.due_at {
         // A retry record waits here until due; meanwhile only this retry partition is held.
         let wait = (due - Utc::now()).to_std().unwrap_or_default();
+        let _waiting = waiting(format!("a retry due at {} (attempt {} failed)", due.to_rfc3339(), origin.attempts));
         if !wait.is_zero() && !pause(stop, wait).await {
             return Delivered::Abandoned;
         }
@@ -202,6 +207,7 @@ pub(crate) async fn alone_from<H: Handler>(
             Err(error) if error.is_retryable() => {
                 attempt += 1;
                 tracing::warn!(%error, "schema registry unavailable; retrying decode");
+                let _waiting = waiting(format!("the schema registry: {error}"));
                 if !pause(stop, backoff(&shared.settings, attempt)).await {
                     return Delivered::Abandoned;
                 }
@@ -307,6 +313,7 @@ pub(crate) async fn alone_from<H: Handler>(
                 unavailable_streak += 1;
                 count("waited_for_dependency");
                 tracing::warn!(group, %event_id, %reason, "dependency unavailable; waiting");
+                let _waiting = waiting(format!("a dependency that is down: {reason}"));
                 if !pause(stop, backoff(&shared.settings, unavailable_streak)).await {
                     return Delivered::Abandoned;
                 }
@@ -315,6 +322,7 @@ pub(crate) async fn alone_from<H: Handler>(
                 count("waited_for_dependency");
                 tracing::debug!(group, %event_id, %reason, ?wait, "dependency asks to wait");
                 let jitter = Duration::from_millis(rand::rng().random_range(0..=wait.as_millis() as u64 / 10));
+                let _waiting = waiting(format!("a dependency asking to slow down: {reason}"));
                 if !pause(stop, wait + jitter).await {
                     return Delivered::Abandoned;
                 }

@@ -131,6 +131,7 @@ pub async fn run<H: Handler>(
         retry_sources,
         in_flight_limit: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
         parked_since: Default::default(),
+        waits: Default::default(),
     });
     settings.ready.store(true, Ordering::Release);
     tracing::info!(%group, topics = ?subscribed, "consumer started");
@@ -139,7 +140,15 @@ pub async fn run<H: Handler>(
         async move { retention::check_horizon(&settings).await }
     });
     let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
-    let pruner = tokio::spawn(retention::run(shared.clone(), metrics.pruned.clone(), pruning_stopped));
+    let pruner = tokio::spawn(retention::run(shared.clone(), metrics.pruned.clone(), pruning_stopped.clone()));
+    // What the partitions wait for, in this group's database for the ops console.
+    let reporter = tokio::spawn({
+        let (shared, group) = (shared.clone(), group.clone());
+        async move {
+            let pool = shared.pool.clone();
+            shared.waits.run_reporter(pool, group, crate::status::instance_name(), pruning_stopped).await
+        }
+    });
 
     let mut slots: HashMap<(String, i32), Slot> = HashMap::new();
     let mut commit_tick = tokio::time::interval(settings.commit_interval);
@@ -173,8 +182,11 @@ pub async fn run<H: Handler>(
                 partition::unpark(&consumer, &mut slots, settings.partition_queue);
                 // Workers of revoked partitions finish their record in hand and end.
                 slots.retain(|_, slot| !(slot.state.is_stopped() && slot.task.is_finished()));
-                let paused = slots.values().filter(|s| !s.parked.is_empty()).count();
-                metrics.paused_partitions.with_label_values(&[&group]).set(paused as i64);
+                let paused: std::collections::BTreeSet<(String, i32)> =
+                    slots.iter().filter(|(_, s)| !s.parked.is_empty()).map(|(place, _)| place.clone()).collect();
+                metrics.paused_partitions.with_label_values(&[&group]).set(paused.len() as i64);
+                let held = slots.values().filter(|s| !s.state.is_stopped()).count();
+                shared.waits.set_partitions(held, paused);
             }
             received = consumer.recv() => match received {
                 Ok(message) => {
@@ -200,6 +212,7 @@ pub async fn run<H: Handler>(
     tracing::info!(%group, "stopping: finishing in-flight records");
     let _ = stop_pruning.send(true);
     let _ = pruner.await;
+    let _ = reporter.await;
     for slot in slots.values() {
         slot.state.stop();
     }

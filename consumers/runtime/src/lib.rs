@@ -68,6 +68,7 @@ mod quarantine;
 pub mod retention;
 pub mod rewind;
 mod settings;
+pub mod status;
 mod transaction;
 
 use std::{collections::HashMap, future::Future};

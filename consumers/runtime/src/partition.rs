@@ -43,6 +43,8 @@ pub(crate) struct Shared<H> {
     pub in_flight_limit: Semaphore,
     /// Per partition in quarantine: when its oldest parked record was parked.
     pub parked_since: Mutex<HashMap<(String, i32), DateTime<Utc>>>,
+    /// Which partitions are paused and what each worker waits for (reported to the console).
+    pub waits: crate::status::Waits,
 }
 
 impl<H> Shared<H> {

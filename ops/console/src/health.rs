@@ -255,3 +255,42 @@ mod tests {
         assert_eq!(idle[0].stalled_seconds, 0.0, "no lag: nothing to wait for");
     }
 }
+
+/// One consumer instance's report of its partitions (its `consumer_instances` row).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub assigned: i32,
+    /// `[{"topic", "partition", "waiting", "since"}]`: paused partitions, and others waiting.
+    pub paused: sqlx::types::Json<serde_json::Value>,
+    pub waiting: sqlx::types::Json<serde_json::Value>,
+    pub age_seconds: f64,
+}
+
+/// The instances of `group` (as the broker knows it) that reported in the last ten minutes, from
+/// every database the console reads; a database without the table (no consumer of its own) is
+/// skipped, one that is down is named.
+pub async fn instances(
+    stores: &crate::story::Stores,
+    group: &str,
+    timeout: Duration,
+) -> (Vec<(String, InstanceStatus)>, Vec<String>) {
+    let (mut found, mut errors) = (Vec::new(), Vec::new());
+    for (name, pool) in stores.named() {
+        let Some(pool) = pool else { continue };
+        let read = sqlx::query_as::<_, InstanceStatus>(
+            "SELECT instance, assigned, paused, waiting, extract(epoch FROM now() - updated_at)::float8 AS age_seconds
+             FROM consumer_instances WHERE consumer_group = $1 AND updated_at > now() - interval '10 minutes'
+             ORDER BY instance",
+        )
+        .bind(group)
+        .fetch_all(pool);
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(rows)) => found.extend(rows.into_iter().map(|r| (name.to_string(), r))),
+            Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("42P01") => {}
+            Ok(Err(error)) => errors.push(format!("the {name} database: {error}")),
+            Err(_) => errors.push(format!("the {name} database did not answer within {timeout:?}")),
+        }
+    }
+    (found, errors)
+}

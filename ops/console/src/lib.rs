@@ -255,7 +255,8 @@ async fn group_page(State(shared): State<Shared>, Path(name): Path<String>) -> R
         .map_err(anyhow::Error::from)
         .and_then(|r| r)
         .map(|entries| entries.into_iter().filter(|e| e.target == name).take(20).collect::<Vec<_>>());
-    Html(page::group_page(&group, &audit.map_err(|e| format!("{e:#}")))).into_response()
+    let instances = health::instances(&shared.stores, &name, shared.timeout).await;
+    Html(page::group_page(&group, &instances, &audit.map_err(|e| format!("{e:#}")))).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -190,7 +190,11 @@ fn group_row(group: &GroupHealth) -> String {
 
 /// A group's own page: every partition it reads, its members, its recent operator actions, and
 /// the rewind form.
-pub fn group_page(group: &GroupHealth, audit: &Result<Vec<crate::audit::Entry>, String>) -> String {
+pub fn group_page(
+    group: &GroupHealth,
+    instances: &(Vec<(String, crate::health::InstanceStatus)>, Vec<String>),
+    audit: &Result<Vec<crate::audit::Entry>, String>,
+) -> String {
     let mut members_list = String::new();
     for m in &group.member_ids {
         let _ = write!(members_list, "<li>{}</li>", esc(m));
@@ -222,6 +226,7 @@ pub fn group_page(group: &GroupHealth, audit: &Result<Vec<crate::audit::Entry>, 
         );
     }
     html.push_str("</tbody></table>");
+    html.push_str(&instances_table(instances));
     let mut topics: Vec<&str> = group.partitions.iter().map(|p| p.topic.as_str()).collect();
     topics.sort_unstable();
     topics.dedup();
@@ -234,6 +239,54 @@ pub fn group_page(group: &GroupHealth, audit: &Result<Vec<crate::audit::Entry>, 
         }
     }
     layout(&format!("Group {}", group.name), &html)
+}
+
+/// Each instance's partitions: how many it holds, which are paused and what each waits for.
+fn instances_table((instances, errors): &(Vec<(String, crate::health::InstanceStatus)>, Vec<String>)) -> String {
+    let mut html = String::from("<h3>Instances</h3>");
+    for error in errors {
+        let _ = write!(html, "<p class=\"warn\">{}</p>", esc(error));
+    }
+    if instances.is_empty() {
+        html.push_str("<p class=\"meta\">No instance of this group has reported to a database the console reads.</p>");
+        return html;
+    }
+    let describe = |list: &serde_json::Value| -> String {
+        let items: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let place = format!("{} [{}]", p["topic"].as_str().unwrap_or("?"), p["partition"]);
+                match (p["waiting"].as_str(), p["since"].as_str()) {
+                    (Some(why), Some(since)) => {
+                        format!("<li>{}: waiting for {} (since {})</li>", esc(&place), esc(why), esc(since))
+                    }
+                    _ => format!("<li>{}: its queue is full, its worker is behind</li>", esc(&place)),
+                }
+            })
+            .collect();
+        if items.is_empty() { "–".into() } else { format!("<ul>{}</ul>", items.join("")) }
+    };
+    html.push_str(
+        "<table class=\"instances\"><thead><tr><th>Instance</th><th>Database</th><th>Partitions</th><th>Paused, and why</th>\
+         <th>Waiting (not paused yet)</th><th>Reported</th></tr></thead><tbody>",
+    );
+    for (db, i) in instances {
+        let _ = write!(
+            html,
+            "<tr data-instance=\"{name}\"><td>{name}</td><td>{db}</td><td>{assigned}</td><td class=\"paused\">{paused}</td>\
+             <td class=\"waiting\">{waiting}</td><td>{age:.0} s ago</td></tr>",
+            name = esc(&i.instance),
+            db = esc(db),
+            assigned = i.assigned,
+            paused = describe(&i.paused.0),
+            waiting = describe(&i.waiting.0),
+            age = i.age_seconds,
+        );
+    }
+    html.push_str("</tbody></table>");
+    html
 }
 
 fn outbox_row(outbox: &OutboxHealth) -> String {

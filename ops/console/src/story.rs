@@ -41,7 +41,7 @@ pub struct Stores {
 }
 
 impl Stores {
-    fn named(&self) -> [(&'static str, &Option<PgPool>); 5] {
+    pub(crate) fn named(&self) -> [(&'static str, &Option<PgPool>); 5] {
         [
             ("orders", &self.orders),
             ("payments", &self.payments),
