@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     // consumer's pool serves it.
     let provider = PaymentProviderClient::new(provider, &settings.registry, Some(pool.clone())).await?;
     // The ops console shows each instance's breaker and window from the payments database.
-    provider.report_to(pool.clone(), orderflow_payment::resilience::report::instance_name());
+    provider.report_to(pool.clone(), orderflow_consumer_runtime::status::instance_name());
     let handler = PaymentHandler { provider, codec: codec.clone() };
     orderflow_consumer_runtime::run_service(settings, pool, codec, handler, &args.metrics_listen).await
 }

@@ -106,8 +106,9 @@ impl Waits {
     }
 }
 
-/// This instance's name in the report: the pod's (`HOSTNAME`) or the machine's, its pid, and a
-/// short random suffix (one process may run several consumers of one group, as tests do).
+/// An instance's name in a report (this one's, payment's provider guard): the pod's
+/// (`HOSTNAME`) or the machine's, its pid, and a short random suffix (one process may run
+/// several consumers of one group, as tests do).
 pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

@@ -14,17 +14,6 @@ pub const EVERY: Duration = Duration::from_secs(2);
 /// Rows not updated for this long are removed when an instance starts (instances that are gone).
 const FORGET_AFTER: &str = "1 day";
 
-/// This process's name in the report: the pod's (`HOSTNAME`) or the machine's, and its pid.
-pub fn instance_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    format!("{host}-{}", std::process::id())
-}
-
 pub(crate) fn spawn(guard: Weak<Resilience>, pool: PgPool, instance: String) {
     tokio::spawn(async move {
         let forget = format!("DELETE FROM provider_health WHERE updated_at < now() - interval '{FORGET_AFTER}'");
