@@ -236,8 +236,24 @@ pub async fn check(stack: &TestStack, ops: &[Op], fault: DateTime<Utc>, settle: 
     })
     .await;
     report.lost = ids.len() - paid().await as usize;
-    assert!(settled.is_ok() && report.lost == 0, "{} of {} orders not PAID after {settle:?}", report.lost, ids.len());
     let stuck = behind().await;
+    // Where it stopped, for a failure's message: which groups are behind, what is left in the
+    // outboxes, and each order's status.
+    let mut statuses: BTreeMap<String, i64> = BTreeMap::new();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM orders WHERE order_id = ANY($1) GROUP BY status")
+            .bind(&ids)
+            .fetch_all(&stack.api.pool)
+            .await
+            .unwrap();
+    statuses.extend(rows);
+    assert!(
+        settled.is_ok() && report.lost == 0,
+        "{} of {} orders not PAID after {settle:?}; statuses {statuses:?}; groups behind {stuck:?}; outboxes empty: {}",
+        report.lost,
+        ids.len(),
+        outboxes_empty().await
+    );
     assert!(stuck.is_empty(), "groups behind after {settle:?}: {stuck:?}");
 
     // Kafka: each order's OrderPlaced and OrderPaid once (by event id), in that order.

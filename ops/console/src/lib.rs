@@ -1,18 +1,21 @@
-//! `orderflow-console`: the page on-call opens. This first part is health at a glance: every
-//! consumer group's lag per partition in records and seconds, the skew between its partitions,
-//! whether its commits move, and every outbox's backlog — read from the broker (the lag
-//! exporter's [`BrokerReader`]) and the databases directly, refreshed live, so it works without
-//! Prometheus and while the broker or a database is down (the page says which, and shows the
-//! last good read).
+//! `orderflow-console`: the page on-call opens. Health at a glance: every consumer group's lag
+//! per partition in records and seconds, the skew between its partitions, whether its commits
+//! move, every outbox's backlog, each payment instance's breaker and window — read from the
+//! broker (the lag exporter's [`BrokerReader`]) and the databases directly, refreshed live, so it
+//! works without Prometheus and while the broker or a database is down (the page says which, and
+//! shows the last good read).
 //!
-//! Dead letters ([`dead_letters`]): every `*.DLT` topic with its untriaged count on the health
-//! page; `/dead-letters/<topic>` lists a topic's newest records by error class;
-//! `/dead-letters/<topic>/<partition>/<offset>` opens one, its payload decoded via the registry.
+//! Dead letters ([`dead_letters`]): every `*.DLT` topic with its untriaged count; a topic's
+//! records by error class; one record opened, its payload decoded via the registry. Operator
+//! actions ([`operate`]): replay, triage and rewind — previewed, confirmed, signed in, written to
+//! the audit log ([`audit`]). An order's story ([`story`]) across the services' databases and its
+//! events on Kafka. A group's page: partitions, members, rebalances, why partitions are paused.
 //!
 //! Routes: `/` (the page), `/fragments/health` (its live section), `/api/health` (the same as
-//! JSON), `/static/*` (its one stylesheet and script, built in: nothing comes from a CDN), and
-//! `/metrics`, `/healthz`, `/readyz`. Every response forbids framing and inline script
-//! (`Content-Security-Policy`), so a value that slipped past escaping could still not run.
+//! JSON), `/dead-letters/…`, `/operate/{replay,triage,rewind}`, `/groups/<group>`, `/audit`,
+//! `/orders`, `/orders/<id>`, `/static/*` (its one stylesheet and script, built in: nothing comes
+//! from a CDN), and `/metrics`, `/healthz`, `/readyz`. Every response forbids framing and inline
+//! script (`Content-Security-Policy`), so a value that slipped past escaping could still not run.
 
 pub mod audit;
 pub mod dead_letters;
