@@ -17,11 +17,13 @@
 //! from a CDN), and `/metrics`, `/healthz`, `/readyz`. Every response forbids framing and inline
 //! script (`Content-Security-Policy`), so a value that slipped past escaping could still not run.
 
+pub mod access;
 pub mod audit;
 pub mod dead_letters;
 pub mod health;
 pub mod operate;
 pub mod page;
+pub mod rewind_page;
 pub mod story;
 
 use std::{
@@ -68,7 +70,7 @@ struct Shared {
     health: Arc<RwLock<Health>>,
     kafka: KafkaSettings,
     codec: Option<Arc<EventCodec>>,
-    operators: Arc<operate::Operators>,
+    operators: Arc<access::Operators>,
     audit: Arc<audit::AuditLog>,
     stores: story::Stores,
     trace_url: Option<String>,
@@ -90,7 +92,7 @@ pub async fn run(
     let shared = Shared {
         health: Arc::default(),
         audit: Arc::new(audit::AuditLog::new(&kafka)?),
-        operators: Arc::new(operate::Operators::new(settings.operators.take())),
+        operators: Arc::new(access::Operators::new(settings.operators.take())),
         codec: settings.codec.clone(),
         stores: settings.stores.clone(),
         trace_url: settings.trace_url.clone(),
@@ -103,7 +105,7 @@ pub async fn run(
         .route("/dead-letters/{topic}/{partition}/{offset}", get(dead_letter_record))
         .route("/operate/replay", get(operate::replay_preview).post(operate::replay_confirm))
         .route("/operate/triage", get(operate::triage_preview).post(operate::triage_confirm))
-        .route("/operate/rewind", get(operate::rewind_preview).post(operate::rewind_confirm))
+        .route("/operate/rewind", get(rewind_page::rewind_preview).post(rewind_page::rewind_confirm))
         .route("/groups/{group}", get(group_page))
         .route("/audit", get(operate::audit_page))
         .route("/orders", get(order_search))

@@ -230,7 +230,7 @@ pub fn group_page(
     let mut topics: Vec<&str> = group.partitions.iter().map(|p| p.topic.as_str()).collect();
     topics.sort_unstable();
     topics.dedup();
-    html.push_str(&crate::operate::rewind_form(&group.name, &topics));
+    html.push_str(&crate::rewind_page::rewind_form(&group.name, &topics));
     html.push_str("<h3>Recent actions</h3>");
     match audit {
         Ok(entries) => html.push_str(&crate::operate::audit_table(entries)),
