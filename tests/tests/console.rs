@@ -294,6 +294,12 @@ mod tempfile_path {
     }
 }
 
+/// A confirmation (`POST /operate/<action>`) of `form`, signed in as the operator `ana`.
+async fn confirm_as_ana(url: &str, action: &str, form: &[(&str, String)]) -> reqwest::Response {
+    let request = http().post(format!("{url}/operate/{action}")).basic_auth("ana", Some("ana-pw"));
+    request.form(form).send().await.unwrap()
+}
+
 /// The value of `<input … name="name" value="…">` in `html`.
 fn field(html: &str, name: &str) -> String {
     let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} field: {html}"));
@@ -379,13 +385,7 @@ async fn replay_and_triage_need_an_operator_ask_first_refuse_forged_forms_and_ar
         ("expected", "1".into()),
         ("token", field(&html, "token")),
     ];
-    let done = http()
-        .post(format!("{url}/operate/triage"))
-        .basic_auth("ana", Some("ana-pw"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let done = confirm_as_ana(&url, "triage", &form).await;
     assert_eq!(done.status(), 200);
     assert!(done.text().await.unwrap().contains("Done: triage of 1 record"));
     eventually(WAIT, "nothing untriaged", || async {
@@ -670,25 +670,13 @@ async fn a_rewind_is_previewed_refused_while_the_group_lives_confirmed_once_stop
         ("token", field(&html, "token")),
     ];
     assert_eq!(field(&html, "to"), "0:0,1:0", "the preview's targets, not a time to look up again");
-    let done = http()
-        .post(format!("{url}/operate/rewind"))
-        .basic_auth("ana", Some("ana-pw"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let done = confirm_as_ana(&url, "rewind", &form).await;
     assert_eq!(done.status(), 200);
     assert!(done.text().await.unwrap().contains("Done: rewind of 10 records"));
     let now = rewind::plan(&broker.settings(), &group, &topic, &Target::Earliest).unwrap();
     assert!(now.moves.iter().all(|m| m.committed == Some(0)), "{:?}", now.moves);
     // The same confirmation again: the offsets moved, nothing is read again twice.
-    let again = http()
-        .post(format!("{url}/operate/rewind"))
-        .basic_auth("ana", Some("ana-pw"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let again = confirm_as_ana(&url, "rewind", &form).await;
     assert_eq!(again.status(), 409);
     let audit = page(&format!("{url}/groups/{group}")).await.1;
     assert!(audit.contains("<td>ana</td><td>rewind</td>") && audit.contains("<td>done</td>"), "{audit}");

@@ -96,6 +96,14 @@ impl AuditLog {
     }
 }
 
+/// The newest entries about `target` (a topic, or a group), at most 20 of the last 500 (blocking),
+/// or why the log could not be read — shown in place of the list, the rest of the page stands.
+pub fn recent_for(kafka: &KafkaSettings, target: &str) -> Result<Vec<Entry>, String> {
+    AuditLog::recent(kafka, 500)
+        .map(|entries| entries.into_iter().filter(|e| e.target == target).take(20).collect())
+        .map_err(|e| format!("{e:#}"))
+}
+
 impl Entry {
     /// A `started` entry for a new action.
     pub fn started(who: &str, action: &str, target: &str, what: String, count: i64) -> Entry {

@@ -112,13 +112,7 @@ pub fn topic_page(
     html.push_str("</tbody></table>");
     let classes: Vec<&str> = by_class.keys().copied().collect();
     html.push_str(&crate::operate::forms(&topic.topic, &classes));
-    html.push_str("<h3>Recent actions</h3>");
-    match audit {
-        Ok(entries) => html.push_str(&crate::operate::audit_table(entries)),
-        Err(error) => {
-            let _ = write!(html, "<p class=\"warn\">The audit log cannot be read now: {}</p>", esc(error));
-        }
-    }
+    html.push_str(&crate::operate::recent_actions(audit));
     html.push_str("<h3>Records</h3>");
     html.push_str(
         "<table class=\"records\"><thead><tr><th>Partition</th><th>Offset</th><th>Event</th><th>Class</th><th>Reason</th>\

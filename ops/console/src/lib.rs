@@ -220,10 +220,7 @@ async fn dead_letter_topic(State(shared): State<Shared>, Path(topic): Path<Strin
     let read = tokio::task::spawn_blocking(move || {
         let records = dlt_tools::read_tail(&kafka, &name, Some(dead_letters::RECENT_PER_PARTITION))?;
         // The audit log is a second read: when it fails, the records still show.
-        let audit = audit::AuditLog::recent(&kafka, 500)
-            .map(|entries| entries.into_iter().filter(|e| e.target == name).take(20).collect::<Vec<_>>())
-            .map_err(|e| format!("{e:#}"));
-        anyhow::Ok((records, audit))
+        anyhow::Ok((records, audit::recent_for(&kafka, &name)))
     });
     match read.await.map_err(anyhow::Error::from).and_then(|r| r) {
         Ok((records, audit)) => Html(dead_letters::topic_page(&known, &records, &audit)).into_response(),
@@ -255,13 +252,12 @@ async fn group_page(State(shared): State<Shared>, Path(name): Path<String>) -> R
     let group = shared.health.read().expect("health lock").groups.iter().find(|g| g.name == name).cloned();
     let Some(group) = group else { return not_found(&format!("No consumer group {name}")) };
     let kafka = shared.kafka.clone();
-    let audit = tokio::task::spawn_blocking(move || audit::AuditLog::recent(&kafka, 500)).await;
-    let audit = audit
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r)
-        .map(|entries| entries.into_iter().filter(|e| e.target == name).take(20).collect::<Vec<_>>());
+    let target = name.clone();
+    let audit = tokio::task::spawn_blocking(move || audit::recent_for(&kafka, &target))
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the audit log panicked: {e}")));
     let instances = health::instances(&shared.stores, &name, shared.timeout).await;
-    Html(page::group_page(&group, &instances, &audit.map_err(|e| format!("{e:#}")))).into_response()
+    Html(page::group_page(&group, &instances, &audit)).into_response()
 }
 
 #[derive(serde::Deserialize)]

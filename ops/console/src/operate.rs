@@ -490,6 +490,16 @@ pub(crate) async fn triage_confirm(
     outcome_page(&started, &result, &format!("/dead-letters/{}", form.topic))
 }
 
+/// A page's "Recent actions" section: its audit entries, or why they cannot be read now.
+pub fn recent_actions(audit: &Result<Vec<Entry>, String>) -> String {
+    match audit {
+        Ok(entries) => format!("<h3>Recent actions</h3>{}", audit_table(entries)),
+        Err(error) => {
+            format!("<h3>Recent actions</h3><p class=\"warn\">The audit log cannot be read now: {}</p>", esc(error))
+        }
+    }
+}
+
 /// The audit entries as a table (newest first).
 pub fn audit_table(entries: &[Entry]) -> String {
     if entries.is_empty() {

@@ -231,13 +231,7 @@ pub fn group_page(
     topics.sort_unstable();
     topics.dedup();
     html.push_str(&crate::rewind_page::rewind_form(&group.name, &topics));
-    html.push_str("<h3>Recent actions</h3>");
-    match audit {
-        Ok(entries) => html.push_str(&crate::operate::audit_table(entries)),
-        Err(error) => {
-            let _ = write!(html, "<p class=\"warn\">The audit log cannot be read now: {}</p>", esc(error));
-        }
-    }
+    html.push_str(&crate::operate::recent_actions(audit));
     layout(&format!("Group {}", group.name), &html)
 }
 
