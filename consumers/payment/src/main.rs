@@ -68,8 +68,7 @@ async fn main() -> anyhow::Result<()> {
     provider.breaker.failure_threshold = args.breaker_failures;
     provider.max_window = args.provider_max_window;
     provider.retry_ratio = args.retry_ratio;
-    // The shared bucket is taken in `call_out`, where no transaction holds a connection: the
-    // consumer's pool serves it.
+    // The shared bucket lives in the payments database, on a connection of its own.
     let provider = PaymentProviderClient::new(provider, &settings.registry, Some(pool.clone())).await?;
     // The ops console shows each instance's breaker and window from the payments database.
     provider.report_to(pool.clone(), orderflow_consumer_runtime::status::instance_name());

@@ -214,8 +214,8 @@ impl Operation {
 }
 
 impl PaymentProviderClient {
-    /// A client; with a rate limit, `limits` is the pool holding the shared bucket (a small
-    /// pool of its own: a token is taken while the handler's transaction holds a connection).
+    /// A client; with a rate limit, `limits` is a pool on the database holding the shared bucket
+    /// (the bucket opens a connection of its own there, see [`SharedRateLimit`]).
     pub async fn new(settings: ProviderSettings, registry: &Registry, limits: Option<PgPool>) -> anyhow::Result<Self> {
         let metrics = ProviderMetrics::register(registry)?;
         let limit = match (settings.rate_limit_per_sec, limits) {

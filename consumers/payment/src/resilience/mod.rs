@@ -24,7 +24,7 @@ mod window;
 
 pub use breaker::{Breaker, BreakerPermit, BreakerSettings, BreakerState};
 pub use budget::RetryBudget;
-pub use rate_limit::SharedRateLimit;
+pub use rate_limit::{REFILL_SHARE, SharedRateLimit};
 pub use window::{Window, WindowPermit};
 
 /// The four guards of one client, shared by its clones.
