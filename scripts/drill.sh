@@ -5,7 +5,9 @@
 export ORDERFLOW_PROFILE="${ORDERFLOW_PROFILE:-release}"
 export ORDERFLOW_STATE_DIR="${ORDERFLOW_DRILL_STATE_DIR:-/var/tmp/orderflow-drill}"
 export ORDERFLOW_DB_PREFIX=orderflow_drill
-export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_DRILL_KAFKA_PORT:-39092}" ORDERFLOW_PORT_BASE="${ORDERFLOW_DRILL_PORT_BASE:-38000}"
+# Below the kernel's ephemeral ports (32768-60999 here): an outgoing connection took the drill's
+# payment metrics port 38302 once, between two runs, when the stack sat at 38000.
+export ORDERFLOW_KAFKA_PORT="${ORDERFLOW_DRILL_KAFKA_PORT:-23092}" ORDERFLOW_PORT_BASE="${ORDERFLOW_DRILL_PORT_BASE:-22000}"
 # Stock for every order the drill places: the drain measures payments, not shortages.
 export ORDERFLOW_STOCK_EACH="${ORDERFLOW_STOCK_EACH:-100000000}"
 export ORDERFLOW_SKIP_SERVICES=payment
