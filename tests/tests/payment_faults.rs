@@ -311,7 +311,7 @@ async fn the_shared_bucket_books_slots_for_many_callers_and_never_passes_the_lim
     // Slots are booked at 98% of the limit; a caller wakes for its slot a little late on a busy
     // host, which the other 2% absorbs.
     assert!(busiest.unwrap() <= LIMIT as usize, "{busiest:?} grants in one second, limit {LIMIT}");
-    // One slot every 1 / (94% of the limit) from the bucket's making to the last grant: none
+    // One slot every 1 / (92% of the limit) from the bucket's making to the last grant: none
     // beyond, and most of them used.
     let last = grants.last().copied().unwrap_or_default();
     let possible = last * LIMIT * REFILL_SHARE + 1.0;

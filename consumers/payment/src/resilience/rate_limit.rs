@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 /// The share of the provider's limit the bucket books per second. The drain after downtime
 /// runs at this share of the limit, so the drill's target (the backlog drained within 1.1 × the
 /// time the limit allows) needs more than 91%.
-pub const REFILL_SHARE: f64 = 0.94;
+pub const REFILL_SHARE: f64 = 0.92;
 
 /// How far ahead an instance may book the bucket's slots: a poller that books up to this far
 /// keeps the provider busy even when its next round trip comes late (on a saturated host a
@@ -21,11 +21,11 @@ const HORIZON: Duration = Duration::from_millis(100);
 /// The provider's rate limit as a schedule of slots in Postgres, shared by all instances: one
 /// slot every `1 / rate` seconds at [`REFILL_SHARE`] of the limit, never booked in the past
 /// (GCRA without a burst: the row's `refilled_at - tokens / rate` is the next free slot). Any
-/// one-second window holds at most `rate + 1` slots, 94% of the limit and one; the other 6%
-/// absorbs requests that reach the provider later than their slot (the round trip that booked
-/// it, a wake-up on a busy host: tens of milliseconds) and so bunch up with the slots after.
-/// With a 2% margin and a 2% burst the drill saw 23 requests refused with 429 once the slots
-/// were all used, and a test at a limit of 20/s one.
+/// one-second window holds at most `rate + 1` slots, 92% of the limit and one; the other 8%
+/// absorbs requests that reach the provider later than their slot (a wake-up on a busy host:
+/// tens of milliseconds) and so bunch up with the slots after. With a 2% margin and a 2% burst
+/// the drill saw 23 requests refused with 429 once the slots were all used, and a test at a
+/// limit of 20/s one; at 94% without a burst the drill in partition order still saw 6 or 7.
 ///
 /// One caller per instance polls the schedule and books the next slots up to [`HORIZON`]
 /// ahead, one for every caller queued, and sends each its own in arrival order (a caller gone
@@ -52,6 +52,48 @@ pub struct SharedRateLimit {
     queue: std::sync::Mutex<VecDeque<oneshot::Sender<Instant>>>,
     /// Held by the one caller that books slots for the queue.
     poller: tokio::sync::Mutex<()>,
+    /// Where the schedule's clock stands against this process's.
+    clock: std::sync::Mutex<Option<DbClock>>,
+}
+
+/// The database's clock as this process sees it: one reading (seconds since the epoch) and the
+/// local instant it was most likely taken at — the middle of the round trip that brought it,
+/// from the quickest round trip seen lately, since a reading could have been taken anywhere
+/// within its round trip. Mapping every booking through the best reading rather than through
+/// its own round trip keeps a slow round trip from moving its slots (the drill in partition
+/// order saw 7 requests refused with 429 when each booking was placed by its own round trip's
+/// middle).
+#[derive(Clone, Copy)]
+struct DbClock {
+    at: Instant,
+    read: f64,
+    /// Half the round trip the reading came in.
+    error: Duration,
+}
+
+impl DbClock {
+    /// Keeps the reading `read` from a round trip sent at `asked` and back now if its error is no
+    /// worse than the held one's, grown by 1 ms per second of age (the clocks drift, and the
+    /// database's may be stepped); returns the reading to map with.
+    fn observe(held: &mut Option<DbClock>, asked: Instant, read: f64) -> DbClock {
+        let now = Instant::now();
+        let error = (now - asked) / 2;
+        let fresh = DbClock { at: asked + error, read, error };
+        match held {
+            Some(clock) if clock.error + (now - clock.at) / 1000 < error => *clock,
+            _ => *held.insert(fresh),
+        }
+    }
+
+    /// The local instant of the database's time `at`.
+    fn local(&self, at: f64) -> Instant {
+        let from_reading = at - self.read;
+        if from_reading >= 0.0 {
+            self.at + Duration::from_secs_f64(from_reading)
+        } else {
+            self.at.checked_sub(Duration::from_secs_f64(-from_reading)).unwrap_or(self.at)
+        }
+    }
 }
 
 impl SharedRateLimit {
@@ -78,6 +120,7 @@ impl SharedRateLimit {
             limit_per_sec,
             queue: std::sync::Mutex::new(VecDeque::new()),
             poller: tokio::sync::Mutex::new(()),
+            clock: std::sync::Mutex::new(None),
         })
     }
 
@@ -147,7 +190,7 @@ impl SharedRateLimit {
         let asked = Instant::now();
         // `start`: seconds from now to the first free slot; the slots up to the horizon are
         // booked, at most `want`.
-        let booked: Result<(i32, f64, f64), sqlx::Error> = sqlx::query_as(
+        let booked: Result<(i32, f64, f64, f64), sqlx::Error> = sqlx::query_as(
             "WITH now AS (SELECT clock_timestamp() AS t),
              b AS (SELECT name, rate_per_sec AS rate,
                           GREATEST(EXTRACT(EPOCH FROM refilled_at - (SELECT t FROM now))::float8 - tokens / rate_per_sec, 0)
@@ -157,20 +200,19 @@ impl SharedRateLimit {
              UPDATE provider_rate_buckets p
              SET tokens = 0, refilled_at = (SELECT t FROM now) + make_interval(secs => g.start + g.granted / g.rate)
              FROM g WHERE p.name = g.name
-             RETURNING g.granted, g.start, g.rate",
+             RETURNING g.granted, g.start, g.rate, EXTRACT(EPOCH FROM (SELECT t FROM now))::float8",
         )
         .bind(&self.name)
         .bind(want)
         .bind(HORIZON.as_secs_f64())
         .fetch_one(&self.pool)
         .await;
-        // The database's clock read somewhere within the round trip: its middle.
-        let now = asked + asked.elapsed() / 2;
         match booked {
-            Ok((granted, start, rate)) if granted >= 1 => {
-                Ok((now + Duration::from_secs_f64(start), granted as usize, Duration::from_secs_f64(1.0 / rate)))
+            Ok((granted, start, rate, read)) if granted >= 1 => {
+                let clock = DbClock::observe(&mut self.clock.lock().expect("database clock"), asked, read);
+                Ok((clock.local(read + start), granted as usize, Duration::from_secs_f64(1.0 / rate)))
             }
-            Ok((_, start, _)) => Err(Duration::from_secs_f64((start - HORIZON.as_secs_f64()).max(0.0005))),
+            Ok((_, start, _, _)) => Err(Duration::from_secs_f64((start - HORIZON.as_secs_f64()).max(0.0005))),
             Err(error) => {
                 tracing::warn!(%error, "cannot take a provider token from Postgres");
                 Err(Duration::from_secs(1))
@@ -180,5 +222,29 @@ impl SharedRateLimit {
 
     fn tick(&self) -> Duration {
         Duration::from_secs_f64(1.0 / self.limit_per_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_clock_is_mapped_through_the_quickest_round_trip_and_a_stale_one_gives_way() {
+        let mut held = None;
+        let asked = Instant::now() - Duration::from_millis(2);
+        let quick = DbClock::observe(&mut held, asked, 1000.0);
+        assert!(quick.error <= Duration::from_millis(5), "{:?}", quick.error);
+        // A slower round trip's reading does not replace it.
+        let slow = DbClock::observe(&mut held, Instant::now() - Duration::from_millis(400), 1000.5);
+        assert_eq!(slow.read, 1000.0);
+        // The database's time 0.25 s after the reading is 0.25 s after its local instant.
+        assert_eq!(quick.local(1000.25), quick.at + Duration::from_millis(250));
+        assert_eq!(quick.local(999.0), quick.at.checked_sub(Duration::from_secs(1)).unwrap_or(quick.at));
+        // Aged by a minute (60 ms more error), a reading with 100 ms of round trip wins.
+        held.as_mut().unwrap().at -= Duration::from_secs(60);
+        let fresh = DbClock::observe(&mut held, Instant::now() - Duration::from_millis(100), 1061.0);
+        assert_eq!(fresh.read, 1061.0);
+        assert_eq!(held.unwrap().read, 1061.0);
     }
 }
