@@ -4,7 +4,7 @@
 //!
 //! One call, in order: the circuit breaker (open: fail fast, no request); the retry budget (a
 //! request under a key whose last request failed is a retry); a place in the adaptive window;
-//! a token from the shared rate limit; the request, bounded by the per-attempt timeout and the
+//! a slot from the shared rate limit; the request, bounded by the per-attempt timeout and the
 //! call's deadline. An ambiguous answer (no answer, 5xx, reset, a 200 carrying an error) is
 //! resolved by reading the provider's ledger under the same key; if the ledger has nothing,
 //! the caller retries later with the same key — never with a new one.
@@ -38,7 +38,7 @@ pub enum ChargeError {
     /// 429: retry after the given wait.
     #[error("rate limited for {0:?}")]
     RateLimited(Duration),
-    /// No request was made: the breaker is open, the retry budget is spent, or no token or
+    /// No request was made: the breaker is open, the retry budget is spent, or no slot or
     /// window place came before the deadline. Ask again after the wait.
     #[error("held back for {wait:?}: {reason}")]
     HeldBack { reason: &'static str, wait: Duration },

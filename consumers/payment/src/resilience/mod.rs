@@ -9,7 +9,7 @@
 //!   successes), additive increase past the threshold, halved on a 429, a timeout or a 5xx,
 //!   back to 1 when the breaker opens. After downtime each instance ramps up instead of
 //!   pulling its whole backlog at once.
-//! - [`SharedRateLimit`]: a token bucket in Postgres, shared by every payment instance, so the
+//! - [`SharedRateLimit`]: a schedule of slots in Postgres, shared by every payment instance, so the
 //!   provider's limit holds whatever the number of instances (see the README: "How the limit
 //!   is shared").
 //! - [`RetryBudget`]: retries (a second request under a key whose last request failed) stay
