@@ -308,8 +308,8 @@ async fn the_shared_bucket_books_slots_for_many_callers_and_never_passes_the_lim
     grants.sort_by(f64::total_cmp);
     // Every one-second window starting at a grant.
     let busiest = (0..grants.len()).map(|i| grants[i..].iter().take_while(|t| **t < grants[i] + 1.0).count()).max();
-    // Slots are booked at 98% of the limit; a caller wakes for its slot a little late on a busy
-    // host, which the other 2% absorbs.
+    // Slots are booked at 92% of the limit; a caller wakes for its slot a little late on a busy
+    // host, which the other 8% absorbs.
     assert!(busiest.unwrap() <= LIMIT as usize, "{busiest:?} grants in one second, limit {LIMIT}");
     // One slot every 1 / (92% of the limit) from the bucket's making to the last grant: none
     // beyond, and most of them used.
