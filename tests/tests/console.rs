@@ -45,8 +45,6 @@ async fn console_with(
     codec: Option<std::sync::Arc<orderflow_schemas::EventCodec>>,
     operators: Option<UsersFile>,
 ) -> (String, Running) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let settings = ConsoleSettings {
         reader: ReaderSettings {
             kafka,
@@ -61,9 +59,7 @@ async fn console_with(
         stores: Default::default(),
         trace_url: None,
     };
-    let running =
-        Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
-    (url, running)
+    serve(settings).await
 }
 
 /// A console reading `kafka` and `stores` (its outboxes and its payment guards), read-only.
@@ -71,8 +67,6 @@ async fn console_on(
     kafka: orderflow_platform::kafka::KafkaSettings,
     stores: orderflow_console::story::Stores,
 ) -> (String, Running) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let settings = ConsoleSettings {
         reader: ReaderSettings {
             kafka,
@@ -87,6 +81,13 @@ async fn console_on(
         stores,
         trace_url: Some("http://traces.example/trace/{trace_id}".into()),
     };
+    serve(settings).await
+}
+
+/// Runs a console with `settings` on a port of its own: its address and the running task.
+async fn serve(settings: ConsoleSettings) -> (String, Running) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
     let running =
         Running::spawn(move |stop| orderflow_console::run(settings, listener, prometheus::Registry::new(), stop));
     (url, running)
